@@ -1,0 +1,124 @@
+package org.txkafka.benchmarks;
+
+import com.sun.management.GarbageCollectionNotificationInfo;
+import java.lang.management.GarbageCollectorMXBean;
+import java.lang.management.ManagementFactory;
+import java.lang.management.MemoryPoolMXBean;
+import java.lang.management.MemoryType;
+import java.lang.management.MemoryUsage;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.atomic.AtomicLong;
+import javax.management.ListenerNotFoundException;
+import javax.management.Notification;
+import javax.management.NotificationEmitter;
+import javax.management.NotificationListener;
+import javax.management.openmbean.CompositeData;
+
+/**
+ * Measures the peak heap of this JVM over a span of work: the largest heap in use seen by a 5 ms
+ * sampler or just before any garbage collection, and the largest heap still in use right after a
+ * collection (the live set: what the work really holds, independent of how lazy the collector is).
+ * Start with {@link #start()}, read with {@link #stop()}.
+ */
+final class HeapMonitor implements NotificationListener {
+
+  /** Peak heap figures in bytes; {@code peakLiveBytes} is -1 when no collection ran. */
+  record HeapPeak(long peakUsedBytes, long peakLiveBytes) {
+    double peakUsedMb() {
+      return peakUsedBytes / (1024.0 * 1024.0);
+    }
+
+    double peakLiveMb() {
+      return peakLiveBytes < 0 ? Double.NaN : peakLiveBytes / (1024.0 * 1024.0);
+    }
+  }
+
+  private final AtomicLong peakUsed = new AtomicLong();
+  private final AtomicLong peakLive = new AtomicLong(-1);
+  private final List<NotificationEmitter> emitters = new ArrayList<>();
+  private volatile boolean running;
+  private Thread sampler;
+
+  /** Collects garbage first so that the previous work's garbage is not counted, then starts. */
+  static HeapMonitor start() {
+    System.gc();
+    HeapMonitor monitor = new HeapMonitor();
+    monitor.begin();
+    return monitor;
+  }
+
+  private void begin() {
+    running = true;
+    peakUsed.set(ManagementFactory.getMemoryMXBean().getHeapMemoryUsage().getUsed());
+    for (GarbageCollectorMXBean collector : ManagementFactory.getGarbageCollectorMXBeans()) {
+      if (collector instanceof NotificationEmitter emitter) {
+        emitter.addNotificationListener(this, null, null);
+        emitters.add(emitter);
+      }
+    }
+    sampler =
+        new Thread(
+            () -> {
+              while (running) {
+                record(ManagementFactory.getMemoryMXBean().getHeapMemoryUsage().getUsed());
+                try {
+                  Thread.sleep(5);
+                } catch (InterruptedException e) {
+                  return;
+                }
+              }
+            },
+            "heap-sampler");
+    sampler.setDaemon(true);
+    sampler.start();
+  }
+
+  private void record(long used) {
+    peakUsed.accumulateAndGet(used, Math::max);
+  }
+
+  @Override
+  public void handleNotification(Notification notification, Object handback) {
+    if (!GarbageCollectionNotificationInfo.GARBAGE_COLLECTION_NOTIFICATION.equals(
+        notification.getType())) {
+      return;
+    }
+    GarbageCollectionNotificationInfo info =
+        GarbageCollectionNotificationInfo.from((CompositeData) notification.getUserData());
+    record(heapSum(info.getGcInfo().getMemoryUsageBeforeGc()));
+    long after = heapSum(info.getGcInfo().getMemoryUsageAfterGc());
+    peakLive.accumulateAndGet(after, Math::max);
+  }
+
+  private static long heapSum(Map<String, MemoryUsage> usageByPool) {
+    long sum = 0;
+    for (MemoryPoolMXBean pool : ManagementFactory.getMemoryPoolMXBeans()) {
+      MemoryUsage usage = usageByPool.get(pool.getName());
+      if (pool.getType() == MemoryType.HEAP && usage != null) {
+        sum += usage.getUsed();
+      }
+    }
+    return sum;
+  }
+
+  /** Stops measuring and returns the peaks seen since {@link #start()}. */
+  HeapPeak stop() {
+    running = false;
+    sampler.interrupt();
+    try {
+      sampler.join();
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    }
+    for (NotificationEmitter emitter : emitters) {
+      try {
+        emitter.removeNotificationListener(this);
+      } catch (ListenerNotFoundException e) {
+        // already gone: nothing to remove
+      }
+    }
+    return new HeapPeak(peakUsed.get(), peakLive.get());
+  }
+}

@@ -1,0 +1,198 @@
+package org.txkafka.benchmarks;
+
+import java.io.PrintStream;
+import java.time.Duration;
+import java.util.concurrent.Callable;
+
+/**
+ * The seven rows of issue 5, each our side beside its baseline on the same messages. A side that
+ * throws is reported as not run with the error (and its stack trace on standard error): one broken
+ * side never hides the other rows.
+ */
+final class Rows {
+  private final BenchContext ctx;
+  private final PrintStream out;
+  private Outcome inboxOutcome;
+
+  Rows(BenchContext ctx, PrintStream out) {
+    this.ctx = ctx;
+    this.out = out;
+  }
+
+  RowResult run(int row) {
+    out.println("-- row " + row + " ...");
+    out.flush();
+    return switch (row) {
+      case 1 -> inboxVsNaive();
+      case 2 -> inboxVsCeiling();
+      case 3 -> relayVsRawProducer();
+      case 4 -> relayVsGruelbox();
+      case 5 -> endToEndLatency();
+      case 6 -> writerOverhead();
+      case 7 -> inboxMemory();
+      default -> throw new IllegalArgumentException("no row " + row);
+    };
+  }
+
+  private Outcome side(String label, Callable<Outcome> side) {
+    try {
+      Outcome outcome = side.call();
+      out.println("   " + label + ": done");
+      return outcome;
+    } catch (Exception | AssertionError e) {
+      e.printStackTrace();
+      return new Outcome.NotRun(label, "failed: " + e);
+    }
+  }
+
+  private RowResult inboxVsNaive() {
+    MessageSet set = ctx.config.messageSet(1);
+    String topic = ctx.topic("bench-inbox");
+    ctx.produce(topic, set);
+    String inboxTable = ctx.businessTable("bench_event_inbox");
+    String naiveTable = ctx.businessTable("bench_event_naive");
+    inboxOutcome =
+        side("inbox", () -> OurComponents.inbox(ctx, topic, inboxTable, set.count()));
+    Outcome naive =
+        side(
+            "naive consumer",
+            () -> NaiveConsumer.run(ctx, topic, naiveTable, ctx.config.naiveLimit(), Duration.ofMinutes(20)));
+    return new RowResult(1, "inbox vs naive consumer")
+        .side(inboxOutcome)
+        .side(naive)
+        .ratio(
+            "inbox_vs_naive_throughput",
+            RowResult.throughputRatio(inboxOutcome, naive),
+            ">= 10",
+            true,
+            10)
+        .note(
+            "naive: KafkaConsumer, one JDBC tx per record, commitSync per poll (at-least-once);"
+                + " it applies the first " + ctx.config.naiveLimit() + " of the same records");
+  }
+
+  private RowResult inboxVsCeiling() {
+    MessageSet set = ctx.config.messageSet(1);
+    String table = ctx.businessTable("bench_event_ceiling");
+    Outcome ceiling = side("JDBC ceiling", () -> JdbcBatchCeiling.run(ctx, set, table));
+    return new RowResult(2, "inbox vs JDBC batch ceiling")
+        .side(inboxOutcome)
+        .side(ceiling)
+        .ratio(
+            "inbox_vs_jdbc_ceiling_throughput",
+            RowResult.throughputRatio(inboxOutcome, ceiling),
+            ">= 0.5",
+            true,
+            0.5)
+        .note(
+            "ceiling: the same business rows, plain JDBC batches of " + ctx.config.dbBatch()
+                + " per tx on " + ctx.config.dbConnections() + " connections, no Kafka/inbox/offsets");
+  }
+
+  private RowResult relayVsRawProducer() {
+    MessageSet set = ctx.config.messageSet(3);
+    String relayTopic = ctx.topic("bench-relay");
+    String rawTopic = ctx.topic("bench-raw");
+    Outcome relay = side("outbox relay", () -> OurComponents.relayDrain(ctx, set, relayTopic));
+    Outcome raw = side("raw producer", () -> RawProducer.run(ctx, set, rawTopic));
+    return new RowResult(3, "outbox relay vs raw KafkaProducer")
+        .side(relay)
+        .side(raw)
+        .ratio(
+            "relay_vs_raw_producer_throughput",
+            RowResult.throughputRatio(relay, raw),
+            ">= 0.6",
+            true,
+            0.6)
+        .note(
+            "relay drains a prefilled outbox of the messages; raw producer sends them from memory;"
+                + " latency of the raw side is send to ack");
+  }
+
+  private RowResult relayVsGruelbox() {
+    MessageSet set = ctx.config.messageSet(4);
+    String relayTopic = ctx.topic("bench-relay-live");
+    String gruelboxTopic = ctx.topic("bench-gruelbox");
+    Outcome relay = side("outbox relay", () -> OurComponents.relayLive(ctx, set, relayTopic));
+    Outcome gruelbox = side("gruelbox", () -> GruelboxOutbox.run(ctx, set, gruelboxTopic));
+    return new RowResult(4, "outbox relay vs gruelbox outbox")
+        .side(relay)
+        .side(gruelbox)
+        .ratio(
+            "relay_vs_gruelbox_throughput",
+            RowResult.throughputRatio(relay, gruelbox),
+            ">= 5",
+            true,
+            5)
+        .note(
+            "both: one writer thread commits " + ctx.config.writerBatch()
+                + " messages per tx while the publisher runs; time until all are on Kafka;"
+                + " gruelbox: " + ctx.config.gruelboxThreads() + " executor threads, send().get()");
+  }
+
+  private RowResult endToEndLatency() {
+    Outcome notify = side("relay LISTEN/NOTIFY", () -> OurComponents.endToEnd(ctx, true));
+    Outcome polling = side("relay polling only", () -> OurComponents.endToEnd(ctx, false));
+    double p99 = notify instanceof Outcome.Measured m ? m.p99Millis() : Double.NaN;
+    double ratio =
+        notify instanceof Outcome.Measured n && polling instanceof Outcome.Measured p
+            ? n.p99Millis() / p.p99Millis()
+            : Double.NaN;
+    return new RowResult(5, "e2e latency commit -> far inbox commit")
+        .side(notify)
+        .side(polling)
+        .ratio("e2e_p99_ms", p99, "<= 50 ms", false, 50)
+        .ratio("e2e_p99_notify_vs_polling", ratio, "<= 1", false, 1)
+        .note(
+            "steady load " + ctx.config.e2eRate() + " msg/s for " + ctx.config.e2eDuration().toSeconds()
+                + " s per side, one message per writer tx; latency from the writer's commit to the"
+                + " NOTIFY sent by the far inbox's commit of the business row");
+  }
+
+  private RowResult writerOverhead() {
+    MessageSet set = ctx.config.messageSet(6);
+    String topic = ctx.topic("bench-writer");
+    Outcome[] sides = new Outcome[2];
+    try {
+      sides = WriterOverhead.run(ctx, set, topic);
+    } catch (Exception | AssertionError e) {
+      e.printStackTrace();
+      sides[0] = new Outcome.NotRun("tx + outbox send", "failed: " + e);
+      sides[1] = new Outcome.NotRun("tx without outbox", "failed: " + e);
+    }
+    double ratio =
+        sides[0] instanceof Outcome.Measured with && sides[1] instanceof Outcome.Measured without
+            ? with.latencies().meanMillis() / without.latencies().meanMillis()
+            : Double.NaN;
+    return new RowResult(6, "writer overhead")
+        .side(sides[0])
+        .side(sides[1])
+        .ratio("writer_overhead_tx_time", ratio, "<= 1.2", false, 1.2)
+        .note(
+            "one connection, tx = insert one order row (+ one OutboxWriter.send), commit;"
+                + " sides interleaved in blocks of 200; ratio of mean tx time");
+  }
+
+  private RowResult inboxMemory() {
+    int backlog = ctx.config.backlog();
+    Outcome full = side("inbox full backlog", () -> OurComponents.inboxDrainHeap(ctx, backlog));
+    Outcome tenth =
+        side("inbox tenth backlog", () -> OurComponents.inboxDrainHeap(ctx, backlog / 10));
+    double growth =
+        full instanceof Outcome.Measured f
+                && tenth instanceof Outcome.Measured t
+                && f.heap() != null
+                && t.heap() != null
+                && f.heap().peakLiveBytes() > 0
+                && t.heap().peakLiveBytes() > 0
+            ? (double) f.heap().peakLiveBytes() / t.heap().peakLiveBytes()
+            : Double.NaN;
+    return new RowResult(7, "inbox peak heap vs backlog")
+        .side(full)
+        .side(tenth)
+        .ratio("inbox_live_heap_backlog_x10", growth, "<= 1.5", false, 1.5)
+        .note(
+            "each side drains its backlog in a child JVM with -Xmx" + ctx.config.heapMax()
+                + "; bounded = 10x the backlog needs no more than 1.5x the live heap");
+  }
+}

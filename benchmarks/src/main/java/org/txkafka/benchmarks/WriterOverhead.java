@@ -1,0 +1,98 @@
+package org.txkafka.benchmarks;
+
+import java.sql.Connection;
+import java.sql.PreparedStatement;
+import java.sql.SQLException;
+import java.time.Duration;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxMessage;
+import org.txkafka.outbox.OutboxWriter;
+
+/**
+ * Row 6: the cost of the outbox to the business transaction. The same transaction (insert one
+ * order row, commit) on one connection, with and without one {@link OutboxWriter#send} of the same
+ * message. The two sides run interleaved in blocks, after a warm-up, so that both see the same
+ * noise of the shared machine. Latency is one transaction, begin to commit.
+ */
+final class WriterOverhead {
+  private static final int BLOCK = 200;
+
+  private WriterOverhead() {}
+
+  /** Returns {with outbox, without outbox}. */
+  static Outcome[] run(BenchContext ctx, MessageSet set, String topic) throws SQLException {
+    int transactions = ctx.config.writerTransactions();
+    ctx.execute(
+        "DROP TABLE IF EXISTS bench_order",
+        "CREATE TABLE bench_order (id BIGINT PRIMARY KEY, customer TEXT NOT NULL,"
+            + " amount BIGINT NOT NULL, status TEXT NOT NULL)");
+    OutboxWriter writer = Outbox.writer();
+    Latencies with = new Latencies();
+    Latencies without = new Latencies();
+    long withNanos = 0;
+    long withoutNanos = 0;
+    long nextId = 0;
+    HeapMonitor heap = HeapMonitor.start();
+    try (var pool = ctx.pool(1, "writer");
+        Connection connection = pool.getConnection();
+        PreparedStatement insert =
+            connection.prepareStatement(
+                "INSERT INTO bench_order (id, customer, amount, status) VALUES (?, ?, ?, 'NEW')")) {
+      connection.setAutoCommit(false);
+      // Warm-up: both paths, not measured.
+      for (int i = 0; i < Math.min(500, transactions); i++) {
+        businessTransaction(connection, insert, writer, set, topic, nextId++, i % 2 == 0);
+      }
+      int done = 0;
+      while (done < transactions) {
+        int block = Math.min(BLOCK, transactions - done);
+        for (int side = 0; side < 2; side++) {
+          boolean withOutbox = side == 0;
+          for (int i = 0; i < block; i++) {
+            long nanos =
+                businessTransaction(connection, insert, writer, set, topic, nextId++, withOutbox);
+            if (withOutbox) {
+              with.add(nanos);
+              withNanos += nanos;
+            } else {
+              without.add(nanos);
+              withoutNanos += nanos;
+            }
+          }
+        }
+        done += block;
+      }
+    }
+    HeapMonitor.HeapPeak peak = heap.stop();
+    ctx.execute("TRUNCATE txkafka_outbox", "DROP TABLE bench_order");
+    return new Outcome[] {
+      new Outcome.Measured(
+          "tx + outbox send", with.count(), Duration.ofNanos(withNanos), with, peak),
+      new Outcome.Measured(
+          "tx without outbox", without.count(), Duration.ofNanos(withoutNanos), without, peak)
+    };
+  }
+
+  private static long businessTransaction(
+      Connection connection,
+      PreparedStatement insert,
+      OutboxWriter writer,
+      MessageSet set,
+      String topic,
+      long id,
+      boolean withOutbox)
+      throws SQLException {
+    long begin = System.nanoTime();
+    insert.setLong(1, id);
+    insert.setString(2, set.key(id));
+    insert.setLong(3, set.amount(id));
+    insert.executeUpdate();
+    if (withOutbox) {
+      writer.send(
+          connection,
+          OutboxMessage.to(topic).key(set.keyBytes(id)).payload(set.payload(id)).build());
+    }
+    connection.commit();
+    return System.nanoTime() - begin;
+  }
+}
