@@ -43,6 +43,9 @@ final class NaiveConsumer {
           }
           ConsumerRecords<byte[], byte[]> records = consumer.poll(Duration.ofMillis(100));
           for (ConsumerRecord<byte[], byte[]> record : records) {
+            if (applied == limit) {
+              break;
+            }
             long begin = System.nanoTime();
             insert.setLong(1, MessageSet.eventId(record.value()));
             insert.setString(2, new String(record.key(), StandardCharsets.UTF_8));

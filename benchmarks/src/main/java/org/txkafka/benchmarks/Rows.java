@@ -37,7 +37,8 @@ final class Rows {
   private Outcome side(String label, Callable<Outcome> side) {
     try {
       Outcome outcome = side.call();
-      out.println("   " + label + ": done");
+      out.println(
+          "   " + label + ": " + (outcome instanceof Outcome.NotRun n ? "not run: " + n.reason() : "done"));
       return outcome;
     } catch (Exception | AssertionError e) {
       e.printStackTrace();
