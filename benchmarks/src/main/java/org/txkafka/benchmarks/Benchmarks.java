@@ -17,7 +17,9 @@ import org.txkafka.testkit.TestDatabase;
 import org.txkafka.testkit.TestPostgres;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
 
 /**
  * The benchmark harness: every row runs our component and its baseline in the same run, on the same
@@ -92,6 +94,8 @@ public final class Benchmarks implements Callable<Integer> {
   @Option(names = "--fail-on-miss", description = "Exit 1 when a target is missed.")
   boolean failOnMiss;
 
+  @Spec CommandSpec spec;
+
   private final PrintStream out;
 
   /** A harness that prints to standard output. */
@@ -162,7 +166,7 @@ public final class Benchmarks implements Callable<Integer> {
     }
   }
 
-  private static void validate(BenchConfig config) {
+  private void validate(BenchConfig config) {
     require(config.messages() >= 1, "messages must be at least 1, was " + config.messages());
     require(config.naiveLimit() >= 1 && config.naiveLimit() <= config.messages(),
         "naive-limit must be between 1 and messages (" + config.messages() + "), was "
@@ -187,9 +191,9 @@ public final class Benchmarks implements Callable<Integer> {
     }
   }
 
-  private static void require(boolean condition, String message) {
+  private void require(boolean condition, String message) {
     if (!condition) {
-      throw new CommandLine.ParameterException(new CommandLine(new Benchmarks()), message);
+      throw new CommandLine.ParameterException(spec.commandLine(), message);
     }
   }
 
