@@ -64,7 +64,34 @@ final class BenchContext {
   String topic(String prefix) {
     String topic = KafkaBroker.uniqueTopic(prefix);
     broker.createTopic(topic, config.partitions());
+    awaitLeaders(topic);
     return topic;
+  }
+
+  /**
+   * Waits until every partition of a new topic has a leader: a producer that sends earlier gets
+   * NOT_LEADER_OR_FOLLOWER and retries, which only adds noise to what is measured.
+   */
+  private void awaitLeaders(String topic) {
+    long deadline = System.nanoTime() + Duration.ofSeconds(30).toNanos();
+    while (System.nanoTime() < deadline) {
+      try {
+        TopicDescription description =
+            broker.admin().describeTopics(List.of(topic)).allTopicNames().get(10, TimeUnit.SECONDS).get(topic);
+        if (description.partitions().size() == config.partitions()
+            && description.partitions().stream().allMatch(p -> p.leader() != null && !p.leader().isEmpty())) {
+          sleep(Duration.ofMillis(200));
+          return;
+        }
+      } catch (ExecutionException | TimeoutException e) {
+        // not visible yet: ask again
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        throw new IllegalStateException("interrupted", e);
+      }
+      sleep(Duration.ofMillis(50));
+    }
+    throw new IllegalStateException("topic " + topic + " has no leader for every partition after 30 s");
   }
 
   /** A new, empty business table named {@code name}: the row every consuming side inserts. */
@@ -143,6 +170,7 @@ final class BenchContext {
     props.put(ProducerConfig.BATCH_SIZE_CONFIG, "262144");
     AtomicReference<Exception> failure = new AtomicReference<>();
     try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(props)) {
+      producer.partitionsFor(topic);
       for (long i = 0; i < set.count(); i++) {
         producer.send(record(topic, set, i), (metadata, e) -> {
           if (e != null) {

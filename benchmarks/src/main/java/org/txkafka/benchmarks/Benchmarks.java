@@ -1,6 +1,7 @@
 package org.txkafka.benchmarks;
 
 import java.io.PrintStream;
+import java.nio.file.Path;
 import java.sql.Connection;
 import java.sql.ResultSet;
 import java.sql.SQLException;
@@ -94,6 +95,9 @@ public final class Benchmarks implements Callable<Integer> {
   @Option(names = "--fail-on-miss", description = "Exit 1 when a target is missed.")
   boolean failOnMiss;
 
+  @Option(names = "--profile", description = "Record each side with JDK Flight Recorder into this directory and print where its time goes.")
+  Path profileDirectory;
+
   @Spec CommandSpec spec;
 
   private final PrintStream out;
@@ -151,7 +155,8 @@ public final class Benchmarks implements Callable<Integer> {
       String machine = machine(ctx);
       out.println("machine: " + machine);
       List<RowResult> results = new ArrayList<>();
-      Rows rowRunner = new Rows(ctx, out);
+      Rows rowRunner =
+          new Rows(ctx, out, profileDirectory == null ? null : new Profiler(profileDirectory, out));
       for (int row : List.of(1, 2, 3, 4, 5, 6, 7)) {
         if (config.runs(row) || (row == 1 && config.runs(2))) {
           RowResult result = rowRunner.run(row);

@@ -19,12 +19,13 @@ import javax.management.openmbean.CompositeData;
 /**
  * Measures the peak heap of this JVM over a span of work: the largest heap in use seen by a 5 ms
  * sampler or just before any garbage collection, and the largest heap still in use right after a
- * collection (the live set: what the work really holds, independent of how lazy the collector is).
+ * full collection (the live set: what the work really holds, independent of how lazy the collector
+ * is; -1 when no full collection ran).
  * Start with {@link #start()}, read with {@link #stop()}.
  */
 final class HeapMonitor implements NotificationListener {
 
-  /** Peak heap figures in bytes; {@code peakLiveBytes} is -1 when no collection ran. */
+  /** Peak heap figures in bytes; {@code peakLiveBytes} is -1 when no full collection ran. */
   record HeapPeak(long peakUsedBytes, long peakLiveBytes) {
     double peakUsedMb() {
       return peakUsedBytes / (1024.0 * 1024.0);
@@ -88,8 +89,12 @@ final class HeapMonitor implements NotificationListener {
     GarbageCollectionNotificationInfo info =
         GarbageCollectionNotificationInfo.from((CompositeData) notification.getUserData());
     record(heapSum(info.getGcInfo().getMemoryUsageBeforeGc()));
-    long after = heapSum(info.getGcInfo().getMemoryUsageAfterGc());
-    peakLive.accumulateAndGet(after, Math::max);
+    if (info.getGcAction().contains("major")) {
+      // Only a full collection leaves nothing but live objects; after a young one the old
+      // generation may still hold garbage.
+      long after = heapSum(info.getGcInfo().getMemoryUsageAfterGc());
+      peakLive.accumulateAndGet(after, Math::max);
+    }
   }
 
   private static long heapSum(Map<String, MemoryUsage> usageByPool) {

@@ -12,14 +12,16 @@ import org.txkafka.outbox.OutboxWriter;
  * Row 6: the cost of the outbox to the business transaction. The same transaction (insert one
  * order row, commit) on one connection, with and without one {@link OutboxWriter#send} of the same
  * message. The two sides run interleaved in blocks, after a warm-up, so that both see the same
- * noise of the shared machine. Latency is one transaction, begin to commit.
+ * noise of the shared machine. Latency is one transaction, begin to commit. A third side, for the
+ * profile only (no ratio), runs the outbox send with the outbox's NOTIFY trigger disabled, to show
+ * what the wake-up notification costs the writer.
  */
 final class WriterOverhead {
   private static final int BLOCK = 200;
 
   private WriterOverhead() {}
 
-  /** Returns {with outbox, without outbox}. */
+  /** Returns {with outbox, without outbox, with outbox but without the NOTIFY trigger}. */
   static Outcome[] run(BenchContext ctx, MessageSet set, String topic) throws SQLException {
     int transactions = ctx.config.writerTransactions();
     ctx.execute(
@@ -29,8 +31,10 @@ final class WriterOverhead {
     OutboxWriter writer = Outbox.writer();
     Latencies with = new Latencies();
     Latencies without = new Latencies();
+    Latencies withoutNotify = new Latencies();
     long withNanos = 0;
     long withoutNanos = 0;
+    long withoutNotifyNanos = 0;
     long nextId = 0;
     HeapMonitor heap = HeapMonitor.start();
     try (var pool = ctx.pool(1, "writer");
@@ -46,18 +50,27 @@ final class WriterOverhead {
       int done = 0;
       while (done < transactions) {
         int block = Math.min(BLOCK, transactions - done);
-        for (int side = 0; side < 2; side++) {
-          boolean withOutbox = side == 0;
+        for (int side = 0; side < 3; side++) {
+          boolean withOutbox = side != 1;
+          if (side == 2) {
+            setNotifyTrigger(connection, false);
+          }
           for (int i = 0; i < block; i++) {
             long nanos =
                 businessTransaction(connection, insert, writer, set, topic, nextId++, withOutbox);
-            if (withOutbox) {
+            if (side == 0) {
               with.add(nanos);
               withNanos += nanos;
-            } else {
+            } else if (side == 1) {
               without.add(nanos);
               withoutNanos += nanos;
+            } else {
+              withoutNotify.add(nanos);
+              withoutNotifyNanos += nanos;
             }
+          }
+          if (side == 2) {
+            setNotifyTrigger(connection, true);
           }
         }
         done += block;
@@ -69,8 +82,22 @@ final class WriterOverhead {
       new Outcome.Measured(
           "tx + outbox send", with.count(), Duration.ofNanos(withNanos), with, peak),
       new Outcome.Measured(
-          "tx without outbox", without.count(), Duration.ofNanos(withoutNanos), without, peak)
+          "tx without outbox", without.count(), Duration.ofNanos(withoutNanos), without, peak),
+      new Outcome.Measured(
+          "(outbox, no NOTIFY)",
+          withoutNotify.count(),
+          Duration.ofNanos(withoutNotifyNanos),
+          withoutNotify,
+          peak)
     };
+  }
+
+  private static void setNotifyTrigger(Connection connection, boolean enabled) throws SQLException {
+    try (var statement = connection.createStatement()) {
+      statement.execute(
+          "ALTER TABLE txkafka_outbox " + (enabled ? "ENABLE" : "DISABLE") + " TRIGGER txkafka_outbox_notify");
+    }
+    connection.commit();
   }
 
   private static long businessTransaction(
