@@ -156,7 +156,12 @@ public final class Benchmarks implements Callable<Integer> {
       out.println("machine: " + machine);
       List<RowResult> results = new ArrayList<>();
       Rows rowRunner =
-          new Rows(ctx, out, profileDirectory == null ? null : new Profiler(profileDirectory, out));
+          new Rows(
+              ctx,
+              out,
+              profileDirectory == null
+                  ? null
+                  : new Profiler(profileDirectory, out, () -> backendPids(db)));
       for (int row : List.of(1, 2, 3, 4, 5, 6, 7)) {
         if (config.runs(row) || (row == 1 && config.runs(2))) {
           RowResult result = rowRunner.run(row);
@@ -200,6 +205,22 @@ public final class Benchmarks implements Callable<Integer> {
     if (!condition) {
       throw new CommandLine.ParameterException(spec.commandLine(), message);
     }
+  }
+
+  private static Set<Long> backendPids(TestDatabase db) {
+    Set<Long> pids = new java.util.HashSet<>();
+    try (Connection connection = db.connect();
+        Statement statement = connection.createStatement();
+        ResultSet rs =
+            statement.executeQuery(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")) {
+      while (rs.next()) {
+        pids.add(rs.getLong(1));
+      }
+    } catch (SQLException e) {
+      // no split for postgres then; the profile still has the rest
+    }
+    return pids;
   }
 
   private static String machine(BenchContext ctx) throws SQLException {
