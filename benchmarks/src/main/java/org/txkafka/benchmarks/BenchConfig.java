@@ -14,6 +14,8 @@ import java.util.Set;
  * @param partitions partitions of every topic
  * @param dbConnections connections each side may use (pool size, and threads of the JDBC ceiling)
  * @param dbBatch rows per transaction of the JDBC ceiling and the outbox prefill
+ * @param liveMessages messages of the relay-vs-gruelbox row, both sides (gruelbox is slow and keeps
+ *     every scheduled call in its executor's queue, so this row has its own, smaller size)
  * @param writerBatch messages per writer transaction in the relay-vs-gruelbox row
  * @param gruelboxThreads executor threads of gruelbox's submitter
  * @param e2eRate offered load of the end-to-end latency row, messages per second
@@ -31,6 +33,7 @@ record BenchConfig(
     int partitions,
     int dbConnections,
     int dbBatch,
+    int liveMessages,
     int writerBatch,
     int gruelboxThreads,
     int e2eRate,

@@ -68,6 +68,9 @@ public final class Benchmarks implements Callable<Integer> {
   @Option(names = "--db-batch", description = "Rows per transaction of the JDBC ceiling and the outbox prefill (default ${DEFAULT-VALUE}).", defaultValue = "500")
   int dbBatch;
 
+  @Option(names = "--live-messages", description = "Messages of row 4, both sides (default 50000, quick 1000).")
+  Integer liveMessages;
+
   @Option(names = "--writer-batch", description = "Messages per writer transaction in row 4 (default ${DEFAULT-VALUE}).", defaultValue = "100")
   int writerBatch;
 
@@ -130,6 +133,7 @@ public final class Benchmarks implements Callable<Integer> {
         partitions,
         dbConnections,
         dbBatch,
+        pick(liveMessages, 50_000, 1_000),
         writerBatch,
         gruelboxThreads,
         e2eRate,
@@ -189,6 +193,7 @@ public final class Benchmarks implements Callable<Integer> {
     require(config.dbConnections() >= 1 && config.dbConnections() <= 16,
         "db-connections must be between 1 and 16, was " + config.dbConnections());
     require(config.dbBatch() >= 1, "db-batch must be at least 1, was " + config.dbBatch());
+    require(config.liveMessages() >= 1, "live-messages must be at least 1, was " + config.liveMessages());
     require(config.writerBatch() >= 1, "writer-batch must be at least 1, was " + config.writerBatch());
     require(config.gruelboxThreads() >= 1 && config.gruelboxThreads() <= 32,
         "gruelbox-threads must be between 1 and 32, was " + config.gruelboxThreads());

@@ -124,7 +124,7 @@ final class Rows {
   }
 
   private RowResult relayVsGruelbox() {
-    MessageSet set = ctx.config.messageSet(4);
+    MessageSet set = ctx.config.messageSet(4).withCount(ctx.config.liveMessages());
     String relayTopic = ctx.topic("bench-relay-live");
     String gruelboxTopic = ctx.topic("bench-gruelbox");
     Outcome relay = side("outbox relay", () -> OurComponents.relayLive(ctx, set, relayTopic));

@@ -45,6 +45,7 @@ class BenchmarksSmokeTest {
             .execute(
                 "--quick",
                 "--messages", "1000",
+                "--live-messages", "500",
                 "--naive-limit", "200",
                 "--e2e-seconds", "2",
                 "--writer-transactions", "200",
