@@ -14,6 +14,7 @@ final class Rows {
   private final PrintStream out;
   private final Profiler profiler;
   private Outcome inboxOutcome;
+  private int currentRow;
 
   /** {@code profiler} is null unless {@code --profile} was given. */
   Rows(BenchContext ctx, PrintStream out, Profiler profiler) {
@@ -23,6 +24,7 @@ final class Rows {
   }
 
   RowResult run(int row) {
+    currentRow = row;
     out.println("-- row " + row + " ...");
     out.flush();
     return switch (row) {
@@ -43,7 +45,7 @@ final class Rows {
       recording = profiler == null ? null : profiler.start();
       Outcome outcome = side.call();
       if (recording != null) {
-        profiler.stopAndSummarise(recording, label);
+        profiler.stopAndSummarise(recording, "row" + currentRow + "-" + label);
         recording = null;
       }
       out.println(
