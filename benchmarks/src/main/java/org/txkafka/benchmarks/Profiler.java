@@ -178,20 +178,27 @@ final class Profiler {
     return frame.getMethod().getType().getName() + "." + frame.getMethod().getName();
   }
 
-  /** The first frame of a library we care about (the JDBC driver, Kafka, ours, gruelbox). */
+  /**
+   * Where a thread waits: the first frame of a library we care about (the JDBC driver, Kafka,
+   * gruelbox), and under it the first txkafka frame that called it, if any.
+   */
   private static String interestingFrame(List<RecordedFrame> frames) {
+    String library = null;
     for (RecordedFrame frame : frames) {
       String type = frame.getMethod().getType().getName();
       if (type.startsWith("org.txkafka.testkit.") || type.startsWith("org.txkafka.benchmarks.HeapMonitor")) {
         return null;
       }
-      if (type.startsWith("org.postgresql.")
-          || type.startsWith("org.apache.kafka.")
-          || type.startsWith("org.txkafka.")
-          || type.startsWith("com.gruelbox.")) {
-        return frame(frame);
+      if (type.startsWith("org.txkafka.")) {
+        return library == null ? frame(frame) : library + " <- " + frame(frame);
+      }
+      if (library == null
+          && (type.startsWith("org.postgresql.")
+              || type.startsWith("org.apache.kafka.")
+              || type.startsWith("com.gruelbox."))) {
+        library = frame(frame);
       }
     }
-    return null;
+    return library;
   }
 }
