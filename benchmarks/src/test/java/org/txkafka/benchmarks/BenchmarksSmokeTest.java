@@ -51,6 +51,7 @@ class BenchmarksSmokeTest {
                 "--writer-transactions", "200",
                 "--backlog", "5000");
     String output = buffer.toString(StandardCharsets.UTF_8);
+    System.out.print(output); // kept in the surefire report for a look at the figures
     assertEquals(0, code, output);
 
     Map<String, String> ratios = new LinkedHashMap<>();
