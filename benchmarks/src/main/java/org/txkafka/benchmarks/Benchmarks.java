@@ -1,6 +1,8 @@
 package org.txkafka.benchmarks;
 
+import java.io.IOException;
 import java.io.PrintStream;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.sql.Connection;
 import java.sql.ResultSet;
@@ -118,6 +120,8 @@ public final class Benchmarks implements Callable<Integer> {
   /** Runs the command line and exits with its code. */
   public static void main(String[] args) {
     System.setProperty("org.slf4j.simpleLogger.defaultLogLevel", "warn");
+    // Without Docker, Testcontainers logs its failed probe as an error before the fallback is used.
+    System.setProperty("org.slf4j.simpleLogger.log.org.testcontainers", "off");
     int code = new CommandLine(new Benchmarks()).execute(args);
     System.exit(code);
   }
@@ -174,7 +178,7 @@ public final class Benchmarks implements Callable<Integer> {
           }
         }
       }
-      int missed = Report.print(out, machine, results);
+      int missed = Report.print(out, machine + "; load average at the end: " + loadAverage(), results);
       out.flush();
       return failOnMiss && missed > 0 ? 1 : 0;
     }
@@ -249,6 +253,20 @@ public final class Benchmarks implements Callable<Integer> {
         + pg
         + ", Kafka clients "
         + AppInfoParser.getVersion()
-        + " (broker: child JVM on this machine)";
+        + " (broker: child JVM on this machine); load average at the start: "
+        + loadAverage();
+  }
+
+  /**
+   * The 1, 5 and 15 minute load averages: on a shared two-core machine a figure measured under a
+   * load far above 2 says more about the neighbours than about the code.
+   */
+  static String loadAverage() {
+    try {
+      String[] fields = Files.readString(Path.of("/proc/loadavg")).trim().split("\\s+");
+      return fields[0] + " " + fields[1] + " " + fields[2];
+    } catch (IOException | RuntimeException e) {
+      return "unknown";
+    }
   }
 }
