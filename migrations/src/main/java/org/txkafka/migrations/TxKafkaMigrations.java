@@ -60,7 +60,9 @@ public final class TxKafkaMigrations {
 
   /**
    * Applies the migrations to {@code schema}, creating the schema if it does not exist, with the
-   * history table {@value #HISTORY_TABLE} in that schema. Running it again is a no-op. A migration
+   * history table {@value #HISTORY_TABLE} in that schema. The schema may already hold other tables
+   * and the service's own Flyway history: ours starts with a baseline at version 0 and never touches
+   * theirs. Running it again is a no-op. A migration
    * that was changed after it was applied fails Flyway's validation with its checksum error.
    *
    * @param dataSource where to apply them; a connection needs rights to create tables
@@ -91,6 +93,11 @@ public final class TxKafkaMigrations {
         .defaultSchema(validSchema)
         .table(HISTORY_TABLE)
         .placeholders(placeholders(validSchema))
+        // A service's schema is usually not empty (its own tables, its own Flyway history): our
+        // history starts at a baseline below our first version, so every migration still runs.
+        .baselineOnMigrate(true)
+        .baselineVersion("0")
+        .baselineDescription("txkafka baseline")
         .failOnMissingLocations(true);
   }
 
