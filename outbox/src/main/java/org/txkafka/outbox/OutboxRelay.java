@@ -94,8 +94,11 @@ public interface OutboxRelay extends AutoCloseable {
     default void sharesAcquired(Set<Integer> shares) {}
 
     /**
-     * The relay no longer holds {@code shares}: it gave them back ({@code lost} false, after the
-     * last batch that touched them finished) or its database session ended ({@code lost} true).
+     * The relay no longer publishes {@code shares}. With {@code lost} false it gives them back: this
+     * is called after the last batch that touched them finished and just before their locks are
+     * released, so another relay can only take them after this call. With {@code lost} true its
+     * database session ended (PostgreSQL already freed the locks); a batch it was sending then may
+     * still complete, and is published again by the next owner (at least once).
      */
     default void sharesReleased(Set<Integer> shares, boolean lost) {}
 

@@ -317,16 +317,18 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private boolean checkLeases(Session current) throws SQLException {
     int relays = current.leases.countRelays();
     int target = ShareLeases.fairShare(relays);
-    Set<Integer> released = current.leases.releaseSurplus(target);
-    if (!released.isEmpty()) {
+    Set<Integer> surplus = current.leases.surplus(target);
+    if (!surplus.isEmpty()) {
+      // Told before the unlock: from here on nothing of these shares is published by this relay.
+      notifyListener(listener -> listener.sharesReleased(surplus, false));
+      current.leases.unlock(surplus);
       owned = current.leases.held();
       LOG.info(
           "relay {}: gave back shares {} ({} relays, fair share {})",
           config.name(),
-          released,
+          surplus,
           relays,
           target);
-      notifyListener(listener -> listener.sharesReleased(released, false));
     }
     Set<Integer> acquired = current.leases.acquireUpTo(target);
     if (!acquired.isEmpty()) {
@@ -634,6 +636,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       return;
     }
     Set<Integer> shares = current.leases.held();
+    if (!shares.isEmpty()) {
+      notifyListener(listener -> listener.sharesReleased(shares, false));
+    }
     try {
       current.leases.releaseAll();
       if (current.notifications != null) {
@@ -645,9 +650,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       owned = Set.of();
       current.connection.close();
       LOG.info("relay {}: stopped, shares {} released", config.name(), shares);
-      if (!shares.isEmpty()) {
-        notifyListener(listener -> listener.sharesReleased(shares, false));
-      }
     } catch (SQLException | RuntimeException e) {
       LOG.debug("relay {}: releasing the session failed; dropping it", config.name(), e);
       loseSession();

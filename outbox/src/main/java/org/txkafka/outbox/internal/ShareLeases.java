@@ -127,19 +127,16 @@ final class ShareLeases {
   }
 
   /**
-   * Gives back shares above {@code target}. Call only between batches.
-   *
-   * @return the shares given back
+   * Which held shares to give back to come down to {@code target} (none if at or below it). Nothing
+   * is unlocked yet: see {@link #unlock}.
    */
-  Set<Integer> releaseSurplus(int target) throws SQLException {
+  Set<Integer> surplus(int target) {
     if (held.size() <= target) {
       return Set.of();
     }
-    List<Integer> surplus = new ArrayList<>(held);
-    Collections.shuffle(surplus, random);
-    Set<Integer> released = new TreeSet<>(surplus.subList(0, held.size() - target));
-    unlock(released);
-    return released;
+    List<Integer> candidates = new ArrayList<>(held);
+    Collections.shuffle(candidates, random);
+    return new TreeSet<>(candidates.subList(0, held.size() - target));
   }
 
   /**
