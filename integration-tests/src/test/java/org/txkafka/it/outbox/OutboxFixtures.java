@@ -31,6 +31,7 @@ import org.txkafka.outbox.Outbox;
 import org.txkafka.outbox.OutboxMessage;
 import org.txkafka.outbox.OutboxRelay;
 import org.txkafka.outbox.OutboxWriter;
+import org.txkafka.testkit.ChildJvm;
 import org.txkafka.testkit.KafkaBroker;
 import org.txkafka.testkit.TestDatabase;
 
@@ -49,6 +50,24 @@ final class OutboxFixtures {
         .leaseCheckInterval(Duration.ofMillis(200))
         .retryBackoff(Duration.ofMillis(50), Duration.ofSeconds(1))
         .closeTimeout(Duration.ofSeconds(10));
+  }
+
+  /** Starts a {@link RelayProcessMain} in a child JVM against {@code db} and {@code broker}. */
+  static ChildJvm startRelayProcess(
+      TestDatabase db, KafkaBroker broker, String name, int batchSize) {
+    return ChildJvm.builder(RelayProcessMain.class)
+        .name(name)
+        .maxHeap("192m")
+        .jvmOption("-XX:+UseSerialGC")
+        .jvmOption("-XX:TieredStopAtLevel=1")
+        .args(
+            db.jdbcUrl(),
+            db.user() == null ? "-" : db.user(),
+            db.password() == null ? "-" : db.password(),
+            broker.bootstrapServers(),
+            name,
+            Integer.toString(batchSize))
+        .start();
   }
 
   /** An unpooled data source: each getConnection() is a new session (what a relay needs). */
