@@ -72,6 +72,13 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private static final long MAX_WAIT_SLICE_NANOS = TimeUnit.MILLISECONDS.toNanos(100);
   private static final Duration CLOSE_GRACE = Duration.ofSeconds(5);
 
+  /**
+   * Longest wait before a topic whose sends could not start (no metadata: missing topic, broker
+   * unreachable) is tried again. Each try can block the relay thread for the producer's
+   * max.block.ms, so a topic that stays missing must not be tried often: it would starve the rest.
+   */
+  static final Duration MAX_TOPIC_BACKOFF = Duration.ofSeconds(30);
+
   private enum State {
     NEW,
     RUNNING,
@@ -326,7 +333,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       LOG.info(
           "relay {}: gave back shares {} ({} relays, fair share {})",
           config.name(),
-          surplus,
+          describe(surplus),
           relays,
           target);
     }
@@ -336,7 +343,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       LOG.info(
           "relay {}: took shares {} ({} relays, fair share {}, now {})",
           config.name(),
-          acquired,
+          describe(acquired),
           relays,
           target,
           owned.size());
@@ -592,9 +599,10 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   }
 
   private void backOffTopic(String topic) {
+    long max = Math.max(config.maxBackoff().toNanos(), MAX_TOPIC_BACKOFF.toNanos());
     topicBackoffs
         .computeIfAbsent(topic, t -> new TopicBackoff())
-        .failed(config.initialBackoff().toNanos(), config.maxBackoff().toNanos());
+        .failed(config.initialBackoff().toNanos(), max);
   }
 
   private static Throwable immediateFailure(Future<RecordMetadata> future) {
@@ -649,7 +657,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       session = null;
       owned = Set.of();
       current.connection.close();
-      LOG.info("relay {}: stopped, shares {} released", config.name(), shares);
+      LOG.info("relay {}: stopped, shares {} released", config.name(), describe(shares));
     } catch (SQLException | RuntimeException e) {
       LOG.debug("relay {}: releasing the session failed; dropping it", config.name(), e);
       loseSession();
@@ -675,6 +683,35 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       connection.close();
     } catch (SQLException | RuntimeException e) {
       // the session is gone either way
+    }
+  }
+
+  /** Shares as ranges for logs: {@code 0-3,7,9-12}. */
+  static String describe(Set<Integer> shares) {
+    StringBuilder text = new StringBuilder();
+    int start = -2;
+    int previous = -2;
+    for (int share : new TreeSet<>(shares)) {
+      if (share != previous + 1) {
+        appendRange(text, start, previous);
+        start = share;
+      }
+      previous = share;
+    }
+    appendRange(text, start, previous);
+    return text.length() == 0 ? "none" : text.toString();
+  }
+
+  private static void appendRange(StringBuilder text, int start, int end) {
+    if (start < 0) {
+      return;
+    }
+    if (text.length() > 0) {
+      text.append(',');
+    }
+    text.append(start);
+    if (end > start) {
+      text.append('-').append(end);
     }
   }
 
