@@ -53,7 +53,8 @@ import org.txkafka.outbox.OutboxRelay;
  *       are given back only between batches.
  *   <li><b>Per-key order.</b> Rows of one key live in one share, read in id order. Within a batch,
  *       once a row of a share could not be handed to the producer (metadata timeout, topic in
- *       backoff), no later row of that share is sent in that batch. The producer retries transient
+ *       backoff), no later row of that share is sent in that batch, and the share is paused (not
+ *       read) until that topic's backoff has passed, so it cannot starve the other shares either. The producer retries transient
  *       errors itself and in order ({@code delivery.timeout.ms} at its maximum, at most 5 requests
  *       in flight, idempotence), so a later record of a partition is never acknowledged before an
  *       earlier one that is still retried.
@@ -91,6 +92,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private final Random random = new Random();
   private final AtomicReference<State> state = new AtomicReference<>(State.NEW);
   private final Map<String, TopicBackoff> topicBackoffs = new HashMap<>();
+  private final Map<Integer, String> pausedShares = new HashMap<>();
 
   private volatile boolean stopping;
   private volatile Thread thread;
@@ -404,7 +406,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   // ---------------------------------------------------------------- one batch
 
   private BatchOutcome publishBatch(Session current) throws SQLException {
-    Set<Integer> shares = current.leases.held();
+    Set<Integer> shares = sendableShares(current.leases.held());
     if (shares.isEmpty()) {
       return BatchOutcome.EMPTY;
     }
@@ -432,6 +434,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       TopicBackoff topicBackoff = topicBackoffs.get(row.topic());
       if (topicBackoff != null && !topicBackoff.due()) {
         stalledShares.add(row.share());
+        pausedShares.put(row.share(), row.topic());
         continue;
       }
       Sent attempt = new Sent(row);
@@ -455,6 +458,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       if (immediate != null && !PublishErrors.isPoison(immediate)) {
         stalledShares.add(row.share());
         backOffTopic(row.topic());
+        pausedShares.put(row.share(), row.topic());
       }
     }
     try {
@@ -479,6 +483,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         failed.add(attempt);
         if (attempt.error != null && !stopping) {
           backOffTopic(attempt.row.topic());
+          pausedShares.put(attempt.row.share(), attempt.row.topic());
         }
       }
     }
@@ -506,8 +511,29 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (producerBroken) {
       throw new KafkaException("the producer failed", sent.get(sent.size() - 1).error);
     }
-    boolean troubled = !failed.isEmpty() || !stalledShares.isEmpty();
-    return new BatchOutcome(rows.size() >= config.batchSize(), troubled);
+    // Rows skipped only because their topic waits out its backoff are no new trouble: their shares
+    // are paused (left out of the next reads), and the other shares go on at full speed.
+    return new BatchOutcome(rows.size() >= config.batchSize(), !failed.isEmpty());
+  }
+
+  /**
+   * The held shares minus those paused behind a topic that waits out its backoff. A paused share
+   * is not even read: its head rows would otherwise fill every batch and starve the other shares.
+   */
+  private Set<Integer> sendableShares(Set<Integer> held) {
+    pausedShares
+        .entrySet()
+        .removeIf(
+            paused -> {
+              TopicBackoff backoff = topicBackoffs.get(paused.getValue());
+              return backoff == null || backoff.due() || !held.contains(paused.getKey());
+            });
+    if (pausedShares.isEmpty()) {
+      return held;
+    }
+    Set<Integer> sendable = new TreeSet<>(held);
+    sendable.removeAll(pausedShares.keySet());
+    return sendable;
   }
 
   private List<OutboxRow> readPending(Session current, Set<Integer> shares) throws SQLException {
