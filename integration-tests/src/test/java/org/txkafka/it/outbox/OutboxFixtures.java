@@ -54,8 +54,12 @@ final class OutboxFixtures {
 
   /** Starts a {@link RelayProcessMain} in a child JVM against {@code db} and {@code broker}. */
   static ChildJvm startRelayProcess(
-      TestDatabase db, KafkaBroker broker, String name, int batchSize) {
-    return ChildJvm.builder(RelayProcessMain.class)
+      TestDatabase db, KafkaBroker broker, String name, int batchSize, String... jvmOptions) {
+    ChildJvm.Builder builder = ChildJvm.builder(RelayProcessMain.class);
+    for (String option : jvmOptions) {
+      builder.jvmOption(option);
+    }
+    return builder
         .name(name)
         .maxHeap("192m")
         .jvmOption("-XX:+UseSerialGC")

@@ -1,5 +1,6 @@
 package org.txkafka.it.outbox;
 
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.txkafka.it.outbox.OutboxFixtures.asStrings;
 import static org.txkafka.it.outbox.OutboxFixtures.assertAllPresent;
@@ -102,7 +103,9 @@ class OutboxRelayCrashTest {
       writers.shutdown();
       long pendingAfterKills = pendingRows(db);
 
-      try (ChildJvm relay = OutboxFixtures.startRelayProcess(db, broker, "crash-final", 100)) {
+      try (ChildJvm relay =
+          OutboxFixtures.startRelayProcess(
+              db, broker, "crash-final", 100, "-Xlog:class+load=info:stdout")) {
         relay.awaitLine("READY", WAIT);
         Set<String> expected = asStrings(written);
         reader.awaitIds(WAIT, expected);
@@ -110,6 +113,12 @@ class OutboxRelayCrashTest {
         assertAllPresent(expected, reader.distinctIds());
         int duplicates = assertPerKeyOrderAfterDedup(reader.records());
         relay.terminate();
+        assertTrue(
+            relay.output().contains("org.txkafka.outbox.internal.JdbcOutboxRelay"),
+            "class loading is logged");
+        assertFalse(
+            relay.output().contains("io.micrometer"),
+            "a relay without a meter registry loads no Micrometer class (it is optional)");
         System.out.printf(
             "crash: seed %d, %d messages, %d SIGKILLs, %d rows pending after the last kill, %d"
                 + " duplicate copies in Kafka%n",

@@ -1,6 +1,7 @@
 package org.txkafka.it.outbox;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.txkafka.it.outbox.OutboxFixtures.asStrings;
 import static org.txkafka.it.outbox.OutboxFixtures.assertAllPresent;
@@ -10,6 +11,7 @@ import static org.txkafka.it.outbox.OutboxFixtures.commit;
 import static org.txkafka.it.outbox.OutboxFixtures.numbered;
 import static org.txkafka.it.outbox.OutboxFixtures.pendingRows;
 
+import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collections;
@@ -30,6 +32,7 @@ import org.junit.jupiter.api.Timeout;
 import org.txkafka.it.outbox.OutboxFixtures.TopicReader;
 import org.txkafka.outbox.Outbox;
 import org.txkafka.outbox.OutboxMessage;
+import org.txkafka.outbox.internal.Shares;
 import org.txkafka.testkit.ChildJvm;
 import org.txkafka.testkit.KafkaBroker;
 import org.txkafka.testkit.TestDatabase;
@@ -155,6 +158,62 @@ class OutboxRelayFailoverTest {
           db.queryLong(
               "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
                   + " WHERE l.locktype = 'advisory' AND d.datname = current_database()"));
+    } finally {
+      relays.forEach(ChildJvm::close);
+    }
+  }
+
+  @Test
+  void frozenRelayKeepsItsSharesSoNoOtherPublishesThemAndCatchesUpWhenItResumes() {
+    String topic = KafkaBroker.uniqueTopic("frozen");
+    broker.createTopic(topic, 2);
+    List<ChildJvm> relays = new ArrayList<>();
+    try (TopicReader reader = new TopicReader(broker, topic)) {
+      relays.add(OutboxFixtures.startRelayProcess(db, broker, "frozen-a", 50));
+      relays.add(OutboxFixtures.startRelayProcess(db, broker, "frozen-b", 50));
+      await(
+          WAIT,
+          () -> "even split, now " + holdings(relays),
+          () -> holdings(relays).stream().allMatch(h -> h.size() == Outbox.SHARE_COUNT / 2));
+      ChildJvm frozen = relays.get(0);
+      Set<Integer> frozenShares = holdings(relays).get(0);
+      Set<Integer> liveShares = holdings(relays).get(1);
+
+      // SIGSTOP: a very long GC pause. Its session stays open, so its leases stay held.
+      frozen.suspend();
+      long frozenAt = System.currentTimeMillis();
+      List<UUID> toFrozen = new ArrayList<>();
+      List<UUID> toLive = new ArrayList<>();
+      for (int i = 0; toFrozen.size() < 20 || toLive.size() < 20; i++) {
+        String key = "key-" + i;
+        int share = Shares.shareOf(key.getBytes(StandardCharsets.UTF_8), null);
+        (frozenShares.contains(share) ? toFrozen : toLive)
+            .addAll(commit(db.dataSource(), List.of(numbered(topic, key, 0))));
+      }
+      reader.awaitIds(WAIT, asStrings(toLive));
+      OutboxFixtures.sleep(2_000);
+      reader.poll(200);
+      for (UUID id : toFrozen) {
+        assertFalse(
+            reader.distinctIds().contains(id.toString()),
+            "no other relay publishes the frozen relay's shares");
+      }
+      assertEquals(liveShares, holdings(relays).get(1), "the live relay took nothing over");
+
+      frozen.resume();
+      long resumedAt = System.currentTimeMillis();
+      reader.awaitIds(WAIT, asStrings(toFrozen));
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      assertPerKeyOrderAfterDedup(reader.records());
+      long now = System.currentTimeMillis();
+      RelayEvents frozenEvents = new RelayEvents("frozen-a", frozen.output(), now, now);
+      RelayEvents liveEvents = new RelayEvents("frozen-b", relays.get(1).output(), now, now);
+      RelayEvents.assertNoShareHeldByTwoAtOnce(List.of(frozenEvents, liveEvents));
+      frozenEvents.assertPublishedOnlyHeldShares();
+      liveEvents.assertPublishedOnlyHeldShares();
+      System.out.printf(
+          "frozen: relay stopped for %d ms, its %d rows published after it resumed%n",
+          resumedAt - frozenAt, toFrozen.size());
     } finally {
       relays.forEach(ChildJvm::close);
     }
