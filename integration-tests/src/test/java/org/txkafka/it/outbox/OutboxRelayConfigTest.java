@@ -21,10 +21,13 @@ class OutboxRelayConfigTest {
   private static OutboxRelay.Builder valid() {
     PGSimpleDataSource dataSource = new PGSimpleDataSource();
     dataSource.setURL("jdbc:postgresql://127.0.0.1:1/never-connected");
-    return Outbox.relay().dataSource(dataSource).producerProperty("bootstrap.servers", "127.0.0.1:1");
+    return Outbox.relay()
+        .dataSource(dataSource)
+        .producerProperty("bootstrap.servers", "127.0.0.1:1");
   }
 
-  private static void assertRefused(String expectedMessage, UnaryOperator<OutboxRelay.Builder> change) {
+  private static void assertRefused(
+      String expectedMessage, UnaryOperator<OutboxRelay.Builder> change) {
     IllegalArgumentException error =
         assertThrows(IllegalArgumentException.class, () -> change.apply(valid()).build());
     assertEquals(expectedMessage, error.getMessage());

@@ -48,6 +48,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.txkafka.it.outbox.OutboxFixtures.TopicReader;
 import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxAdmin;
 import org.txkafka.outbox.OutboxMessage;
 import org.txkafka.outbox.OutboxRelay;
 import org.txkafka.outbox.OutboxWriter;
@@ -359,16 +360,21 @@ class OutboxRelayPublishingTest {
       assertTrue(registry.find("txkafka.outbox.pending").gauge() != null);
       assertTrue(registry.find("txkafka.outbox.oldest.pending.age").timeGauge() != null);
     } finally {
-      Outbox.admin(db.dataSource()).parked(100).forEach(p -> Outbox.admin(db.dataSource()).discard(p.id()));
+      OutboxAdmin admin = Outbox.admin(db.dataSource());
+      admin.parked(100).forEach(parked -> admin.discard(parked.id()));
     }
-    assertTrue(registry.find("txkafka.outbox.published").counters().isEmpty(), "close removes meters");
+    assertTrue(
+        registry.find("txkafka.outbox.published").counters().isEmpty(), "close removes meters");
   }
 
   @Test
   void closeReleasesEveryLeaseSoTheNextRelayTakesAllSharesAtOnce() {
     OutboxRelay first = relay(relayPool, broker).build();
     first.start();
-    await(WAIT, "first relay holds all shares", () -> first.ownedShares().size() == Outbox.SHARE_COUNT);
+    await(
+        WAIT,
+        "first relay holds all shares",
+        () -> first.ownedShares().size() == Outbox.SHARE_COUNT);
     first.close();
     assertFalse(first.isRunning());
     assertTrue(first.ownedShares().isEmpty());
@@ -380,7 +386,10 @@ class OutboxRelayPublishingTest {
         "no advisory lock survives close(), even on a pooled connection");
     try (OutboxRelay second = relay(relayPool, broker).build()) {
       second.start();
-      await(WAIT, "second relay holds all shares", () -> second.ownedShares().size() == Outbox.SHARE_COUNT);
+      await(
+          WAIT,
+          "second relay holds all shares",
+          () -> second.ownedShares().size() == Outbox.SHARE_COUNT);
     }
   }
 

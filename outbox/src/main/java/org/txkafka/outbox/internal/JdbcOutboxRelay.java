@@ -54,10 +54,10 @@ import org.txkafka.outbox.OutboxRelay;
  *   <li><b>Per-key order.</b> Rows of one key live in one share, read in id order. Within a batch,
  *       once a row of a share could not be handed to the producer (metadata timeout, topic in
  *       backoff), no later row of that share is sent in that batch, and the share is paused (not
- *       read) until that topic's backoff has passed, so it cannot starve the other shares either. The producer retries transient
- *       errors itself and in order ({@code delivery.timeout.ms} at its maximum, at most 5 requests
- *       in flight, idempotence), so a later record of a partition is never acknowledged before an
- *       earlier one that is still retried.
+ *       read) until that topic's backoff has passed, so it cannot starve the other shares either.
+ *       The producer retries transient errors itself and in order ({@code delivery.timeout.ms} at
+ *       its maximum, at most 5 requests in flight, idempotence), so a later record of a partition
+ *       is never acknowledged before an earlier one that is still retried.
  *   <li><b>A poison row never blocks its share</b>: errors that can never succeed for that row
  *       ({@link PublishErrors#isPoison}) park it (parked_at, attempts, last_error); other errors
  *       leave it pending and make the relay back off.

@@ -35,7 +35,9 @@ final class PublishErrors {
   /** A short description for the last_error column: class and message of the root error. */
   static String describe(Throwable error) {
     Throwable cause = error;
-    while (cause.getCause() != null && cause.getCause() != cause && cause instanceof java.util.concurrent.ExecutionException) {
+    while (cause instanceof java.util.concurrent.ExecutionException
+        && cause.getCause() != null
+        && cause.getCause() != cause) {
       cause = cause.getCause();
     }
     String text = cause.getClass().getName() + ": " + cause.getMessage();

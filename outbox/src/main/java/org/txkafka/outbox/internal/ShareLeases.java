@@ -194,7 +194,8 @@ final class ShareLeases {
   /** Gives back every share and the presence lock of this session. */
   void releaseAll() throws SQLException {
     held.clear();
-    try (PreparedStatement unlockAll = connection.prepareStatement("SELECT pg_advisory_unlock_all()")) {
+    try (PreparedStatement unlockAll =
+        connection.prepareStatement("SELECT pg_advisory_unlock_all()")) {
       unlockAll.executeQuery().close();
     }
   }
