@@ -50,8 +50,34 @@ import org.txkafka.outbox.internal.RelayConfig;
  *       parked rows with {@link OutboxAdmin}.
  * </ul>
  *
+ * <h2>Limits</h2>
+ *
+ * <ul>
+ *   <li>Duplicates: a relay that dies (or whose database session ends) after Kafka acknowledged a
+ *       batch and before the rows were removed leaves that batch to be sent again, by itself or by
+ *       the next owner of the shares. Receivers remove duplicates by message id.
+ *   <li>A relay whose database session ends in the middle of a batch may still finish sending it
+ *       while another relay already took the shares over: the overlap is at most that one batch, and
+ *       after duplicates are removed every key is still in order. A relay that is frozen (long GC
+ *       pause, SIGSTOP) keeps its session and so its shares: nobody publishes them until it resumes
+ *       or its session ends (turn on TCP keepalives so that a dead network path ends it).
+ *   <li>A parked row has left its key's order: later rows of the key are published meanwhile, and a
+ *       replayed row comes after them.
+ *   <li>Rows for a topic that does not exist (or an explicit partition out of range) wait, they are
+ *       not parked: each retry may block the relay thread for the producer's {@code max.block.ms}
+ *       (10 s unless set), at most once per topic backoff (up to 30 s), and the shares of those rows
+ *       are paused meanwhile, with every other key of those shares.
+ *   <li>Lowering {@code delivery.timeout.ms} lets the producer give up on a record; it is then sent
+ *       again later, possibly after later records of its key.
+ *   <li>At most {@value Outbox#SHARE_COUNT} relays have work; more are standbys. A relay keeps up to
+ *       two batches of rows in memory (the one in flight and the next one): size {@link
+ *       Builder#batchSize(int)} for your largest payloads.
+ *   <li>The archive table ({@link Builder#archive(boolean)}) is never pruned by the relay.
+ * </ul>
+ *
  * <p>Implementations are thread-safe: {@link #start()}, {@link #close()} and the getters may be
- * called from any thread. The relay does its work on one thread of its own.
+ * called from any thread. The relay does its work on one thread of its own (not a daemon thread:
+ * close the relay at shutdown).
  */
 public interface OutboxRelay extends AutoCloseable {
 
