@@ -8,6 +8,7 @@ import java.sql.Statement;
 import java.sql.Timestamp;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
@@ -334,7 +335,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private boolean checkLeases(Session current) throws SQLException {
     int relays = current.leases.countRelays();
     int target = ShareLeases.fairShare(relays);
-    Set<Integer> surplus = current.leases.surplus(target);
+    Set<Integer> surplus = Collections.unmodifiableSet(current.leases.surplus(target));
     if (!surplus.isEmpty()) {
       // Told before the unlock: from here on nothing of these shares is published by this relay.
       notifyListener(listener -> listener.sharesReleased(surplus, false));
@@ -347,7 +348,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           relays,
           target);
     }
-    Set<Integer> acquired = current.leases.acquireUpTo(target);
+    Set<Integer> acquired = Collections.unmodifiableSet(current.leases.acquireUpTo(target));
     if (!acquired.isEmpty()) {
       owned = current.leases.held();
       LOG.info(
@@ -427,10 +428,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       return BatchOutcome.EMPTY;
     }
     List<OutboxRow> batch = rows;
-    Set<Integer> batchShares = new TreeSet<>();
+    Set<Integer> shareSet = new TreeSet<>();
     for (OutboxRow row : rows) {
-      batchShares.add(row.share());
+      shareSet.add(row.share());
     }
+    Set<Integer> batchShares = Collections.unmodifiableSet(shareSet);
     notifyListener(listener -> listener.batchStarting(batchShares, batch.size()));
 
     List<Sent> sent = new ArrayList<>(rows.size());
