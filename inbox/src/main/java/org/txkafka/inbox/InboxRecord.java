@@ -17,7 +17,7 @@ import org.apache.kafka.common.header.Headers;
  * @param value the value, or null (a tombstone)
  * @param headers the headers, read-only
  * @param messageId the message id the inbox deduplicates on: from {@link MessageIdExtractor}, or
- *     {@code topic:partition:offset} based when the record has none
+ *     {@code kafka:<topic>/<partition>/<offset>} when the record has none
  * @param timestamp the record's Kafka timestamp
  */
 public record InboxRecord(

@@ -88,7 +88,8 @@ public final class InboxSql {
         columns + " WHERE consumer_group = ? AND id = ? AND replayed_at IS NULL FOR UPDATE";
     markDeadLetterReplayed = "UPDATE " + deadLetters + " SET replayed_at = ? WHERE id = ?";
     markInboxReplayed =
-        "UPDATE " + inbox + " SET status = 'REPLAYED' WHERE consumer_group = ? AND message_id = ?";
+        "UPDATE " + inbox + " SET status = 'REPLAYED', received_at = ?"
+            + " WHERE consumer_group = ? AND message_id = ?";
     deleteExpired =
         "DELETE FROM " + inbox + " WHERE (consumer_group, message_id) IN ("
             + "SELECT consumer_group, message_id FROM " + inbox
@@ -250,7 +251,10 @@ public final class InboxSql {
     }
   }
 
-  /** Marks a dead letter and its inbox row replayed. */
+  /**
+   * Marks a dead letter and its inbox row replayed; the row's dedup window starts again at {@code
+   * at}.
+   */
   public void markReplayed(
       Connection connection, String group, DeadLetter deadLetter, Instant at)
       throws SQLException {
@@ -260,8 +264,9 @@ public final class InboxSql {
       statement.executeUpdate();
     }
     try (PreparedStatement statement = connection.prepareStatement(markInboxReplayed)) {
-      statement.setString(1, group);
-      statement.setString(2, deadLetter.record().messageId());
+      statement.setTimestamp(1, Timestamp.from(at));
+      statement.setString(2, group);
+      statement.setString(3, deadLetter.record().messageId());
       statement.executeUpdate();
     }
   }

@@ -1,6 +1,7 @@
 package org.txkafka.it.inbox;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.txkafka.it.inbox.InboxTestSupport.await;
 
 import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
@@ -102,6 +103,13 @@ class InboxDuplicatesTest {
       double processed = registry.get("txkafka.inbox.records.processed").counter().count();
       assertEquals(all.size() - expectedRows, (long) duplicates, "duplicates metric");
       assertEquals(expectedRows, (long) processed, "processed metric");
+      assertEquals(2, registry.get("txkafka.inbox.lag").gauges().size(), "a lag gauge per partition");
+      await("the lag gauges to show everything consumed", Duration.ofSeconds(30),
+          () -> registry.get("txkafka.inbox.lag").gauges().stream()
+              .allMatch(gauge -> gauge.value() == 0));
+      assertTrue(
+          registry.get("txkafka.inbox.batch.latency").timer().count() > 0,
+          "batch latency recorded");
     }
   }
 }
