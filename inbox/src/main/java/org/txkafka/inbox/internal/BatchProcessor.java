@@ -92,8 +92,9 @@ final class BatchProcessor {
   /** index -1: the failure happened at commit and cannot be tied to one record. */
   private record HandlerFailed(int index, Throwable cause) implements Outcome {}
 
-  private boolean active(PartitionState state) {
-    return state.isReady() && !closing.getAsBoolean();
+  /** True while this batch may still commit: same claim, partition ready, inbox not closing. */
+  private boolean active(PartitionState state, long epoch) {
+    return state.isReady() && state.epoch == epoch && !closing.getAsBoolean();
   }
 
   /**
@@ -102,6 +103,7 @@ final class BatchProcessor {
    */
   void process(PartitionState state, List<ConsumerRecord<byte[], byte[]>> records)
       throws InterruptedException {
+    long epoch = state.epoch;
     List<Item> items = new ArrayList<>(records.size());
     for (ConsumerRecord<byte[], byte[]> record : records) {
       items.add(resolve(record, settings.messageIdExtractor()));
@@ -110,12 +112,12 @@ final class BatchProcessor {
     int limit = Integer.MAX_VALUE;
     int position = 0;
     while (position < items.size()) {
-      if (!active(state)) {
+      if (!active(state, epoch)) {
         return;
       }
       Item first = items.get(position);
       if (first.malformed() != null) {
-        Outcome outcome = deadLetter(state, first, 0, first.malformed());
+        Outcome outcome = deadLetter(state, epoch, first, 0, first.malformed());
         if (!(outcome instanceof Committed)) {
           return;
         }
@@ -127,7 +129,7 @@ final class BatchProcessor {
         end++;
       }
       List<Item> unit = items.subList(position, end);
-      Outcome outcome = apply(state, unit);
+      Outcome outcome = apply(state, epoch, unit);
       if (outcome instanceof Committed) {
         position = end;
         limit = Integer.MAX_VALUE;
@@ -150,7 +152,8 @@ final class BatchProcessor {
       Item failing = unit.get(0);
       int count = attempts.merge(failing.record().offset(), 1, Integer::sum);
       if (count >= settings.maxAttempts()) {
-        Outcome dead = deadLetter(state, failing, count, Failures.describe(failed.cause()));
+        Outcome dead =
+            deadLetter(state, epoch, failing, count, Failures.describe(failed.cause()));
         if (!(dead instanceof Committed)) {
           return;
         }
@@ -166,7 +169,7 @@ final class BatchProcessor {
           count,
           settings.maxAttempts(),
           failed.cause());
-      if (!sleep(state, backoff(count))) {
+      if (!sleep(state, epoch, backoff(count))) {
         return;
       }
       limit = 1;
@@ -174,15 +177,15 @@ final class BatchProcessor {
   }
 
   /** One transaction for {@code unit}, retried while the database fails transiently. */
-  private Outcome apply(PartitionState state, List<Item> unit) throws InterruptedException {
+  private Outcome apply(PartitionState state, long epoch, List<Item> unit)
+      throws InterruptedException {
     TopicPartition partition = state.partition;
     long next = unit.get(unit.size() - 1).record().offset() + 1;
     int failures = 0;
     while (true) {
-      if (!active(state)) {
+      if (!active(state, epoch)) {
         return new Inactive();
       }
-      long epoch = state.epoch;
       boolean[] workDone = {false};
       int[] counts = new int[2];
       long start = System.nanoTime();
@@ -238,7 +241,7 @@ final class BatchProcessor {
                   return Boolean.TRUE;
                 });
         if (!committed) {
-          fenced(state, epoch);
+          fenced(state, epoch, unit.get(0).record().offset());
           return new Fenced();
         }
         state.committedOffset = next;
@@ -277,24 +280,24 @@ final class BatchProcessor {
               "inbox SQL failed on {}, retrying the batch (failure {})", partition, failures, e);
         }
       }
-      if (!sleep(state, backoff(failures))) {
+      if (!sleep(state, epoch, backoff(failures))) {
         return new Inactive();
       }
     }
   }
 
   /** Dead-letters {@code item} in one transaction, retried while the database fails. */
-  private Outcome deadLetter(PartitionState state, Item item, int attempts, String reason)
+  private Outcome deadLetter(
+      PartitionState state, long epoch, Item item, int attempts, String reason)
       throws InterruptedException {
     TopicPartition partition = state.partition;
     InboxRecord record = item.record();
     long next = record.offset() + 1;
     int failures = 0;
     while (true) {
-      if (!active(state)) {
+      if (!active(state, epoch)) {
         return new Inactive();
       }
-      long epoch = state.epoch;
       try {
         Boolean stored =
             transactions.inTransaction(
@@ -324,7 +327,7 @@ final class BatchProcessor {
                   return inserted;
                 });
         if (stored == null) {
-          fenced(state, epoch);
+          fenced(state, epoch, record.offset());
           return new Fenced();
         }
         state.committedOffset = next;
@@ -352,7 +355,7 @@ final class BatchProcessor {
           LOG.error("could not dead-letter on {}, retrying (failure {})", partition, failures, e);
         }
       }
-      if (!sleep(state, backoff(failures))) {
+      if (!sleep(state, epoch, backoff(failures))) {
         return new Inactive();
       }
     }
@@ -373,11 +376,15 @@ final class BatchProcessor {
     return message.build();
   }
 
-  private void fenced(PartitionState state, long epoch) {
-    if (state.phase.compareAndSet(PartitionState.Phase.READY, PartitionState.Phase.FENCED)) {
+  private void fenced(PartitionState state, long epoch, long firstUncommitted) {
+    if (state.epoch == epoch
+        && state.phase.compareAndSet(PartitionState.Phase.READY, PartitionState.Phase.FENCED)) {
+      state.restartOffset = firstUncommitted;
+      state.fencedAtNanos = System.nanoTime();
       LOG.warn(
           "fenced on {}: epoch {} is no longer the owner in the database (another member claimed"
-              + " it); this member will not commit for it again",
+              + " it); its queued records are dropped and it is claimed again if Kafka still"
+              + " assigns it to this member",
           state.partition,
           epoch);
       notifyListener(listener -> listener.onPartitionFenced(state.partition));
@@ -402,10 +409,11 @@ final class BatchProcessor {
   }
 
   /** Sleeps in slices; false if the partition stopped being active meanwhile. */
-  private boolean sleep(PartitionState state, Duration duration) throws InterruptedException {
+  private boolean sleep(PartitionState state, long epoch, Duration duration)
+      throws InterruptedException {
     long deadline = System.nanoTime() + duration.toNanos();
     while (true) {
-      if (!active(state)) {
+      if (!active(state, epoch)) {
         return false;
       }
       long left = deadline - System.nanoTime();

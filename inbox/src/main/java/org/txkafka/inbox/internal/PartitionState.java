@@ -46,6 +46,9 @@ final class PartitionState {
   /** First offset not committed when a worker restarted the partition, else -1. */
   volatile long restartOffset = -1;
 
+  /** When the partition was fenced (System.nanoTime), for the delayed re-claim. */
+  volatile long fencedAtNanos;
+
   /** Next offset this member committed in the database, -1 if none. */
   volatile long committedOffset = -1;
 

@@ -48,6 +48,13 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
   private static final long MIRROR_INTERVAL_NANOS = 1_000_000_000L;
   private static final long WAIT_SLICE_MILLIS = 5;
 
+  /**
+   * A fenced partition that Kafka still assigns here is claimed again after this delay: either
+   * this member is a zombie that will learn of its loss within a heartbeat or two (and then drop
+   * the partition), or a stale claim fenced the rightful owner, which must not stay stuck.
+   */
+  private static final long RECLAIM_AFTER_FENCING_NANOS = 2_000_000_000L;
+
   private final InboxSettings settings;
   private final Consumer<byte[], byte[]> consumer;
   private final ExecutorService workers;
@@ -166,8 +173,13 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
         if (state.phase.compareAndSet(Phase.CLAIMED, Phase.READY)) {
           schedule(state);
         }
-      } else if (phase == Phase.FENCED && state.queued() > 0) {
+      } else if (phase == Phase.FENCED) {
         state.clear();
+        if (System.nanoTime() - state.fencedAtNanos >= RECLAIM_AFTER_FENCING_NANOS
+            && state.phase.compareAndSet(Phase.FENCED, Phase.CLAIMING)) {
+          LOG.info("{} is still assigned here after fencing: claiming it again", state.partition);
+          submitClaim(state);
+        }
       }
     }
   }
@@ -297,7 +309,7 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
       PartitionState state = new PartitionState(partition);
       state.paused = true;
       states.put(partition, state);
-      metrics.partitionAdded(partition, state::lag);
+      safely(() -> metrics.partitionAdded(partition, state::lag));
       added.add(partition);
       submitClaim(state);
     }
@@ -337,7 +349,7 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
       if (state != null) {
         state.phase.set(Phase.GONE);
         state.clear();
-        metrics.partitionRemoved(partition);
+        safely(() -> metrics.partitionRemoved(partition));
         removed.add(state);
       }
     }
@@ -378,13 +390,22 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
       LOG.warn("closing the Kafka consumer failed", e);
     }
     for (PartitionState state : all) {
-      metrics.partitionRemoved(state.partition);
+      safely(() -> metrics.partitionRemoved(state.partition));
     }
     states.clear();
   }
 
   private void notify(java.util.function.Consumer<InboxListener> call) {
     processor.notifyListener(call);
+  }
+
+  /** Metrics must never break a rebalance callback. */
+  private static void safely(Runnable call) {
+    try {
+      call.run();
+    } catch (RuntimeException e) {
+      LOG.warn("inbox metrics failed", e);
+    }
   }
 
   private static void sleepQuietly(long millis) {
