@@ -13,6 +13,7 @@ import java.util.Properties;
 import java.util.regex.Pattern;
 import javax.sql.DataSource;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
+import org.apache.kafka.common.config.ConfigException;
 import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 import org.txkafka.SqlIdentifiers;
 import org.txkafka.inbox.internal.InboxRuntime;
@@ -442,6 +443,12 @@ public final class InboxBuilder {
     consumer.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class);
     consumer.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class);
     maxPollIntervalMs(consumer);
+    try {
+      // Kafka's own validation of every consumer setting (types, ranges, names of classes).
+      new ConsumerConfig(consumer);
+    } catch (ConfigException e) {
+      throw new IllegalArgumentException("kafkaProperties are invalid: " + e.getMessage(), e);
+    }
     return consumer;
   }
 

@@ -71,10 +71,18 @@ public final class InboxRuntime implements Inbox {
               + (lifecycle.get() == STARTED ? "running" : "closed"));
     }
     String group = settings.groupId();
-    workers = Executors.newFixedThreadPool(settings.concurrency(), threads("txkafka-inbox-worker-" + group, true));
+    KafkaConsumer<byte[], byte[]> consumer;
+    try {
+      consumer = new KafkaConsumer<>(settings.consumerProperties());
+    } catch (RuntimeException e) {
+      lifecycle.set(CLOSED);
+      throw e;
+    }
+    workers =
+        Executors.newFixedThreadPool(
+            settings.concurrency(), threads("txkafka-inbox-worker-" + group, true));
     BatchProcessor processor =
         new BatchProcessor(settings, transactions, sql, writer, metrics, () -> closing);
-    KafkaConsumer<byte[], byte[]> consumer = new KafkaConsumer<>(settings.consumerProperties());
     loop = new PollLoop(settings, consumer, workers, processor, this::claim, metrics);
     pollThread = threads("txkafka-inbox-poll-" + group, false).newThread(loop);
     pollThread.start();

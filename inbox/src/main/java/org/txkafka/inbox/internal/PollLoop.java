@@ -384,15 +384,16 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
     } catch (RuntimeException e) {
       LOG.debug("final offset mirror failed", e);
     }
+    for (PartitionState state : all) {
+      safely(() -> metrics.partitionRemoved(state.partition));
+    }
+    // Already waited for: the revocation callback of close() must not wait again.
+    states.clear();
     try {
       consumer.close(CloseOptions.timeout(Duration.ofSeconds(10)));
     } catch (RuntimeException e) {
       LOG.warn("closing the Kafka consumer failed", e);
     }
-    for (PartitionState state : all) {
-      safely(() -> metrics.partitionRemoved(state.partition));
-    }
-    states.clear();
   }
 
   private void notify(java.util.function.Consumer<InboxListener> call) {

@@ -67,6 +67,8 @@ class InboxConfigurationTest {
         b -> b.kafkaProperty("value.deserializer",
             "org.apache.kafka.common.serialization.StringDeserializer"),
         "value.deserializer", "StringDeserializer");
+    assertRefused(b -> b.kafkaProperty("max.poll.records", "many"),
+        "kafkaProperties are invalid", "max.poll.records", "many");
     assertRefused(b -> b.kafkaProperty("max.poll.interval.ms", "soon"),
         "max.poll.interval.ms", "soon");
     assertRefused(
