@@ -2,6 +2,7 @@ package org.txkafka.inbox.internal;
 
 import java.nio.charset.StandardCharsets;
 import java.sql.Connection;
+import java.sql.SQLException;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
@@ -109,23 +110,35 @@ final class BatchProcessor {
       items.add(resolve(record, settings.messageIdExtractor()));
     }
     Map<Long, Integer> attempts = new HashMap<>();
+    Map<Long, Throwable> lastFailure = new HashMap<>();
     int limit = Integer.MAX_VALUE;
+    int isolateUntil = 0;
     int position = 0;
     while (position < items.size()) {
       if (!active(state, epoch)) {
         return;
       }
       Item first = items.get(position);
-      if (first.malformed() != null) {
-        Outcome outcome = deadLetter(state, epoch, first, 0, first.malformed());
+      long firstOffset = first.record().offset();
+      String deadReason = first.malformed();
+      int tried = attempts.getOrDefault(firstOffset, 0);
+      if (deadReason == null && tried >= settings.maxAttempts()) {
+        deadReason = Failures.describe(lastFailure.get(firstOffset));
+      }
+      if (deadReason != null) {
+        Outcome outcome = deadLetter(state, epoch, first, tried, deadReason);
         if (!(outcome instanceof Committed)) {
           return;
         }
         position++;
+        limit = Integer.MAX_VALUE;
         continue;
       }
+      int unitLimit = position < isolateUntil ? 1 : limit;
       int end = position;
-      while (end < items.size() && end - position < limit && items.get(end).malformed() == null) {
+      while (end < items.size()
+          && end - position < unitLimit
+          && items.get(end).malformed() == null) {
         end++;
       }
       List<Item> unit = items.subList(position, end);
@@ -138,34 +151,30 @@ final class BatchProcessor {
       if (!(outcome instanceof HandlerFailed failed)) {
         return;
       }
-      if (failed.index() > 0) {
-        // Commit the records before the failing one, then retry it.
-        attempts.merge(unit.get(failed.index()).record().offset(), 1, Integer::sum);
-        limit = failed.index();
-        continue;
-      }
       if (failed.index() < 0 && unit.size() > 1) {
-        // Failed at commit: isolate the culprit by applying one record at a time.
-        limit = 1;
+        // The culprit is unknown (failure at commit, or an aborted transaction): apply the
+        // records of this unit one at a time.
+        isolateUntil = end;
         continue;
       }
-      Item failing = unit.get(0);
-      int count = attempts.merge(failing.record().offset(), 1, Integer::sum);
+      int index = Math.max(0, failed.index());
+      long failingOffset = unit.get(index).record().offset();
+      int count = attempts.merge(failingOffset, 1, Integer::sum);
+      lastFailure.put(failingOffset, failed.cause());
+      if (index > 0) {
+        // Commit the records before the failing one first; the loop then retries or
+        // dead-letters it.
+        limit = index;
+        continue;
+      }
       if (count >= settings.maxAttempts()) {
-        Outcome dead =
-            deadLetter(state, epoch, failing, count, Failures.describe(failed.cause()));
-        if (!(dead instanceof Committed)) {
-          return;
-        }
-        position++;
-        limit = Integer.MAX_VALUE;
         continue;
       }
       LOG.warn(
           "handler failed on {} offset {} (message id {}), attempt {} of {}; retrying",
           state.partition,
-          failing.record().offset(),
-          failing.record().messageId(),
+          failingOffset,
+          first.record().messageId(),
           count,
           settings.maxAttempts(),
           failed.cause());
@@ -233,10 +242,17 @@ final class BatchProcessor {
                     } catch (VirtualMachineError e) {
                       throw e;
                     } catch (Throwable e) {
-                      throw new HandlerException(i, e);
+                      // "Transaction aborted" in a later record is an earlier handler's fault
+                      // (it swallowed an SQL error): the culprit is unknown, isolate it.
+                      boolean earlierFault =
+                          i > 0
+                              && TransientErrors.hasSqlState(
+                                  e, InboxSql.IN_FAILED_TRANSACTION);
+                      throw new HandlerException(earlierFault ? -1 : i, e);
                     }
                     counts[0]++;
                   }
+                  requireUsableTransaction(connection);
                   workDone[0] = true;
                   return Boolean.TRUE;
                 });
@@ -283,6 +299,28 @@ final class BatchProcessor {
       if (!sleep(state, epoch, backoff(failures))) {
         return new Inactive();
       }
+    }
+  }
+
+  /**
+   * A handler that caught an SQL error and returned normally leaves PostgreSQL's transaction
+   * aborted: its commit would silently roll back the whole batch while this member moved on, and
+   * the next batch's offset would skip it. Checked before every commit (one round trip per batch);
+   * an aborted transaction counts as a handler failure.
+   */
+  private void requireUsableTransaction(Connection connection) throws Exception {
+    try {
+      sql.ping(connection);
+    } catch (SQLException e) {
+      if (InboxSql.IN_FAILED_TRANSACTION.equals(e.getSQLState())) {
+        throw new HandlerException(
+            -1,
+            new IllegalStateException(
+                "the handler returned normally but left the transaction aborted (an SQL error"
+                    + " was caught and ignored): " + e.getMessage(),
+                e));
+      }
+      throw e;
     }
   }
 

@@ -28,6 +28,9 @@ import org.txkafka.inbox.InboxRecord;
  */
 public final class InboxSql {
 
+  /** SQLState of a statement sent after an error in the same transaction. */
+  public static final String IN_FAILED_TRANSACTION = "25P02";
+
   /** A claim of a partition: the stored next offset (null if none yet) and the new epoch. */
   public record Claim(Long nextOffset, long epoch) {}
 
@@ -284,6 +287,13 @@ public final class InboxSql {
       statement.setTimestamp(2, Timestamp.from(cutoff));
       statement.setInt(3, limit);
       return statement.executeUpdate();
+    }
+  }
+
+  /** A round trip on the transaction; fails with {@link #IN_FAILED_TRANSACTION} if aborted. */
+  public void ping(Connection connection) throws SQLException {
+    try (java.sql.Statement statement = connection.createStatement()) {
+      statement.execute("SELECT 1");
     }
   }
 

@@ -37,6 +37,17 @@ public final class TransientErrors {
     return false;
   }
 
+  /** True if {@code failure} or one of its causes is an SQLException with {@code sqlState}. */
+  public static boolean hasSqlState(Throwable failure, String sqlState) {
+    Map<Throwable, Boolean> seen = new IdentityHashMap<>();
+    for (Throwable t = failure; t != null && seen.put(t, Boolean.TRUE) == null; t = t.getCause()) {
+      if (t instanceof SQLException sql && sqlState.equals(sql.getSQLState())) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   /** True for the SQLStates listed in the class comment. */
   public static boolean isTransientState(String state) {
     if (state == null) {

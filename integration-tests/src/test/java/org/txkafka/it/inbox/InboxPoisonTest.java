@@ -191,6 +191,63 @@ class InboxPoisonTest {
     }
   }
 
+  @Test
+  void handlerThatSwallowsAnSqlErrorCannotCommitItsBatchHalfAppliedOrSkipped() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-swallow");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("swallow-", 80);
+    InboxTestSupport.produce(broker, topic, messages);
+    String sloppyId = "swallow-33";
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("swallow");
+    InboxHandler sloppy =
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.messageId().equals(sloppyId)) {
+            try (var statement = context.connection().createStatement()) {
+              statement.execute("SELECT 1 / 0");
+            } catch (java.sql.SQLException ignored) {
+              // The mistake under test: the error is swallowed, PostgreSQL's transaction is dead.
+            }
+          }
+        };
+    String group = "swallow-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(2);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(sloppy)
+                .maxBatchSize(40)
+                .maxAttempts(2)
+                .retryBackoff(Duration.ofMillis(10))
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(60),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
+                          + " WHERE consumer_group = ?",
+                      group)
+                  == messages.size());
+      assertEquals(
+          messages.size() - 1,
+          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'swallow'"),
+          "every other record applied once, none lost with the aborted batch");
+      assertEquals(
+          messages.size() - 1,
+          db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'swallow'"));
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size());
+      assertEquals(sloppyId, deadLetters.get(0).record().messageId());
+      assertTrue(deadLetters.get(0).lastError().contains("aborted"), deadLetters.get(0).lastError());
+    }
+  }
+
   private static void assertReason(DeadLetter deadLetter, String key, String reason) {
     assertEquals(key, deadLetter.record().keyAsString());
     assertNotNull(deadLetter.lastError());
