@@ -129,7 +129,15 @@ public final class InboxRuntime implements Inbox {
         return;
       } catch (Exception e) {
         failures++;
-        LOG.warn("claiming {} failed (failure {}), retrying: {}", state.partition, failures, e.toString());
+        if (TransientErrors.hasSqlState(e, "55P03")) {
+          LOG.info(
+              "claiming {}: a transaction of the previous owner still holds the offset row,"
+                  + " waiting for it to end",
+              state.partition);
+          continue;
+        }
+        LOG.warn(
+            "claiming {} failed (failure {}), retrying: {}", state.partition, failures, e.toString());
         try {
           Thread.sleep(backoffMillis(failures));
         } catch (InterruptedException interrupted) {

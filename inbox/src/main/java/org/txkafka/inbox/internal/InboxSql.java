@@ -31,6 +31,9 @@ public final class InboxSql {
   /** SQLState of a statement sent after an error in the same transaction. */
   public static final String IN_FAILED_TRANSACTION = "25P02";
 
+  /** How long a claim waits for the offset row's lock before it retries. */
+  static final long CLAIM_LOCK_TIMEOUT_MILLIS = 5000;
+
   /** A claim of a partition: the stored next offset (null if none yet) and the new epoch. */
   public record Claim(Long nextOffset, long epoch) {}
 
@@ -103,10 +106,19 @@ public final class InboxSql {
             + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?";
   }
 
-  /** Bumps the owner epoch of a partition (creating its row) and returns the stored offset. */
+  /**
+   * Bumps the owner epoch of a partition (creating its row) and returns the stored offset. Waits
+   * at most {@value #CLAIM_LOCK_TIMEOUT_MILLIS} ms for the row lock (then SQLState 55P03).
+   */
   public Claim claim(
       Connection connection, String group, String topic, int partition, String ownerId)
       throws SQLException {
+    try (java.sql.Statement statement = connection.createStatement()) {
+      // A batch of the previous owner holds the row lock until it commits (then this claim sees
+      // its offset). Give up after a while, so that the caller can notice a revocation meanwhile
+      // and retry (55P03 is transient).
+      statement.execute("SET LOCAL lock_timeout = '" + CLAIM_LOCK_TIMEOUT_MILLIS + "ms'");
+    }
     try (PreparedStatement statement = connection.prepareStatement(claim)) {
       statement.setString(1, group);
       statement.setString(2, topic);

@@ -33,6 +33,9 @@ final class PartitionState {
   final TopicPartition partition;
   final AtomicReference<Phase> phase = new AtomicReference<>(Phase.CLAIMING);
   final AtomicBoolean scheduled = new AtomicBoolean();
+
+  /** True while a claim task for this state is queued or running. */
+  final AtomicBoolean claiming = new AtomicBoolean();
   private final ConcurrentLinkedQueue<ConsumerRecord<byte[], byte[]>> queue =
       new ConcurrentLinkedQueue<>();
   private final AtomicInteger queued = new AtomicInteger();

@@ -9,6 +9,7 @@ import java.util.Map;
 import java.util.OptionalLong;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.RejectedExecutionException;
+import java.util.concurrent.TimeUnit;
 import org.apache.kafka.clients.consumer.Consumer;
 import org.apache.kafka.clients.consumer.CloseOptions;
 import org.apache.kafka.clients.consumer.ConsumerRebalanceListener;
@@ -48,12 +49,8 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
   private static final long MIRROR_INTERVAL_NANOS = 1_000_000_000L;
   private static final long WAIT_SLICE_MILLIS = 5;
 
-  /**
-   * A fenced partition that Kafka still assigns here is claimed again after this delay: either
-   * this member is a zombie that will learn of its loss within a heartbeat or two (and then drop
-   * the partition), or a stale claim fenced the rightful owner, which must not stay stuck.
-   */
-  private static final long RECLAIM_AFTER_FENCING_NANOS = 2_000_000_000L;
+  /** Kafka's default session timeout, when the consumer properties do not set one. */
+  private static final long DEFAULT_SESSION_TIMEOUT_MS = 45_000;
 
   private final InboxSettings settings;
   private final Consumer<byte[], byte[]> consumer;
@@ -65,6 +62,16 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
   private volatile boolean running = true;
   private volatile Throwable failure;
   private long lastMirror = System.nanoTime();
+
+  /**
+   * A fenced partition that Kafka still assigns here after this long is claimed again. A member
+   * that really lost the partition (a zombie) learns so from its first heartbeat after waking up,
+   * well within one session timeout, and drops it; a member that still holds it after a whole
+   * session timeout of successful heartbeats is its owner in Kafka's eyes, so the claim that
+   * fenced it was a stale one (made by a member whose claim was still running when the partition
+   * was taken from it) and must not stall the partition.
+   */
+  private final long reclaimAfterFencingNanos;
 
   /** Claims partitions in the database; runs on a worker. */
   interface PartitionClaimer {
@@ -84,6 +91,11 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
     this.processor = processor;
     this.claimer = claimer;
     this.metrics = metrics;
+    Object session = settings.consumerProperties().get("session.timeout.ms");
+    long sessionMillis =
+        session == null ? DEFAULT_SESSION_TIMEOUT_MS : Long.parseLong(String.valueOf(session).trim());
+    this.reclaimAfterFencingNanos =
+        TimeUnit.MILLISECONDS.toNanos(sessionMillis + 1000);
   }
 
   /** Asks the loop to stop; it then finishes in-flight work within closeTimeout and closes. */
@@ -175,7 +187,7 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
         }
       } else if (phase == Phase.FENCED) {
         state.clear();
-        if (System.nanoTime() - state.fencedAtNanos >= RECLAIM_AFTER_FENCING_NANOS
+        if (System.nanoTime() - state.fencedAtNanos >= reclaimAfterFencingNanos
             && state.phase.compareAndSet(Phase.FENCED, Phase.CLAIMING)) {
           LOG.info("{} is still assigned here after fencing: claiming it again", state.partition);
           submitClaim(state);
@@ -291,9 +303,18 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
   }
 
   private void submitClaim(PartitionState state) {
+    state.claiming.set(true);
     try {
-      workers.execute(() -> claimer.claim(state));
+      workers.execute(
+          () -> {
+            try {
+              claimer.claim(state);
+            } finally {
+              state.claiming.set(false);
+            }
+          });
     } catch (RejectedExecutionException e) {
+      state.claiming.set(false);
       LOG.debug("not claiming {}: the inbox is closing", state.partition);
     }
   }
@@ -359,13 +380,15 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
   private static void awaitIdle(Collection<PartitionState> partitions, Duration timeout) {
     long deadline = System.nanoTime() + timeout.toNanos();
     for (PartitionState state : partitions) {
-      while (state.scheduled.get() && System.nanoTime() < deadline) {
+      // A running claim must end too: finishing after another member's claim, it would fence
+      // that member (each claim attempt waits at most the claim lock timeout).
+      while ((state.scheduled.get() || state.claiming.get()) && System.nanoTime() < deadline) {
         sleepQuietly(WAIT_SLICE_MILLIS);
       }
-      if (state.scheduled.get()) {
+      if (state.scheduled.get() || state.claiming.get()) {
         LOG.warn(
-            "a batch of {} is still running after {}; it commits only if no other member claimed"
-                + " the partition meanwhile",
+            "a batch or claim of {} is still running after {}; a batch commits only if no other"
+                + " member claimed the partition meanwhile",
             state.partition,
             timeout);
       }
