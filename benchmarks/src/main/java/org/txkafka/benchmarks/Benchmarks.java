@@ -158,7 +158,8 @@ public final class Benchmarks implements Callable<Integer> {
     validate(config);
     out.println("txkafka benchmarks " + config);
     KafkaBroker broker = KafkaBroker.shared();
-    try (TestDatabase db = TestPostgres.shared().createDatabase().migrate()) {
+    try (TestDatabase db = TestPostgres.shared().createDatabase().migrate();
+        Connection probe = profileDirectory == null ? null : db.connect()) {
       BenchContext ctx = new BenchContext(config, db, broker);
       String machine = machine(ctx);
       out.println("machine: " + machine);
@@ -169,7 +170,7 @@ public final class Benchmarks implements Callable<Integer> {
               out,
               profileDirectory == null
                   ? null
-                  : new Profiler(profileDirectory, out, () -> backendPids(db)));
+                  : new Profiler(profileDirectory, out, () -> backendPids(probe)));
       for (int row : List.of(1, 2, 3, 4, 5, 6, 7)) {
         if (config.runs(row) || (row == 1 && config.runs(2))) {
           RowResult result = rowRunner.run(row);
@@ -216,18 +217,21 @@ public final class Benchmarks implements Callable<Integer> {
     }
   }
 
-  private static Set<Long> backendPids(TestDatabase db) {
+  /** The backends of the run's database other than {@code probe}'s own (the profiler's view). */
+  private static Set<Long> backendPids(Connection probe) {
     Set<Long> pids = new java.util.HashSet<>();
-    try (Connection connection = db.connect();
-        Statement statement = connection.createStatement();
-        ResultSet rs =
-            statement.executeQuery(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")) {
-      while (rs.next()) {
-        pids.add(rs.getLong(1));
+    synchronized (probe) {
+      try (Statement statement = probe.createStatement();
+          ResultSet rs =
+              statement.executeQuery(
+                  "SELECT pid FROM pg_stat_activity"
+                      + " WHERE datname = current_database() AND pid <> pg_backend_pid()")) {
+        while (rs.next()) {
+          pids.add(rs.getLong(1));
+        }
+      } catch (SQLException e) {
+        // no PostgreSQL figure then; the profile still has the rest
       }
-    } catch (SQLException e) {
-      // no split for postgres then; the profile still has the rest
     }
     return pids;
   }

@@ -35,6 +35,7 @@ final class Profiler {
   private final Supplier<Set<Long>> postgresBackends;
   private Map<String, Long> cpuAtStart;
   private long wallAtStart;
+  private BackendSampler backends;
 
   /**
    * @param postgresBackends the process ids of the PostgreSQL backends serving the run's database
@@ -50,13 +51,15 @@ final class Profiler {
     Recording recording = new Recording(Configuration.getConfiguration("profile"));
     recording.start();
     cpuAtStart = cpuByProcessGroup();
+    backends = new BackendSampler();
     wallAtStart = System.nanoTime();
     return recording;
   }
 
   /**
-   * CPU time used so far by this JVM, its child JVMs (the broker and any other), and the PostgreSQL
-   * backends of the run's database. On two shared cores this says which process the time went to.
+   * CPU time used so far by this JVM and its child JVMs (the broker and any other). With the
+   * PostgreSQL backends (followed by {@link BackendSampler}), on two shared cores this says which
+   * process the time went to.
    */
   private Map<String, Long> cpuByProcessGroup() {
     Map<String, Long> cpu = new TreeMap<>();
@@ -69,46 +72,61 @@ final class Profiler {
               String group = args.contains("kafka.Kafka") ? "kafka broker JVM" : "other child JVMs";
               cpu.merge(group, cpuNanos(child), Long::sum);
             });
-    cpu.put("postgres server", postgresCpuNanos());
     return cpu;
   }
 
   /**
-   * CPU of the whole PostgreSQL server: its postmaster, every live child, and (from the
-   * postmaster's /proc stat cutime and cstime) every child it has reaped, so that the backends of
-   * pools closed during the span still count. The server is shared with whatever else uses it.
+   * Follows the CPU time of the PostgreSQL backends of the run's database while a side runs: every
+   * 100 ms it lists them (pg_stat_activity) and reads each one's CPU time, so that the backends of
+   * pools opened and closed during the side count too (a backend that ends loses at most its last
+   * 100 ms). Other databases on a shared server are not counted.
    */
-  private long postgresCpuNanos() {
-    Set<Long> backends = postgresBackends.get();
-    if (backends.isEmpty()) {
-      return 0;
-    }
-    ProcessHandle postmaster =
-        ProcessHandle.of(backends.iterator().next()).flatMap(ProcessHandle::parent).orElse(null);
-    if (postmaster == null) {
-      return 0;
-    }
-    long total = cpuNanos(postmaster) + reapedChildrenCpuNanos(postmaster.pid());
-    for (ProcessHandle child : postmaster.children().toList()) {
-      total += cpuNanos(child);
-    }
-    return total;
-  }
+  private final class BackendSampler implements Runnable {
+    private final Map<Long, long[]> cpuByPid = new HashMap<>(); // pid -> {at first sight, latest}
+    private final Set<Long> atStart;
+    private volatile boolean running = true;
+    private final Thread thread = new Thread(this, "postgres-cpu-sampler");
 
-  private static long reapedChildrenCpuNanos(long pid) {
-    try {
-      String stat = Files.readString(Path.of("/proc", Long.toString(pid), "stat"));
-      String[] fields = stat.substring(stat.lastIndexOf(')') + 2).split(" ");
-      // After "pid (comm) ", field 3 is state; cutime and cstime are fields 16 and 17 of the file.
-      long ticks = Long.parseLong(fields[16 - 3]) + Long.parseLong(fields[17 - 3]);
-      return ticks * 10_000_000L; // USER_HZ is 100 on Linux
-    } catch (IOException | RuntimeException e) {
-      return 0;
+    BackendSampler() {
+      atStart = postgresBackends.get();
+      sample();
+      thread.setDaemon(true);
+      thread.start();
     }
-  }
 
-  private static long cpuNanos(ProcessHandle process) {
-    return process.info().totalCpuDuration().map(d -> d.toNanos()).orElse(0L);
+    private synchronized void sample() {
+      for (long pid : postgresBackends.get()) {
+        long cpu = ProcessHandle.of(pid).map(Profiler::cpuNanos).orElse(-1L);
+        if (cpu < 0) {
+          continue;
+        }
+        long[] seen = cpuByPid.computeIfAbsent(pid, p -> new long[] {atStart.contains(p) ? cpu : 0, cpu});
+        seen[1] = cpu;
+      }
+    }
+
+    @Override
+    public void run() {
+      while (running) {
+        try {
+          Thread.sleep(100);
+        } catch (InterruptedException e) {
+          return;
+        }
+        sample();
+      }
+    }
+
+    synchronized long stop() {
+      running = false;
+      thread.interrupt();
+      sample();
+      long total = 0;
+      for (long[] seen : cpuByPid.values()) {
+        total += Math.max(0, seen[1] - seen[0]);
+      }
+      return total;
+    }
   }
 
   /** Stops {@code recording}, writes it as {@code name}.jfr and prints its summary. */
@@ -116,6 +134,7 @@ final class Profiler {
     recording.stop();
     long wall = System.nanoTime() - wallAtStart;
     Map<String, Long> cpuAtEnd = cpuByProcessGroup();
+    cpuAtEnd.put("postgres backends of the run's database", backends.stop());
     Files.createDirectories(directory);
     Path file = directory.resolve(name.replaceAll("[^A-Za-z0-9_.-]", "_") + ".jfr");
     recording.dump(file);
