@@ -75,6 +75,10 @@ final class Profiler {
     return cpu;
   }
 
+  private static long cpuNanos(ProcessHandle process) {
+    return process.info().totalCpuDuration().map(d -> d.toNanos()).orElse(0L);
+  }
+
   /**
    * Follows the CPU time of the PostgreSQL backends of the run's database while a side runs: every
    * 100 ms it lists them (pg_stat_activity) and reads each one's CPU time, so that the backends of
