@@ -56,7 +56,7 @@ public final class Demo implements Callable<Integer> {
   @Option(names = "--orders", description = "Orders to place (default ${DEFAULT-VALUE}).", defaultValue = "2000")
   int orders;
 
-  @Option(names = "--rate", description = "Orders placed per second (default ${DEFAULT-VALUE}).", defaultValue = "200")
+  @Option(names = "--rate", description = "Orders placed per second (default ${DEFAULT-VALUE}).", defaultValue = "100")
   int rate;
 
   @Option(names = "--partitions", description = "Partitions of both topics (default ${DEFAULT-VALUE}).", defaultValue = "4")
