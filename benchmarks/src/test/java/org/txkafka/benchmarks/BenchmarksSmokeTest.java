@@ -44,12 +44,13 @@ class BenchmarksSmokeTest {
         new CommandLine(new Benchmarks(out))
             .execute(
                 "--quick",
-                "--messages", "1000",
-                "--live-messages", "500",
-                "--naive-limit", "200",
+                "--messages", "500",
+                "--live-messages", "300",
+                "--naive-limit", "100",
+                "--e2e-rate", "200",
                 "--e2e-seconds", "2",
-                "--writer-transactions", "200",
-                "--backlog", "5000");
+                "--writer-transactions", "100",
+                "--backlog", "2000");
     String output = buffer.toString(StandardCharsets.UTF_8);
     System.out.print(output); // kept in the surefire report for a look at the figures
     assertEquals(0, code, output);
