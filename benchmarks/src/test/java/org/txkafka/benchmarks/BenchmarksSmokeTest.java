@@ -82,6 +82,9 @@ class BenchmarksSmokeTest {
               .find(),
           "no measurement for " + baseline + "\n" + output);
     }
+    // A side may be "not run" only because its component is not in the build; a side that threw
+    // is a broken harness or component and must fail this test.
+    assertTrue(!output.contains("NOT RUN: failed"), "a side failed\n" + output);
     assertTrue(output.contains("targets: "), output);
   }
 
