@@ -13,6 +13,7 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.Collection;
 import org.apache.kafka.common.TopicPartition;
+import org.txkafka.inbox.InboxHandler;
 import org.txkafka.inbox.InboxListener;
 import org.postgresql.PGConnection;
 import org.postgresql.PGNotification;
@@ -28,11 +29,15 @@ import org.txkafka.outbox.OutboxWriter;
  * transaction commits. Latency = NOTIFY received minus the writer's commit returned (one clock,
  * this JVM). The first second is warm-up and not counted. Run once with the relay's LISTEN/NOTIFY
  * on and once polling only (its default poll interval), each with its own topic, table and group.
+ *
+ * <p>The split, in milliseconds of the wall clock (one JVM, one clock): commit to the record's
+ * Kafka timestamp (the relay's send, CreateTime) is the relay's part; the rest, to the NOTIFY of
+ * the inbox's commit, is Kafka's and the inbox's part. Added to {@code notes} per side.
  */
 final class EndToEnd {
   private EndToEnd() {}
 
-  static Outcome run(BenchContext ctx, boolean listenNotify) throws Exception {
+  static Outcome run(BenchContext ctx, boolean listenNotify, java.util.List<String> notes) throws Exception {
     String label = listenNotify ? "relay LISTEN/NOTIFY" : "relay polling only";
     String suffix = listenNotify ? "notify" : "polling";
     String topic = ctx.topic("bench-e2e-" + suffix);
@@ -49,6 +54,16 @@ final class EndToEnd {
     int warmup = Math.min(rate, total / 4);
     MessageSet set = ctx.config.messageSet(5).withCount(total);
     AtomicLongArray committedAt = new AtomicLongArray(total);
+    AtomicLongArray committedAtMillis = new AtomicLongArray(total);
+    AtomicLongArray sentAtMillis = new AtomicLongArray(total);
+    Latencies relayPart = new Latencies();
+    Latencies inboxPart = new Latencies();
+    InboxHandler businessRow = InboxSide.businessRowHandler(table);
+    InboxHandler handler =
+        (record, context) -> {
+          sentAtMillis.set((int) MessageSet.eventId(record.value()), record.timestamp().toEpochMilli());
+          businessRow.handle(record, context);
+        };
     Latencies latencies = new Latencies();
     AtomicBoolean listening = new AtomicBoolean(true);
     AtomicReference<Exception> listenerFailure = new AtomicReference<>();
@@ -70,7 +85,7 @@ final class EndToEnd {
         Inbox inbox =
             InboxSide.inbox(
                 ctx.broker.bootstrapServers(), "bench-e2e-" + suffix + "-" + UUID.randomUUID(),
-                topic, inboxPool, ctx.config.dbConnections(), InboxSide.businessRowHandler(table),
+                topic, inboxPool, ctx.config.dbConnections(), handler,
                 assignment)) {
       try (Statement statement = listener.createStatement()) {
         statement.execute("LISTEN " + channel);
@@ -83,6 +98,7 @@ final class EndToEnd {
                   while (listening.get()) {
                     PGNotification[] notifications = pg.getNotifications(100);
                     long now = System.nanoTime();
+                    long nowMillis = System.currentTimeMillis();
                     if (notifications == null) {
                       continue;
                     }
@@ -92,6 +108,9 @@ final class EndToEnd {
                         received[0]++;
                         if (index >= warmup) {
                           latencies.add(now - committedAt.get(index));
+                          long relayMillis = sentAtMillis.get(index) - committedAtMillis.get(index);
+                          relayPart.add(relayMillis * 1_000_000);
+                          inboxPart.add((nowMillis - sentAtMillis.get(index)) * 1_000_000);
                         }
                         latencies.notifyAll();
                       }
@@ -126,6 +145,7 @@ final class EndToEnd {
           writer.send(connection, RelaySide.message(set, topic, i));
           connection.commit();
           committedAt.set(i, System.nanoTime());
+          committedAtMillis.set(i, System.currentTimeMillis());
         }
       }
       boolean complete = awaitCount(received, latencies, total, Duration.ofSeconds(60));
@@ -137,6 +157,16 @@ final class EndToEnd {
       }
       if (!complete) {
         throw new IllegalStateException("only " + received[0] + " of " + total + " applied within 60 s");
+      }
+      synchronized (latencies) {
+        notes.add(String.format(
+            java.util.Locale.ROOT,
+            "%s, split in ms (p50/p99): commit -> relay's send %.0f/%.0f, relay's send -> inbox commit %.0f/%.0f",
+            label,
+            relayPart.percentileMillis(50),
+            relayPart.percentileMillis(99),
+            inboxPart.percentileMillis(50),
+            inboxPart.percentileMillis(99)));
       }
       return new Outcome.Measured(label, total - warmup, elapsed, latencies, heap.stop());
     }

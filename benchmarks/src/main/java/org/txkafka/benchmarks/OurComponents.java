@@ -24,8 +24,8 @@ final class OurComponents {
   }
 
   /** Row 5: commit to far-inbox-commit latency at a steady load; notify on, or polling only. */
-  static Outcome endToEnd(BenchContext ctx, boolean notify) throws Exception {
-    return EndToEnd.run(ctx, notify);
+  static Outcome endToEnd(BenchContext ctx, boolean notify, java.util.List<String> notes) throws Exception {
+    return EndToEnd.run(ctx, notify, notes);
   }
 
   /** Row 7: peak heap of an inbox child JVM draining a backlog of {@code backlog} records. */

@@ -147,14 +147,17 @@ final class Rows {
   }
 
   private RowResult endToEndLatency() {
-    Outcome notify = side("relay LISTEN/NOTIFY", () -> OurComponents.endToEnd(ctx, true));
-    Outcome polling = side("relay polling only", () -> OurComponents.endToEnd(ctx, false));
+    java.util.List<String> splits = new java.util.ArrayList<>();
+    Outcome notify = side("relay LISTEN/NOTIFY", () -> OurComponents.endToEnd(ctx, true, splits));
+    Outcome polling = side("relay polling only", () -> OurComponents.endToEnd(ctx, false, splits));
     double p99 = notify instanceof Outcome.Measured m ? m.p99Millis() : Double.NaN;
     double ratio =
         notify instanceof Outcome.Measured n && polling instanceof Outcome.Measured p
             ? n.p99Millis() / p.p99Millis()
             : Double.NaN;
-    return new RowResult(5, "e2e latency commit -> far inbox commit")
+    RowResult result = new RowResult(5, "e2e latency commit -> far inbox commit");
+    splits.forEach(result::note);
+    return result
         .side(notify)
         .side(polling)
         .ratio("e2e_p99_ms", p99, "<= 50 ms", false, 50)
