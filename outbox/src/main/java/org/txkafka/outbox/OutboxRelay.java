@@ -69,9 +69,8 @@ import org.txkafka.outbox.internal.RelayConfig;
  *       are paused meanwhile, with every other key of those shares.
  *   <li>Lowering {@code delivery.timeout.ms} lets the producer give up on a record; it is then sent
  *       again later, possibly after later records of its key.
- *   <li>At most {@value Outbox#SHARE_COUNT} relays have work; more are standbys. A relay keeps up to
- *       two batches of rows in memory (the one in flight and the next one): size {@link
- *       Builder#batchSize(int)} for your largest payloads.
+ *   <li>At most {@value Outbox#SHARE_COUNT} relays have work; more are standbys. A relay keeps one
+ *       batch of rows in memory: size {@link Builder#batchSize(int)} for your largest payloads.
  *   <li>The archive table ({@link Builder#archive(boolean)}) is never pruned by the relay.
  * </ul>
  *

@@ -26,15 +26,15 @@ final class OutboxSql {
   }
 
   /**
-   * The rows pending now in the given shares (minus the ids in flight), oldest id first. No cursor:
-   * a row that committed late with a low id is simply found by the next round.
+   * The rows pending now in the given shares, oldest id first. No cursor: a row that committed late
+   * with a low id is simply found by the next round. Uses txkafka_outbox_pending_idx.
    */
   String selectPending() {
     return "SELECT "
         + COLUMNS
         + " FROM "
         + table
-        + " WHERE share = ANY(?) AND parked_at IS NULL AND id <> ALL(?) ORDER BY id LIMIT ?";
+        + " WHERE share = ANY(?) AND parked_at IS NULL ORDER BY id LIMIT ?";
   }
 
   /** Removes published rows (ids as a bigint array). */
