@@ -1,0 +1,27 @@
+package org.txkafka.inbox;
+
+import java.util.Collection;
+import org.apache.kafka.common.TopicPartition;
+
+/**
+ * Callbacks about the inbox's life, for logging, alerting and tests. Every method has a no-op
+ * default. They run on the inbox's own threads (poll thread or workers) and must return quickly;
+ * an exception they throw is logged and ignored.
+ */
+public interface InboxListener {
+
+  /** Partitions were assigned to this member (only the new ones with cooperative rebalancing). */
+  default void onPartitionsAssigned(Collection<TopicPartition> partitions) {}
+
+  /** Partitions were revoked in an orderly rebalance, after in-flight batches finished. */
+  default void onPartitionsRevoked(Collection<TopicPartition> partitions) {}
+
+  /** Partitions were lost (session expired, poll interval exceeded): their work is abandoned. */
+  default void onPartitionsLost(Collection<TopicPartition> partitions) {}
+
+  /** A batch of this member was fenced: another member claimed the partition in the database. */
+  default void onPartitionFenced(TopicPartition partition) {}
+
+  /** A record was dead-lettered (the transaction that stored it committed). */
+  default void onDeadLettered(InboxRecord record, String reason) {}
+}

@@ -1,0 +1,515 @@
+package org.txkafka.inbox.internal;
+
+import java.nio.charset.StandardCharsets;
+import java.sql.Connection;
+import java.sql.SQLException;
+import java.time.Duration;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.function.BooleanSupplier;
+import org.apache.kafka.clients.consumer.ConsumerRecord;
+import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.header.Header;
+import org.apache.kafka.common.header.internals.RecordHeaders;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import org.txkafka.inbox.InboxHandler;
+import org.txkafka.inbox.InboxListener;
+import org.txkafka.inbox.InboxRecord;
+import org.txkafka.inbox.MalformedMessageIdException;
+import org.txkafka.inbox.MessageIdExtractor;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxMessage;
+import org.txkafka.outbox.OutboxWriter;
+
+/**
+ * Applies a batch of one partition's records on a worker thread.
+ *
+ * <p>Invariants (what may never happen):
+ *
+ * <ul>
+ *   <li>A transaction stores an offset without the inbox rows and handler effects of every record
+ *       before it, or the other way round: the offset update, the inbox rows and the handler's
+ *       writes are one transaction ({@link TransactionOwner}).
+ *   <li>A fenced member commits: every transaction starts with {@link InboxSql#advance}, the
+ *       compare-and-set on the owner epoch that also refuses to move the offset backwards; zero
+ *       rows rolls back and the partition is never processed again by this claim.
+ *   <li>The handler runs for a message id already in the inbox (the multi-row insert returns only
+ *       new ids; a duplicate within one batch runs once).
+ *   <li>Records are applied out of offset order, or a record is skipped: units are consecutive
+ *       records from the front; a failed unit is retried from its first record; a record is only
+ *       passed over after it was dead-lettered in a committed transaction.
+ *   <li>A transient database error counts as a handler attempt or dead-letters anything: it is
+ *       retried with backoff for as long as the partition is owned.
+ * </ul>
+ */
+final class BatchProcessor {
+  private static final Logger LOG = LoggerFactory.getLogger(BatchProcessor.class);
+  private static final long SLEEP_SLICE_MILLIS = 50;
+
+  /** Headers a dead-letter topic record gets besides the record's own. */
+  static final String DLT_MESSAGE_ID = "txkafka-dlt-message-id";
+
+  static final String DLT_SOURCE = "txkafka-dlt-source";
+  static final String DLT_ERROR = "txkafka-dlt-error";
+
+  private final InboxSettings settings;
+  private final TransactionOwner transactions;
+  private final InboxSql sql;
+  private final OutboxWriter writer;
+  private final InboxMetrics metrics;
+  private final BooleanSupplier closing;
+
+  BatchProcessor(
+      InboxSettings settings,
+      TransactionOwner transactions,
+      InboxSql sql,
+      OutboxWriter writer,
+      InboxMetrics metrics,
+      BooleanSupplier closing) {
+    this.settings = settings;
+    this.transactions = transactions;
+    this.sql = sql;
+    this.writer = writer;
+    this.metrics = metrics;
+    this.closing = closing;
+  }
+
+  /** A record with its resolved message id; {@code malformed} is the reason its id is unusable. */
+  record Item(InboxRecord record, String malformed) {}
+
+  private sealed interface Outcome permits Committed, Fenced, Inactive, HandlerFailed {}
+
+  private record Committed() implements Outcome {}
+
+  private record Fenced() implements Outcome {}
+
+  private record Inactive() implements Outcome {}
+
+  /** index -1: the failure happened at commit and cannot be tied to one record. */
+  private record HandlerFailed(int index, Throwable cause) implements Outcome {}
+
+  /** True while this batch may still commit: same claim, partition ready, inbox not closing. */
+  private boolean active(PartitionState state, long epoch) {
+    return state.isReady() && state.epoch == epoch && !closing.getAsBoolean();
+  }
+
+  /**
+   * Applies {@code records} (consecutive records of the state's partition, in offset order) or
+   * returns early when the partition is fenced, revoked or the inbox closes.
+   */
+  void process(PartitionState state, List<ConsumerRecord<byte[], byte[]>> records)
+      throws InterruptedException {
+    long epoch = state.epoch;
+    List<Item> items = new ArrayList<>(records.size());
+    for (ConsumerRecord<byte[], byte[]> record : records) {
+      items.add(resolve(record, settings.messageIdExtractor()));
+    }
+    Map<Long, Integer> attempts = new HashMap<>();
+    Map<Long, Throwable> lastFailure = new HashMap<>();
+    int limit = Integer.MAX_VALUE;
+    int isolateUntil = 0;
+    int position = 0;
+    while (position < items.size()) {
+      if (!active(state, epoch)) {
+        return;
+      }
+      Item first = items.get(position);
+      long firstOffset = first.record().offset();
+      String deadReason = first.malformed();
+      int tried = attempts.getOrDefault(firstOffset, 0);
+      if (deadReason == null && tried >= settings.maxAttempts()) {
+        deadReason = Failures.describe(lastFailure.get(firstOffset));
+      }
+      if (deadReason != null) {
+        Outcome outcome = deadLetter(state, epoch, first, tried, deadReason);
+        if (!(outcome instanceof Committed)) {
+          return;
+        }
+        position++;
+        limit = Integer.MAX_VALUE;
+        continue;
+      }
+      int unitLimit = position < isolateUntil ? 1 : limit;
+      int end = position;
+      while (end < items.size()
+          && end - position < unitLimit
+          && items.get(end).malformed() == null) {
+        end++;
+      }
+      List<Item> unit = items.subList(position, end);
+      Outcome outcome = apply(state, epoch, unit);
+      if (outcome instanceof Committed) {
+        position = end;
+        limit = Integer.MAX_VALUE;
+        continue;
+      }
+      if (!(outcome instanceof HandlerFailed failed)) {
+        return;
+      }
+      if (failed.index() < 0 && unit.size() > 1) {
+        // The culprit is unknown (failure at commit, or an aborted transaction): apply the
+        // records of this unit one at a time.
+        isolateUntil = end;
+        continue;
+      }
+      int index = Math.max(0, failed.index());
+      long failingOffset = unit.get(index).record().offset();
+      int count = attempts.merge(failingOffset, 1, Integer::sum);
+      lastFailure.put(failingOffset, failed.cause());
+      if (index > 0) {
+        // Commit the records before the failing one first; the loop then retries or
+        // dead-letters it.
+        limit = index;
+        continue;
+      }
+      if (count >= settings.maxAttempts()) {
+        continue;
+      }
+      LOG.warn(
+          "handler failed on {} offset {} (message id {}), attempt {} of {}; retrying",
+          state.partition,
+          failingOffset,
+          first.record().messageId(),
+          count,
+          settings.maxAttempts(),
+          failed.cause());
+      if (!sleep(state, epoch, backoff(count))) {
+        return;
+      }
+      limit = 1;
+    }
+  }
+
+  /** One transaction for {@code unit}, retried while the database fails transiently. */
+  private Outcome apply(PartitionState state, long epoch, List<Item> unit)
+      throws InterruptedException {
+    TopicPartition partition = state.partition;
+    long next = unit.get(unit.size() - 1).record().offset() + 1;
+    int failures = 0;
+    while (true) {
+      if (!active(state, epoch)) {
+        return new Inactive();
+      }
+      boolean[] workDone = {false};
+      int[] counts = new int[2];
+      long start = System.nanoTime();
+      try {
+        Boolean committed =
+            transactions.inTransaction(
+                scope -> {
+                  Connection connection = scope.connection();
+                  if (!sql.advance(
+                      connection,
+                      settings.groupId(),
+                      partition.topic(),
+                      partition.partition(),
+                      epoch,
+                      next)) {
+                    scope.setRollbackOnly();
+                    return Boolean.FALSE;
+                  }
+                  List<String> ids = new ArrayList<>(unit.size());
+                  List<Long> offsets = new ArrayList<>(unit.size());
+                  for (Item item : unit) {
+                    ids.add(item.record().messageId());
+                    offsets.add(item.record().offset());
+                  }
+                  Set<String> fresh =
+                      sql.insertProcessed(
+                          connection,
+                          settings.groupId(),
+                          partition.topic(),
+                          partition.partition(),
+                          ids,
+                          offsets,
+                          settings.clock().instant());
+                  TransactionContext context =
+                      new TransactionContext(scope, writer, settings.groupId());
+                  InboxHandler handler = settings.handler();
+                  for (int i = 0; i < unit.size(); i++) {
+                    InboxRecord record = unit.get(i).record();
+                    if (!fresh.remove(record.messageId())) {
+                      counts[1]++;
+                      continue;
+                    }
+                    try {
+                      handler.handle(record, context);
+                    } catch (VirtualMachineError e) {
+                      throw e;
+                    } catch (Throwable e) {
+                      // "Transaction aborted" in a later record is an earlier handler's fault
+                      // (it swallowed an SQL error): the culprit is unknown, isolate it.
+                      boolean earlierFault =
+                          i > 0
+                              && TransientErrors.hasSqlState(
+                                  e, InboxSql.IN_FAILED_TRANSACTION);
+                      throw new HandlerException(earlierFault ? -1 : i, e);
+                    }
+                    counts[0]++;
+                  }
+                  requireUsableTransaction(connection);
+                  workDone[0] = true;
+                  return Boolean.TRUE;
+                });
+        if (!committed) {
+          fenced(state, epoch, unit.get(0).record().offset());
+          return new Fenced();
+        }
+        state.committedOffset = next;
+        metrics.batchLatency(System.nanoTime() - start);
+        if (counts[0] > 0) {
+          metrics.processed(partition, counts[0]);
+        }
+        if (counts[1] > 0) {
+          metrics.duplicates(partition, counts[1]);
+        }
+        return new Committed();
+      } catch (HandlerException e) {
+        if (!TransientErrors.isTransient(e.getCause())) {
+          return new HandlerFailed(e.index, e.getCause());
+        }
+        failures++;
+        LOG.warn(
+            "transient database error in the handler on {}, retrying the batch (failure {})",
+            partition,
+            failures,
+            e.getCause());
+      } catch (InterruptedException e) {
+        throw e;
+      } catch (Exception e) {
+        failures++;
+        if (TransientErrors.isTransient(e)) {
+          LOG.warn(
+              "transient database error on {}, retrying the batch (failure {}): {}",
+              partition,
+              failures,
+              e.toString());
+        } else if (workDone[0]) {
+          return new HandlerFailed(-1, e);
+        } else {
+          LOG.error(
+              "inbox SQL failed on {}, retrying the batch (failure {})", partition, failures, e);
+        }
+      }
+      if (!sleep(state, epoch, backoff(failures))) {
+        return new Inactive();
+      }
+    }
+  }
+
+  /**
+   * A handler that caught an SQL error and returned normally leaves PostgreSQL's transaction
+   * aborted: its commit would silently roll back the whole batch while this member moved on, and
+   * the next batch's offset would skip it. Checked before every commit (one round trip per batch);
+   * an aborted transaction counts as a handler failure.
+   */
+  private void requireUsableTransaction(Connection connection) throws Exception {
+    try {
+      sql.ping(connection);
+    } catch (SQLException e) {
+      if (InboxSql.IN_FAILED_TRANSACTION.equals(e.getSQLState())) {
+        throw new HandlerException(
+            -1,
+            new IllegalStateException(
+                "the handler returned normally but left the transaction aborted (an SQL error"
+                    + " was caught and ignored): " + e.getMessage(),
+                e));
+      }
+      throw e;
+    }
+  }
+
+  /** Dead-letters {@code item} in one transaction, retried while the database fails. */
+  private Outcome deadLetter(
+      PartitionState state, long epoch, Item item, int attempts, String reason)
+      throws InterruptedException {
+    TopicPartition partition = state.partition;
+    InboxRecord record = item.record();
+    long next = record.offset() + 1;
+    int failures = 0;
+    while (true) {
+      if (!active(state, epoch)) {
+        return new Inactive();
+      }
+      try {
+        Boolean stored =
+            transactions.inTransaction(
+                scope -> {
+                  Connection connection = scope.connection();
+                  if (!sql.advance(
+                      connection,
+                      settings.groupId(),
+                      partition.topic(),
+                      partition.partition(),
+                      epoch,
+                      next)) {
+                    scope.setRollbackOnly();
+                    return null;
+                  }
+                  boolean inserted =
+                      sql.insertDeadLetter(
+                          connection,
+                          settings.groupId(),
+                          record,
+                          attempts,
+                          reason,
+                          settings.clock().instant());
+                  if (inserted && settings.deadLetterTopic() != null) {
+                    writer.send(connection, deadLetterMessage(record, reason));
+                  }
+                  return inserted;
+                });
+        if (stored == null) {
+          fenced(state, epoch, record.offset());
+          return new Fenced();
+        }
+        state.committedOffset = next;
+        if (stored) {
+          metrics.deadLettered(partition);
+          LOG.error(
+              "dead-lettered {} offset {} (message id {}) after {} attempt(s): {}",
+              partition,
+              record.offset(),
+              record.messageId(),
+              attempts,
+              reason);
+          notifyListener(listener -> listener.onDeadLettered(record, reason));
+        } else {
+          metrics.duplicates(partition, 1);
+        }
+        return new Committed();
+      } catch (InterruptedException e) {
+        throw e;
+      } catch (Exception e) {
+        failures++;
+        if (TransientErrors.isTransient(e)) {
+          LOG.warn("transient database error dead-lettering on {}: {}", partition, e.toString());
+        } else {
+          LOG.error("could not dead-letter on {}, retrying (failure {})", partition, failures, e);
+        }
+      }
+      if (!sleep(state, epoch, backoff(failures))) {
+        return new Inactive();
+      }
+    }
+  }
+
+  private OutboxMessage deadLetterMessage(InboxRecord record, String reason) {
+    OutboxMessage.Builder message =
+        OutboxMessage.to(settings.deadLetterTopic()).key(record.key()).payload(record.value());
+    for (Header header : record.headers()) {
+      if (!Outbox.MESSAGE_ID_HEADER.equals(header.key())) {
+        message.header(header.key(), header.value());
+      }
+    }
+    message.header(DLT_MESSAGE_ID, record.messageId());
+    message.header(
+        DLT_SOURCE, record.topic() + "/" + record.partition() + "/" + record.offset());
+    message.header(DLT_ERROR, reason.getBytes(StandardCharsets.UTF_8));
+    return message.build();
+  }
+
+  private void fenced(PartitionState state, long epoch, long firstUncommitted) {
+    if (state.epoch == epoch
+        && state.phase.compareAndSet(PartitionState.Phase.READY, PartitionState.Phase.FENCED)) {
+      state.restartOffset = firstUncommitted;
+      state.fencedAtNanos = System.nanoTime();
+      LOG.warn(
+          "fenced on {}: epoch {} is no longer the owner in the database (another member claimed"
+              + " it); its queued records are dropped and it is claimed again if Kafka still"
+              + " assigns it to this member",
+          state.partition,
+          epoch);
+      notifyListener(listener -> listener.onPartitionFenced(state.partition));
+    }
+  }
+
+  void notifyListener(java.util.function.Consumer<InboxListener> call) {
+    try {
+      call.accept(settings.listener());
+    } catch (RuntimeException e) {
+      LOG.warn("inbox listener failed", e);
+    }
+  }
+
+  /** Exponential backoff: retryBackoff * 2^(failures - 1), at most maxRetryBackoff. */
+  Duration backoff(int failures) {
+    Duration backoff = settings.retryBackoff();
+    for (int i = 1; i < failures && backoff.compareTo(settings.maxRetryBackoff()) < 0; i++) {
+      backoff = backoff.multipliedBy(2);
+    }
+    return backoff.compareTo(settings.maxRetryBackoff()) > 0 ? settings.maxRetryBackoff() : backoff;
+  }
+
+  /** Sleeps in slices; false if the partition stopped being active meanwhile. */
+  private boolean sleep(PartitionState state, long epoch, Duration duration)
+      throws InterruptedException {
+    long deadline = System.nanoTime() + duration.toNanos();
+    while (true) {
+      if (!active(state, epoch)) {
+        return false;
+      }
+      long left = deadline - System.nanoTime();
+      if (left <= 0) {
+        return true;
+      }
+      Thread.sleep(Math.min(SLEEP_SLICE_MILLIS, Math.max(1, left / 1_000_000)));
+    }
+  }
+
+  /** Resolves the message id of {@code record}: extracted, validated, or derived. */
+  static Item resolve(ConsumerRecord<byte[], byte[]> record, MessageIdExtractor extractor) {
+    String id;
+    String malformed = null;
+    try {
+      id = extractor.messageId(record);
+    } catch (MalformedMessageIdException e) {
+      id = null;
+      malformed = "malformed message id: " + e.getMessage();
+    } catch (RuntimeException e) {
+      id = null;
+      malformed = "malformed message id: the extractor failed: " + Failures.describe(e);
+    }
+    if (id != null) {
+      if (id.isEmpty()) {
+        malformed = "malformed message id: it is empty";
+      } else if (id.length() > MessageIdExtractor.MAX_LENGTH) {
+        malformed =
+            "malformed message id: it has "
+                + id.length()
+                + " characters, at most "
+                + MessageIdExtractor.MAX_LENGTH
+                + " are allowed";
+      } else if (id.indexOf('\u0000') >= 0) {
+        malformed = "malformed message id: it contains a NUL character";
+      }
+    }
+    if (id == null || malformed != null) {
+      id = derivedId(record.topic(), record.partition(), record.offset());
+    }
+    if (record.headers() instanceof RecordHeaders headers) {
+      headers.setReadOnly();
+    }
+    InboxRecord inboxRecord =
+        new InboxRecord(
+            record.topic(),
+            record.partition(),
+            record.offset(),
+            record.key(),
+            record.value(),
+            record.headers(),
+            id,
+            Instant.ofEpochMilli(record.timestamp()));
+    return new Item(inboxRecord, malformed);
+  }
+
+  /** The deterministic id of a record without one: {@code kafka:<topic>/<partition>/<offset>}. */
+  static String derivedId(String topic, int partition, long offset) {
+    return "kafka:" + topic + "/" + partition + "/" + offset;
+  }
+}

@@ -1,0 +1,313 @@
+package org.txkafka.inbox.internal;
+
+import jakarta.persistence.EntityManagerFactory;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.UUID;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ThreadFactory;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import org.txkafka.TxKafkaException;
+import org.txkafka.inbox.DeadLetter;
+import org.txkafka.inbox.DeadLetterReplayException;
+import org.txkafka.inbox.Inbox;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxWriter;
+
+/**
+ * The {@link Inbox} behind {@code Inbox.builder()}: wires the poll thread, the worker pool, the
+ * partition claims, the retention job and the dead-letter API together.
+ *
+ * <p>Invariants: the consumer is created, used and closed only on the poll thread; a partition is
+ * claimed (owner epoch bumped) before any of its records is processed; close() never returns
+ * while a batch it waited for is half-committed (transactions are atomic; what is still running
+ * after closeTimeout commits or rolls back as a whole).
+ */
+public final class InboxRuntime implements Inbox {
+  private static final Logger LOG = LoggerFactory.getLogger(InboxRuntime.class);
+  private static final int NEW = 0;
+  private static final int STARTED = 1;
+  private static final int CLOSED = 2;
+  private static final int RETENTION_BATCH = 1000;
+  private static final int REPLAY_PAGE = 100;
+
+  private final InboxSettings settings;
+  private final TransactionOwner transactions;
+  private final InboxSql sql;
+  private final OutboxWriter writer;
+  private final InboxMetrics metrics;
+  private final String ownerId;
+  private final AtomicInteger lifecycle = new AtomicInteger(NEW);
+  private volatile boolean closing;
+  private PollLoop loop;
+  private Thread pollThread;
+  private ExecutorService workers;
+  private ScheduledExecutorService retention;
+
+  /** An inbox for validated {@code settings}; nothing is started or connected yet. */
+  public InboxRuntime(InboxSettings settings) {
+    this.settings = settings;
+    this.transactions =
+        settings.dataSource() != null
+            ? new DataSourceTransactionOwner(settings.dataSource())
+            : new JpaTransactionOwner((EntityManagerFactory) settings.entityManagerFactory());
+    this.sql = new InboxSql(settings.schema());
+    this.writer = Outbox.writer(settings.schema());
+    this.metrics = InboxMetrics.create(settings.meterRegistry(), settings.groupId());
+    this.ownerId = ProcessHandle.current().pid() + "/" + UUID.randomUUID();
+  }
+
+  @Override
+  public void start() {
+    if (!lifecycle.compareAndSet(NEW, STARTED)) {
+      throw new IllegalStateException(
+          "an inbox can be started once; this one is "
+              + (lifecycle.get() == STARTED ? "running" : "closed"));
+    }
+    String group = settings.groupId();
+    KafkaConsumer<byte[], byte[]> consumer;
+    try {
+      consumer = new KafkaConsumer<>(settings.consumerProperties());
+    } catch (RuntimeException e) {
+      lifecycle.set(CLOSED);
+      throw e;
+    }
+    workers =
+        Executors.newFixedThreadPool(
+            settings.concurrency(), threads("txkafka-inbox-worker-" + group, true));
+    BatchProcessor processor =
+        new BatchProcessor(settings, transactions, sql, writer, metrics, () -> closing);
+    loop = new PollLoop(settings, consumer, workers, processor, this::claim, metrics);
+    pollThread = threads("txkafka-inbox-poll-" + group, false).newThread(loop);
+    pollThread.start();
+    retention =
+        Executors.newSingleThreadScheduledExecutor(threads("txkafka-inbox-retention-" + group, true));
+    long interval = settings.retentionInterval().toMillis();
+    retention.scheduleWithFixedDelay(this::removeExpired, interval, interval, TimeUnit.MILLISECONDS);
+    LOG.info("inbox of group {} started as owner {}", group, ownerId);
+  }
+
+  @Override
+  public boolean isRunning() {
+    return lifecycle.get() == STARTED && loop != null && loop.isRunning();
+  }
+
+  @Override
+  public Throwable failure() {
+    return loop == null ? null : loop.failure();
+  }
+
+  /** Claims a partition in the database (bumps the epoch), retrying while the database fails. */
+  private void claim(PartitionState state) {
+    int failures = 0;
+    while (state.phase.get() == PartitionState.Phase.CLAIMING && !closing) {
+      try {
+        InboxSql.Claim claim =
+            transactions.inTransaction(
+                scope ->
+                    sql.claim(
+                        scope.connection(),
+                        settings.groupId(),
+                        state.partition.topic(),
+                        state.partition.partition(),
+                        ownerId));
+        state.epoch = claim.epoch();
+        state.claimedOffset = claim.nextOffset();
+        if (claim.nextOffset() != null) {
+          state.committedOffset = claim.nextOffset();
+        }
+        state.phase.compareAndSet(PartitionState.Phase.CLAIMING, PartitionState.Phase.CLAIMED);
+        return;
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        return;
+      } catch (Exception e) {
+        failures++;
+        if (TransientErrors.hasSqlState(e, "55P03")) {
+          LOG.info(
+              "claiming {}: a transaction of the previous owner still holds the offset row,"
+                  + " waiting for it to end",
+              state.partition);
+          continue;
+        }
+        LOG.warn(
+            "claiming {} failed (failure {}), retrying: {}", state.partition, failures, e.toString());
+        try {
+          Thread.sleep(backoffMillis(failures));
+        } catch (InterruptedException interrupted) {
+          Thread.currentThread().interrupt();
+          return;
+        }
+      }
+    }
+  }
+
+  private long backoffMillis(int failures) {
+    long millis = settings.retryBackoff().toMillis();
+    for (int i = 1; i < failures && millis < settings.maxRetryBackoff().toMillis(); i++) {
+      millis *= 2;
+    }
+    return Math.max(1, Math.min(millis, settings.maxRetryBackoff().toMillis()));
+  }
+
+  private void removeExpired() {
+    try {
+      var cutoff = settings.clock().instant().minus(settings.dedupRetention());
+      int deleted;
+      int total = 0;
+      do {
+        deleted =
+            transactions.inTransaction(
+                scope ->
+                    sql.deleteExpired(scope.connection(), settings.groupId(), cutoff, RETENTION_BATCH));
+        total += deleted;
+      } while (deleted == RETENTION_BATCH && !closing);
+      if (total > 0) {
+        LOG.debug("removed {} inbox rows of group {} received before {}", total, settings.groupId(), cutoff);
+      }
+    } catch (Exception e) {
+      LOG.warn("inbox retention of group {} failed; retrying at the next interval", settings.groupId(), e);
+    }
+  }
+
+  @Override
+  public List<DeadLetter> deadLetters(int limit) {
+    if (limit < 1) {
+      throw new IllegalArgumentException("limit must be at least 1, was " + limit);
+    }
+    return pending(0, limit);
+  }
+
+  private List<DeadLetter> pending(long afterId, int limit) {
+    try {
+      return transactions.inTransaction(
+          scope -> sql.pendingDeadLetters(scope.connection(), settings.groupId(), afterId, limit));
+    } catch (RuntimeException e) {
+      throw e;
+    } catch (Exception e) {
+      throw new TxKafkaException("could not list the dead letters of group " + settings.groupId(), e);
+    }
+  }
+
+  @Override
+  public boolean replay(long deadLetterId) {
+    try {
+      return transactions.inTransaction(
+          scope -> {
+            DeadLetter deadLetter =
+                sql.lockPendingDeadLetter(scope.connection(), settings.groupId(), deadLetterId);
+            if (deadLetter == null) {
+              return false;
+            }
+            try {
+              settings
+                  .handler()
+                  .handle(
+                      deadLetter.record(),
+                      new TransactionContext(scope, writer, settings.groupId()));
+            } catch (VirtualMachineError e) {
+              throw e;
+            } catch (Throwable e) {
+              throw new HandlerException(0, e);
+            }
+            sql.markReplayed(
+                scope.connection(), settings.groupId(), deadLetter, settings.clock().instant());
+            return true;
+          });
+    } catch (HandlerException e) {
+      throw new DeadLetterReplayException(
+          deadLetterId,
+          "replay of dead letter " + deadLetterId + " failed, it stays pending: "
+              + Failures.describe(e.getCause()),
+          e.getCause());
+    } catch (RuntimeException e) {
+      throw e;
+    } catch (Exception e) {
+      throw new TxKafkaException("could not replay dead letter " + deadLetterId, e);
+    }
+  }
+
+  @Override
+  public int replayAll() {
+    int replayed = 0;
+    List<DeadLetterReplayException> failures = new ArrayList<>();
+    long afterId = 0;
+    while (true) {
+      List<DeadLetter> page = pending(afterId, REPLAY_PAGE);
+      if (page.isEmpty()) {
+        break;
+      }
+      for (DeadLetter deadLetter : page) {
+        afterId = deadLetter.id();
+        try {
+          if (replay(deadLetter.id())) {
+            replayed++;
+          }
+        } catch (DeadLetterReplayException e) {
+          failures.add(e);
+        }
+      }
+    }
+    if (!failures.isEmpty()) {
+      DeadLetterReplayException first = failures.get(0);
+      DeadLetterReplayException summary =
+          new DeadLetterReplayException(
+              first.deadLetterId(),
+              failures.size() + " dead letter(s) failed to replay (" + replayed
+                  + " replayed); first: " + first.getMessage(),
+              first.getCause());
+      for (int i = 1; i < failures.size(); i++) {
+        summary.addSuppressed(failures.get(i));
+      }
+      throw summary;
+    }
+    return replayed;
+  }
+
+  @Override
+  public void close() {
+    if (lifecycle.compareAndSet(NEW, CLOSED)) {
+      return;
+    }
+    if (!lifecycle.compareAndSet(STARTED, CLOSED)) {
+      return;
+    }
+    closing = true;
+    loop.stop();
+    long waitMillis = settings.closeTimeout().toMillis() * 2 + 30_000;
+    try {
+      pollThread.join(waitMillis);
+      if (pollThread.isAlive()) {
+        LOG.warn("the poll thread of group {} did not stop within {} ms", settings.groupId(), waitMillis);
+      }
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    }
+    retention.shutdownNow();
+    workers.shutdown();
+    try {
+      if (!workers.awaitTermination(settings.closeTimeout().toMillis(), TimeUnit.MILLISECONDS)) {
+        workers.shutdownNow();
+      }
+    } catch (InterruptedException e) {
+      workers.shutdownNow();
+      Thread.currentThread().interrupt();
+    }
+    LOG.info("inbox of group {} closed", settings.groupId());
+  }
+
+  private static ThreadFactory threads(String prefix, boolean daemon) {
+    AtomicInteger count = new AtomicInteger();
+    return runnable -> {
+      Thread thread = new Thread(runnable, prefix + "-" + count.incrementAndGet());
+      thread.setDaemon(daemon);
+      return thread;
+    };
+  }
+}

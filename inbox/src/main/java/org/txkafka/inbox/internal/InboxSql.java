@@ -1,0 +1,361 @@
+package org.txkafka.inbox.internal;
+
+import java.sql.Array;
+import java.sql.Connection;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.sql.Timestamp;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
+import org.apache.kafka.common.header.Header;
+import org.apache.kafka.common.header.Headers;
+import org.apache.kafka.common.header.internals.RecordHeaders;
+import org.txkafka.SqlIdentifiers;
+import org.txkafka.inbox.DeadLetter;
+import org.txkafka.inbox.InboxRecord;
+
+/**
+ * Every SQL statement of the inbox, on a connection the caller's transaction owns. Never commits,
+ * rolls back or changes auto-commit. Thread-safe (no state besides the statement texts).
+ *
+ * <p>Invariants it carries: {@link #advance} is the fencing compare-and-set (owner epoch must be
+ * the current one, the stored offset never moves backwards) and takes the offset row's lock, so a
+ * concurrent {@link #claim} is serialised behind a committing batch.
+ */
+public final class InboxSql {
+
+  /** SQLState of a statement sent after an error in the same transaction. */
+  public static final String IN_FAILED_TRANSACTION = "25P02";
+
+  /** How long a claim waits for the offset row's lock before it retries. */
+  static final long CLAIM_LOCK_TIMEOUT_MILLIS = 5000;
+
+  /** A claim of a partition: the stored next offset (null if none yet) and the new epoch. */
+  public record Claim(Long nextOffset, long epoch) {}
+
+  private final String claim;
+  private final String advance;
+  private final String insertProcessed;
+  private final String insertDeadLettered;
+  private final String insertDeadLetter;
+  private final String pendingDeadLetters;
+  private final String lockDeadLetter;
+  private final String markDeadLetterReplayed;
+  private final String markInboxReplayed;
+  private final String deleteExpired;
+  private final String storedOffset;
+
+  /** Statements for the tables in {@code schema}. */
+  public InboxSql(String schema) {
+    String s = SqlIdentifiers.quoted("schema", schema);
+    String offsets = s + ".txkafka_inbox_offset";
+    String inbox = s + ".txkafka_inbox";
+    String deadLetters = s + ".txkafka_inbox_dead_letter";
+    claim =
+        "INSERT INTO " + offsets
+            + " AS o (consumer_group, topic, kafka_partition, next_offset, owner_epoch, owner_id,"
+            + " updated_at) VALUES (?, ?, ?, NULL, 1, ?, now())"
+            + " ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE"
+            + " SET owner_epoch = o.owner_epoch + 1, owner_id = EXCLUDED.owner_id,"
+            + " updated_at = now() RETURNING next_offset, owner_epoch";
+    advance =
+        "UPDATE " + offsets + " SET next_offset = ?, updated_at = now()"
+            + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
+            + " AND (next_offset IS NULL OR next_offset <= ?)";
+    insertProcessed =
+        "INSERT INTO " + inbox
+            + " (consumer_group, message_id, topic, kafka_partition, kafka_offset, received_at)"
+            + " SELECT ?, u.message_id, ?, ?, u.kafka_offset, ?"
+            + " FROM unnest(?::text[], ?::bigint[]) AS u(message_id, kafka_offset)"
+            + " ON CONFLICT (consumer_group, message_id) DO NOTHING RETURNING message_id";
+    insertDeadLettered =
+        "INSERT INTO " + inbox
+            + " (consumer_group, message_id, topic, kafka_partition, kafka_offset, status, attempts,"
+            + " last_error, received_at) VALUES (?, ?, ?, ?, ?, 'DEAD_LETTERED', ?, ?, ?)"
+            + " ON CONFLICT (consumer_group, message_id) DO NOTHING";
+    insertDeadLetter =
+        "INSERT INTO " + deadLetters
+            + " (consumer_group, message_id, topic, kafka_partition, kafka_offset, record_key,"
+            + " payload, header_names, header_values, attempts, last_error, dead_at)"
+            + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            + " ON CONFLICT (consumer_group, message_id) DO NOTHING";
+    String columns =
+        "SELECT id, message_id, topic, kafka_partition, kafka_offset, record_key, payload,"
+            + " header_names, header_values, attempts, last_error, dead_at, replayed_at FROM "
+            + deadLetters;
+    pendingDeadLetters =
+        columns
+            + " WHERE consumer_group = ? AND replayed_at IS NULL AND id > ? ORDER BY id LIMIT ?";
+    lockDeadLetter =
+        columns + " WHERE consumer_group = ? AND id = ? AND replayed_at IS NULL FOR UPDATE";
+    markDeadLetterReplayed = "UPDATE " + deadLetters + " SET replayed_at = ? WHERE id = ?";
+    markInboxReplayed =
+        "UPDATE " + inbox + " SET status = 'REPLAYED', received_at = ?"
+            + " WHERE consumer_group = ? AND message_id = ?";
+    deleteExpired =
+        "DELETE FROM " + inbox + " WHERE (consumer_group, message_id) IN ("
+            + "SELECT consumer_group, message_id FROM " + inbox
+            + " WHERE consumer_group = ? AND received_at < ? AND status <> 'DEAD_LETTERED'"
+            + " LIMIT ? FOR UPDATE SKIP LOCKED)";
+    storedOffset =
+        "SELECT next_offset FROM " + offsets
+            + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?";
+  }
+
+  /**
+   * Bumps the owner epoch of a partition (creating its row) and returns the stored offset. Waits
+   * at most {@value #CLAIM_LOCK_TIMEOUT_MILLIS} ms for the row lock (then SQLState 55P03).
+   */
+  public Claim claim(
+      Connection connection, String group, String topic, int partition, String ownerId)
+      throws SQLException {
+    try (java.sql.Statement statement = connection.createStatement()) {
+      // A batch of the previous owner holds the row lock until it commits (then this claim sees
+      // its offset). Give up after a while, so that the caller can notice a revocation meanwhile
+      // and retry (55P03 is transient).
+      statement.execute("SET LOCAL lock_timeout = '" + CLAIM_LOCK_TIMEOUT_MILLIS + "ms'");
+    }
+    try (PreparedStatement statement = connection.prepareStatement(claim)) {
+      statement.setString(1, group);
+      statement.setString(2, topic);
+      statement.setInt(3, partition);
+      statement.setString(4, ownerId);
+      try (ResultSet rows = statement.executeQuery()) {
+        rows.next();
+        long next = rows.getLong(1);
+        Long nextOffset = rows.wasNull() ? null : next;
+        return new Claim(nextOffset, rows.getLong(2));
+      }
+    }
+  }
+
+  /**
+   * Stores {@code nextOffset} if {@code epoch} is still the owner epoch and the stored offset is
+   * not beyond it; takes the row lock.
+   *
+   * @return false if fenced (another owner claimed the partition, or the offset would regress)
+   */
+  public boolean advance(
+      Connection connection, String group, String topic, int partition, long epoch, long next)
+      throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(advance)) {
+      statement.setLong(1, next);
+      statement.setString(2, group);
+      statement.setString(3, topic);
+      statement.setInt(4, partition);
+      statement.setLong(5, epoch);
+      statement.setLong(6, next);
+      return statement.executeUpdate() == 1;
+    }
+  }
+
+  /**
+   * Inserts PROCESSED inbox rows for the given message ids (one multi-row statement).
+   *
+   * @return the ids that were new; the others are duplicates (already in the inbox, or repeated
+   *     within the list)
+   */
+  public Set<String> insertProcessed(
+      Connection connection,
+      String group,
+      String topic,
+      int partition,
+      List<String> messageIds,
+      List<Long> offsets,
+      Instant receivedAt)
+      throws SQLException {
+    Set<String> fresh = new HashSet<>();
+    try (PreparedStatement statement = connection.prepareStatement(insertProcessed)) {
+      statement.setString(1, group);
+      statement.setString(2, topic);
+      statement.setInt(3, partition);
+      statement.setTimestamp(4, Timestamp.from(receivedAt));
+      Array ids = connection.createArrayOf("text", messageIds.toArray(new String[0]));
+      Array offsetArray = connection.createArrayOf("bigint", offsets.toArray(new Long[0]));
+      statement.setArray(5, ids);
+      statement.setArray(6, offsetArray);
+      try (ResultSet rows = statement.executeQuery()) {
+        while (rows.next()) {
+          fresh.add(rows.getString(1));
+        }
+      }
+    }
+    return fresh;
+  }
+
+  /**
+   * Inserts a DEAD_LETTERED inbox row and the dead letter with the whole record.
+   *
+   * @return false if the message id was already in the inbox (a duplicate: nothing inserted)
+   */
+  public boolean insertDeadLetter(
+      Connection connection,
+      String group,
+      InboxRecord record,
+      int attempts,
+      String error,
+      Instant at)
+      throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(insertDeadLettered)) {
+      statement.setString(1, group);
+      statement.setString(2, record.messageId());
+      statement.setString(3, record.topic());
+      statement.setInt(4, record.partition());
+      statement.setLong(5, record.offset());
+      statement.setInt(6, attempts);
+      statement.setString(7, error);
+      statement.setTimestamp(8, Timestamp.from(at));
+      if (statement.executeUpdate() == 0) {
+        return false;
+      }
+    }
+    try (PreparedStatement statement = connection.prepareStatement(insertDeadLetter)) {
+      statement.setString(1, group);
+      statement.setString(2, record.messageId());
+      statement.setString(3, record.topic());
+      statement.setInt(4, record.partition());
+      statement.setLong(5, record.offset());
+      statement.setBytes(6, record.key());
+      statement.setBytes(7, record.value());
+      List<String> names = new ArrayList<>();
+      List<byte[]> values = new ArrayList<>();
+      for (Header header : record.headers()) {
+        names.add(header.key());
+        values.add(header.value());
+      }
+      statement.setArray(8, connection.createArrayOf("text", names.toArray(new String[0])));
+      statement.setArray(9, connection.createArrayOf("bytea", values.toArray(new byte[0][])));
+      statement.setInt(10, attempts);
+      statement.setString(11, error);
+      statement.setTimestamp(12, Timestamp.from(at));
+      statement.executeUpdate();
+    }
+    return true;
+  }
+
+  /** Pending dead letters of {@code group} with an id above {@code afterId}, oldest first. */
+  public List<DeadLetter> pendingDeadLetters(
+      Connection connection, String group, long afterId, int limit) throws SQLException {
+    List<DeadLetter> result = new ArrayList<>();
+    try (PreparedStatement statement = connection.prepareStatement(pendingDeadLetters)) {
+      statement.setString(1, group);
+      statement.setLong(2, afterId);
+      statement.setInt(3, limit);
+      try (ResultSet rows = statement.executeQuery()) {
+        while (rows.next()) {
+          result.add(deadLetter(rows));
+        }
+      }
+    }
+    return result;
+  }
+
+  /** Locks pending dead letter {@code id} of {@code group}; null if there is none. */
+  public DeadLetter lockPendingDeadLetter(Connection connection, String group, long id)
+      throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(lockDeadLetter)) {
+      statement.setString(1, group);
+      statement.setLong(2, id);
+      try (ResultSet rows = statement.executeQuery()) {
+        return rows.next() ? deadLetter(rows) : null;
+      }
+    }
+  }
+
+  /**
+   * Marks a dead letter and its inbox row replayed; the row's dedup window starts again at {@code
+   * at}.
+   */
+  public void markReplayed(
+      Connection connection, String group, DeadLetter deadLetter, Instant at)
+      throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(markDeadLetterReplayed)) {
+      statement.setTimestamp(1, Timestamp.from(at));
+      statement.setLong(2, deadLetter.id());
+      statement.executeUpdate();
+    }
+    try (PreparedStatement statement = connection.prepareStatement(markInboxReplayed)) {
+      statement.setTimestamp(1, Timestamp.from(at));
+      statement.setString(2, group);
+      statement.setString(3, deadLetter.record().messageId());
+      statement.executeUpdate();
+    }
+  }
+
+  /**
+   * Deletes at most {@code limit} inbox rows of {@code group} received before {@code cutoff},
+   * never rows of pending dead letters; skips rows locked by running transactions.
+   *
+   * @return how many were deleted
+   */
+  public int deleteExpired(Connection connection, String group, Instant cutoff, int limit)
+      throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(deleteExpired)) {
+      statement.setString(1, group);
+      statement.setTimestamp(2, Timestamp.from(cutoff));
+      statement.setInt(3, limit);
+      return statement.executeUpdate();
+    }
+  }
+
+  /** A round trip on the transaction; fails with {@link #IN_FAILED_TRANSACTION} if aborted. */
+  public void ping(Connection connection) throws SQLException {
+    try (java.sql.Statement statement = connection.createStatement()) {
+      statement.execute("SELECT 1");
+    }
+  }
+
+  /** The stored next offset of a partition, or null. */
+  public Long storedOffset(Connection connection, String group, String topic, int partition)
+      throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(storedOffset)) {
+      statement.setString(1, group);
+      statement.setString(2, topic);
+      statement.setInt(3, partition);
+      try (ResultSet rows = statement.executeQuery()) {
+        if (!rows.next()) {
+          return null;
+        }
+        long next = rows.getLong(1);
+        return rows.wasNull() ? null : next;
+      }
+    }
+  }
+
+  private static DeadLetter deadLetter(ResultSet rows) throws SQLException {
+    Headers headers = new RecordHeaders();
+    Array names = rows.getArray(8);
+    Array values = rows.getArray(9);
+    if (names != null && values != null) {
+      String[] headerNames = (String[]) names.getArray();
+      byte[][] headerValues = (byte[][]) values.getArray();
+      for (int i = 0; i < headerNames.length; i++) {
+        headers.add(headerNames[i], headerValues[i]);
+      }
+    }
+    ((RecordHeaders) headers).setReadOnly();
+    Timestamp deadAt = rows.getTimestamp(12);
+    Timestamp replayedAt = rows.getTimestamp(13);
+    InboxRecord record =
+        new InboxRecord(
+            rows.getString(3),
+            rows.getInt(4),
+            rows.getLong(5),
+            rows.getBytes(6),
+            rows.getBytes(7),
+            headers,
+            rows.getString(2),
+            deadAt.toInstant());
+    return new DeadLetter(
+        rows.getLong(1),
+        record,
+        rows.getInt(10),
+        rows.getString(11),
+        deadAt.toInstant(),
+        replayedAt == null ? null : replayedAt.toInstant());
+  }
+}

@@ -1,0 +1,117 @@
+package org.txkafka.inbox.internal;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ConcurrentLinkedQueue;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicReference;
+import org.apache.kafka.clients.consumer.ConsumerRecord;
+import org.apache.kafka.common.TopicPartition;
+
+/**
+ * One assigned partition of this member: its phase, its queue of fetched records and the offset
+ * committed in the database. The poll thread appends records and changes the phase on
+ * rebalances; at most one worker at a time (guarded by {@link #scheduled}) takes records.
+ *
+ * <p>Phases: {@code CLAIMING} (assigned, paused, epoch being claimed in the database), {@code
+ * CLAIMED} (claim done, the poll thread must seek), {@code READY} (records are processed), {@code
+ * FENCED} (another owner claimed it in the database: never commit again), {@code GONE} (revoked,
+ * lost or closing: never start anything again). Workers only move CLAIMING to CLAIMED, READY to
+ * FENCED and READY to CLAIMING (restart after an unexpected error), each by compare-and-set, so
+ * they never undo GONE.
+ */
+final class PartitionState {
+  enum Phase {
+    CLAIMING,
+    CLAIMED,
+    READY,
+    FENCED,
+    GONE
+  }
+
+  final TopicPartition partition;
+  final AtomicReference<Phase> phase = new AtomicReference<>(Phase.CLAIMING);
+  final AtomicBoolean scheduled = new AtomicBoolean();
+
+  /** True while a claim task for this state is queued or running. */
+  final AtomicBoolean claiming = new AtomicBoolean();
+  private final ConcurrentLinkedQueue<ConsumerRecord<byte[], byte[]>> queue =
+      new ConcurrentLinkedQueue<>();
+  private final AtomicInteger queued = new AtomicInteger();
+
+  /** Owner epoch of the current claim; written by the claim task before CLAIMED. */
+  volatile long epoch;
+
+  /** Stored next offset returned by the claim (null: none stored). */
+  volatile Long claimedOffset;
+
+  /** First offset not committed when a worker restarted the partition, else -1. */
+  volatile long restartOffset = -1;
+
+  /** When the partition was fenced (System.nanoTime), for the delayed re-claim. */
+  volatile long fencedAtNanos;
+
+  /** Next offset this member committed in the database, -1 if none. */
+  volatile long committedOffset = -1;
+
+  /** Highest offset fetched + 1, and the consumer's lag estimate (poll thread writes). */
+  volatile long fetchedOffset = -1;
+
+  volatile long endOffset = -1;
+
+  /** Poll thread only. */
+  long mirroredOffset = -1;
+
+  boolean paused;
+
+  PartitionState(TopicPartition partition) {
+    this.partition = partition;
+  }
+
+  boolean isReady() {
+    return phase.get() == Phase.READY;
+  }
+
+  void enqueue(List<ConsumerRecord<byte[], byte[]>> records) {
+    queue.addAll(records);
+    queued.addAndGet(records.size());
+  }
+
+  List<ConsumerRecord<byte[], byte[]>> take(int max) {
+    List<ConsumerRecord<byte[], byte[]>> batch = new ArrayList<>(Math.min(max, queued.get()));
+    while (batch.size() < max) {
+      ConsumerRecord<byte[], byte[]> record = queue.poll();
+      if (record == null) {
+        break;
+      }
+      queued.decrementAndGet();
+      batch.add(record);
+    }
+    return batch;
+  }
+
+  int queued() {
+    return queued.get();
+  }
+
+  void clear() {
+    while (queue.poll() != null) {
+      queued.decrementAndGet();
+    }
+  }
+
+  /** Lag: end offset minus the offset stored in the database (or 0 when unknown). */
+  long lag() {
+    long end = endOffset;
+    long committed = committedOffset;
+    if (end < 0) {
+      return 0;
+    }
+    if (committed < 0) {
+      Long claimed = claimedOffset;
+      committed = claimed == null ? end : claimed;
+    }
+    return Math.max(0, end - committed);
+  }
+}

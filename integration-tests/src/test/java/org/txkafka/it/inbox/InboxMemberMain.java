@@ -1,0 +1,102 @@
+package org.txkafka.it.inbox;
+
+import com.zaxxer.hikari.HikariConfig;
+import com.zaxxer.hikari.HikariDataSource;
+import java.time.Duration;
+import java.util.Collection;
+import java.util.HashMap;
+import java.util.Map;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.atomic.AtomicBoolean;
+import org.apache.kafka.common.TopicPartition;
+import org.txkafka.inbox.Inbox;
+import org.txkafka.inbox.InboxHandler;
+import org.txkafka.inbox.InboxListener;
+
+/**
+ * An inbox member in a child JVM, for the crash and fencing tests. Configured by system
+ * properties: {@code bootstrap}, {@code jdbcUrl}, {@code jdbcUser}, {@code jdbcPassword}, {@code
+ * topic}, {@code group}, {@code label} (written to ledger.applied_by), optional {@code instanceId}
+ * (static membership), optional {@code stallMessageId} (the handler prints "STALL id" and sleeps
+ * {@code stallMillis} in the transaction when it meets that id, once). Prints "READY" once started,
+ * "ASSIGNED", "LOST", "REVOKED", "FENCED" lines; runs until killed or terminated.
+ */
+public final class InboxMemberMain {
+  private InboxMemberMain() {}
+
+  /** Runs the member. */
+  public static void main(String[] args) throws Exception {
+    HikariConfig config = new HikariConfig();
+    config.setJdbcUrl(System.getProperty("jdbcUrl"));
+    config.setUsername(System.getProperty("jdbcUser"));
+    config.setPassword(System.getProperty("jdbcPassword", ""));
+    config.setMaximumPoolSize(3);
+    String label = System.getProperty("label");
+    String stallId = System.getProperty("stallMessageId");
+    long stallMillis = Long.getLong("stallMillis", 4000);
+    AtomicBoolean stalled = new AtomicBoolean();
+    InboxHandler ledger = InboxTestSupport.ledgerHandler(label);
+    InboxHandler handler =
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.messageId().equals(stallId) && stalled.compareAndSet(false, true)) {
+            System.out.println("STALL " + record.messageId() + " offset " + record.offset());
+            Thread.sleep(stallMillis);
+            System.out.println("STALL OVER " + record.messageId());
+          }
+        };
+    Map<String, Object> properties = new HashMap<>();
+    properties.put("bootstrap.servers", System.getProperty("bootstrap"));
+    properties.put("session.timeout.ms", "6000");
+    properties.put("heartbeat.interval.ms", "1000");
+    properties.put("max.poll.interval.ms", "20000");
+    String instanceId = System.getProperty("instanceId");
+    if (instanceId != null) {
+      properties.put("group.instance.id", instanceId);
+    }
+    InboxListener listener =
+        new InboxListener() {
+          @Override
+          public void onPartitionsAssigned(Collection<TopicPartition> partitions) {
+            System.out.println("ASSIGNED " + partitions);
+          }
+
+          @Override
+          public void onPartitionsRevoked(Collection<TopicPartition> partitions) {
+            System.out.println("REVOKED " + partitions);
+          }
+
+          @Override
+          public void onPartitionsLost(Collection<TopicPartition> partitions) {
+            System.out.println("LOST " + partitions);
+          }
+
+          @Override
+          public void onPartitionFenced(TopicPartition partition) {
+            System.out.println("FENCED " + partition);
+          }
+        };
+    CountDownLatch stop = new CountDownLatch(1);
+    try (HikariDataSource dataSource = new HikariDataSource(config);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(properties)
+                .groupId(System.getProperty("group"))
+                .topics(System.getProperty("topic"))
+                .dataSource(dataSource)
+                .handler(handler)
+                .maxBatchSize(Integer.getInteger("maxBatchSize", 50))
+                .concurrency(2)
+                .retryBackoff(Duration.ofMillis(50))
+                .maxRetryBackoff(Duration.ofSeconds(1))
+                .closeTimeout(Duration.ofSeconds(5))
+                .revocationTimeout(Duration.ofSeconds(5))
+                .listener(listener)
+                .build()) {
+      Runtime.getRuntime().addShutdownHook(new Thread(stop::countDown));
+      inbox.start();
+      System.out.println("READY");
+      stop.await();
+    }
+  }
+}

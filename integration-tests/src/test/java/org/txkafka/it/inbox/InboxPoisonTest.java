@@ -1,0 +1,267 @@
+package org.txkafka.it.inbox;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.txkafka.it.inbox.InboxTestSupport.await;
+
+import com.zaxxer.hikari.HikariDataSource;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.txkafka.inbox.DeadLetter;
+import org.txkafka.inbox.DeadLetterReplayException;
+import org.txkafka.inbox.Inbox;
+import org.txkafka.inbox.InboxHandler;
+import org.txkafka.it.inbox.InboxTestSupport.Message;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.testkit.KafkaBroker;
+import org.txkafka.testkit.TestDatabase;
+import org.txkafka.testkit.TestPostgres;
+
+/** A record that always fails is dead-lettered, the rest of its partition proceeds. */
+@Timeout(value = 3, unit = TimeUnit.MINUTES)
+class InboxPoisonTest {
+  private static TestDatabase db;
+
+  @BeforeAll
+  static void setUp() {
+    db = TestPostgres.shared().createDatabase().migrate();
+    InboxTestSupport.createLedger(db);
+  }
+
+  @AfterAll
+  static void tearDown() {
+    db.close();
+  }
+
+  @Test
+  void alwaysFailingRecordIsDeadLetteredAfterMaxAttemptsAndReplayWorksAfterTheFix() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-poison");
+    String deadLetterTopic = topic + ".dlt";
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("poison-", 60);
+    InboxTestSupport.produce(broker, topic, messages);
+    String poisonId = "poison-17";
+    AtomicBoolean fixed = new AtomicBoolean();
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("poison");
+    InboxHandler handler =
+        (record, context) -> {
+          // The business write happens first: the rollback must undo it.
+          ledger.handle(record, context);
+          if (record.messageId().equals(poisonId) && !fixed.get()) {
+            throw new IllegalStateException("cannot apply " + poisonId);
+          }
+        };
+    String group = "poison-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(3);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(handler)
+                .maxBatchSize(25)
+                .maxAttempts(3)
+                .retryBackoff(Duration.ofMillis(20))
+                .deadLetterTopic(deadLetterTopic)
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(90),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
+                          + " WHERE consumer_group = ?",
+                      group)
+                  == messages.size());
+      assertEquals(messages.size() - 1, db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'poison'"));
+      assertEquals(
+          0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", poisonId));
+      assertEquals(
+          InboxTestSupport.sum(messages) - 18, db.queryLong("SELECT sum(amount) FROM ledger WHERE applied_by = 'poison'"));
+
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size(), "dead letters");
+      DeadLetter deadLetter = deadLetters.get(0);
+      assertEquals(poisonId, deadLetter.record().messageId());
+      assertEquals(3, deadLetter.attempts(), "attempts before dead-lettering");
+      assertTrue(deadLetter.lastError().contains("cannot apply " + poisonId), deadLetter.lastError());
+      assertEquals("18", deadLetter.record().valueAsString(), "stored payload");
+      assertEquals(poisonId, deadLetter.record().header(Outbox.MESSAGE_ID_HEADER));
+      assertEquals(
+          1,
+          db.queryLong(
+              "SELECT count(*) FROM txkafka_inbox WHERE message_id = ? AND status ="
+                  + " 'DEAD_LETTERED' AND attempts = 3",
+              poisonId));
+      assertEquals(
+          1,
+          db.queryLong("SELECT count(*) FROM txkafka_outbox WHERE topic = ?", deadLetterTopic),
+          "dead letter forwarded through the outbox");
+
+      DeadLetterReplayException stillFailing =
+          assertThrows(DeadLetterReplayException.class, inbox::replayAll);
+      assertEquals(deadLetter.id(), stillFailing.deadLetterId());
+      assertEquals(1, inbox.deadLetters(10).size(), "a failed replay leaves it pending");
+      assertEquals(0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", poisonId));
+
+      fixed.set(true);
+      assertEquals(1, inbox.replayAll(), "replayed after the fix");
+      assertEquals(1, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", poisonId));
+      assertEquals(0, inbox.deadLetters(10).size(), "nothing pending after replay");
+      assertEquals(false, inbox.replay(deadLetter.id()), "a replayed dead letter is not replayed again");
+      assertEquals(
+          1,
+          db.queryLong(
+              "SELECT count(*) FROM txkafka_inbox WHERE message_id = ? AND status = 'REPLAYED'",
+              poisonId));
+      assertEquals(
+          1,
+          db.queryLong(
+              "SELECT count(*) FROM txkafka_inbox_dead_letter WHERE replayed_at IS NOT NULL"));
+      assertEquals(InboxTestSupport.sum(messages), db.queryLong("SELECT sum(amount) FROM ledger WHERE applied_by = 'poison'"));
+    }
+  }
+
+  @Test
+  void malformedMessageIdsAreDeadLetteredWithTheirReasonAndTheOthersApplied() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-malformed");
+    broker.createTopic(topic, 1);
+    List<ProducerRecord<byte[], byte[]>> records = new ArrayList<>();
+    records.add(withId(topic, "good-1", InboxTestSupport.bytes("good-1")));
+    records.add(withId(topic, "empty", new byte[0]));
+    records.add(withId(topic, "bad-utf8", new byte[] {(byte) 0xC3, (byte) 0x28}));
+    records.add(withId(topic, "too-long", InboxTestSupport.bytes("x".repeat(256))));
+    records.add(withId(topic, "good-2", InboxTestSupport.bytes("good-2")));
+    try (KafkaProducer<byte[], byte[]> producer = InboxTestSupport.producer(broker)) {
+      records.forEach(producer::send);
+      producer.flush();
+    }
+    String group = "malformed-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(2);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(
+                    (record, context) ->
+                        context
+                            .connection()
+                            .createStatement()
+                            .execute(
+                                "INSERT INTO ledger VALUES ('"
+                                    + record.messageId()
+                                    + "', 't', 0, 0, 1, '"
+                                    + record.keyAsString()
+                                    + "')"))
+                .build()) {
+      inbox.start();
+      await(
+          "every record to be consumed",
+          Duration.ofSeconds(60),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
+                          + " WHERE consumer_group = ?",
+                      group)
+                  == records.size());
+      assertEquals(
+          2, db.queryLong("SELECT count(*) FROM ledger WHERE applied_by LIKE 'good-%'"));
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(3, deadLetters.size());
+      assertReason(deadLetters.get(0), "empty", "empty");
+      assertReason(deadLetters.get(1), "bad-utf8", "not valid UTF-8");
+      assertReason(deadLetters.get(2), "too-long", "256 characters");
+    }
+  }
+
+  @Test
+  void handlerThatSwallowsAnSqlErrorCannotCommitItsBatchHalfAppliedOrSkipped() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-swallow");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("swallow-", 80);
+    InboxTestSupport.produce(broker, topic, messages);
+    String sloppyId = "swallow-33";
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("swallow");
+    InboxHandler sloppy =
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.messageId().equals(sloppyId)) {
+            try (var statement = context.connection().createStatement()) {
+              statement.execute("SELECT 1 / 0");
+            } catch (java.sql.SQLException ignored) {
+              // The mistake under test: the error is swallowed, PostgreSQL's transaction is dead.
+            }
+          }
+        };
+    String group = "swallow-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(2);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(sloppy)
+                .maxBatchSize(40)
+                .maxAttempts(2)
+                .retryBackoff(Duration.ofMillis(10))
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(60),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
+                          + " WHERE consumer_group = ?",
+                      group)
+                  == messages.size());
+      assertEquals(
+          messages.size() - 1,
+          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'swallow'"),
+          "every other record applied once, none lost with the aborted batch");
+      assertEquals(
+          messages.size() - 1,
+          db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'swallow'"));
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size());
+      assertEquals(sloppyId, deadLetters.get(0).record().messageId());
+      assertTrue(deadLetters.get(0).lastError().contains("aborted"), deadLetters.get(0).lastError());
+    }
+  }
+
+  private static void assertReason(DeadLetter deadLetter, String key, String reason) {
+    assertEquals(key, deadLetter.record().keyAsString());
+    assertNotNull(deadLetter.lastError());
+    assertTrue(
+        deadLetter.lastError().startsWith("malformed message id")
+            && deadLetter.lastError().contains(reason),
+        deadLetter.lastError());
+    assertEquals(0, deadLetter.attempts(), "the handler never ran");
+  }
+
+  private static ProducerRecord<byte[], byte[]> withId(String topic, String key, byte[] id) {
+    ProducerRecord<byte[], byte[]> record =
+        new ProducerRecord<>(topic, InboxTestSupport.bytes(key), InboxTestSupport.bytes("1"));
+    record.headers().add(Outbox.MESSAGE_ID_HEADER, id);
+    return record;
+  }
+}

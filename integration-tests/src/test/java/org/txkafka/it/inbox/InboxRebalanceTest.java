@@ -1,0 +1,140 @@
+package org.txkafka.it.inbox;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.txkafka.it.inbox.InboxTestSupport.await;
+
+import com.zaxxer.hikari.HikariDataSource;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Collection;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import javax.sql.DataSource;
+import org.apache.kafka.common.TopicPartition;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.txkafka.inbox.Inbox;
+import org.txkafka.inbox.InboxListener;
+import org.txkafka.it.inbox.InboxTestSupport.Message;
+import org.txkafka.testkit.KafkaBroker;
+import org.txkafka.testkit.TestDatabase;
+import org.txkafka.testkit.TestPostgres;
+
+/** Members join and leave repeatedly while records flow: each record is applied exactly once. */
+@Timeout(value = 5, unit = TimeUnit.MINUTES)
+class InboxRebalanceTest {
+  private static TestDatabase db;
+
+  @BeforeAll
+  static void setUp() {
+    db = TestPostgres.shared().createDatabase().migrate();
+    InboxTestSupport.createLedger(db);
+  }
+
+  @AfterAll
+  static void tearDown() {
+    db.close();
+  }
+
+  @Test
+  void membersJoiningAndLeavingDuringProcessingKeepExactlyOnce() throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-rebalance");
+    broker.createTopic(topic, 6);
+    List<Message> messages = InboxTestSupport.messages("rebalance-", 4000);
+    String group = "rebalance-" + topic;
+    AtomicInteger assignments = new AtomicInteger();
+    AtomicInteger revocations = new AtomicInteger();
+    InboxListener listener =
+        new InboxListener() {
+          @Override
+          public void onPartitionsAssigned(Collection<TopicPartition> partitions) {
+            assignments.addAndGet(partitions.size());
+          }
+
+          @Override
+          public void onPartitionsRevoked(Collection<TopicPartition> partitions) {
+            revocations.addAndGet(partitions.size());
+          }
+        };
+    Random random = new Random(42);
+    List<Inbox> members = new ArrayList<>();
+    int started = 0;
+    try (HikariDataSource dataSource = db.newDataSource(5)) {
+      members.add(member(broker, dataSource, topic, group, started++, listener));
+      Thread producer =
+          InboxTestSupport.produceSlowly(broker, topic, messages, Duration.ofSeconds(12));
+      for (int round = 0; round < 10; round++) {
+        Thread.sleep(1200);
+        if (members.size() < 3 && (members.size() == 1 || random.nextBoolean())) {
+          members.add(member(broker, dataSource, topic, group, started++, listener));
+        } else {
+          members.remove(random.nextInt(members.size())).close();
+        }
+      }
+      producer.join(60_000);
+      await("every record to be applied", Duration.ofSeconds(120),
+          () -> db.queryLong("SELECT count(DISTINCT message_id) FROM ledger") == messages.size());
+      await("every offset to be stored", Duration.ofSeconds(60),
+          () -> db.queryLong(
+                  "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic = ?",
+                  topic)
+              == messages.size());
+      for (Inbox member : members) {
+        member.close();
+      }
+      assertTrue(started >= 5, "members started: " + started);
+      assertTrue(revocations.get() > 0, "partitions moved between members");
+      assertEquals(messages.size(), db.queryLong("SELECT count(*) FROM ledger"), "ledger rows");
+      assertEquals(InboxTestSupport.sum(messages), db.queryLong("SELECT sum(amount) FROM ledger"));
+      assertTrue(
+          db.queryLong("SELECT max(owner_epoch) FROM txkafka_inbox_offset WHERE topic = ?", topic)
+              > 1,
+          "partitions were claimed more than once");
+      assertEquals(
+          0,
+          db.queryLong(
+              "SELECT count(*) FROM (SELECT message_id FROM ledger GROUP BY message_id"
+                  + " HAVING count(*) > 1) d"),
+          "no message applied twice");
+    } finally {
+      for (Inbox member : members) {
+        member.close();
+      }
+    }
+  }
+
+  private static Inbox member(
+      KafkaBroker broker,
+      DataSource dataSource,
+      String topic,
+      String group,
+      int number,
+      InboxListener listener) {
+    Map<String, Object> properties = new HashMap<>(InboxTestSupport.consumerProperties(broker));
+    properties.put(
+        "partition.assignment.strategy",
+        "org.apache.kafka.clients.consumer.CooperativeStickyAssignor");
+    Inbox inbox =
+        Inbox.builder()
+            .kafkaProperties(properties)
+            .groupId(group)
+            .topics(topic)
+            .dataSource(dataSource)
+            .handler(InboxTestSupport.ledgerHandler("member-" + number))
+            .maxBatchSize(40)
+            .concurrency(2)
+            .revocationTimeout(Duration.ofSeconds(10))
+            .listener(listener)
+            .build();
+    inbox.start();
+    return inbox;
+  }
+}

@@ -1,0 +1,158 @@
+package org.txkafka.it.inbox;
+
+import java.nio.charset.StandardCharsets;
+import java.sql.PreparedStatement;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.function.BooleanSupplier;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.common.serialization.ByteArraySerializer;
+import org.txkafka.inbox.InboxHandler;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.testkit.KafkaBroker;
+import org.txkafka.testkit.TestDatabase;
+
+/** Shared helpers of the inbox tests: the business table, producing records, waiting. */
+final class InboxTestSupport {
+  private InboxTestSupport() {}
+
+  /**
+   * The business table. Deliberately without a unique constraint: a record applied twice shows as
+   * two rows (count and sum checks), it is never hidden by a constraint violation.
+   */
+  static void createLedger(TestDatabase db) {
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS ledger (message_id TEXT NOT NULL, topic TEXT NOT NULL,"
+            + " kafka_partition INT NOT NULL, kafka_offset BIGINT NOT NULL, amount BIGINT NOT NULL,"
+            + " applied_by TEXT NOT NULL)");
+  }
+
+  /** A handler that inserts one ledger row per record, amount = the record value as a number. */
+  static InboxHandler ledgerHandler(String appliedBy) {
+    return (record, context) -> {
+      try (PreparedStatement insert =
+          context
+              .connection()
+              .prepareStatement(
+                  "INSERT INTO ledger (message_id, topic, kafka_partition, kafka_offset, amount,"
+                      + " applied_by) VALUES (?, ?, ?, ?, ?, ?)")) {
+        insert.setString(1, record.messageId());
+        insert.setString(2, record.topic());
+        insert.setInt(3, record.partition());
+        insert.setLong(4, record.offset());
+        insert.setLong(5, Long.parseLong(record.valueAsString()));
+        insert.setString(6, appliedBy);
+        insert.executeUpdate();
+      }
+    };
+  }
+
+  /** One record to produce. A null message id produces a record without the id header. */
+  record Message(String key, String messageId, long amount) {}
+
+  /** The messages m-0 .. m-(count-1), amounts 1 .. count, keys spread over 64 values. */
+  static List<Message> messages(String prefix, int count) {
+    List<Message> messages = new ArrayList<>(count);
+    for (int i = 0; i < count; i++) {
+      messages.add(new Message("key-" + (i % 64), prefix + i, i + 1));
+    }
+    return messages;
+  }
+
+  static long sum(List<Message> messages) {
+    return messages.stream().mapToLong(Message::amount).sum();
+  }
+
+  static KafkaProducer<byte[], byte[]> producer(KafkaBroker broker) {
+    return new KafkaProducer<>(
+        Map.of(
+            ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, broker.bootstrapServers(),
+            ProducerConfig.ACKS_CONFIG, "all",
+            ProducerConfig.LINGER_MS_CONFIG, "5"),
+        new ByteArraySerializer(),
+        new ByteArraySerializer());
+  }
+
+  static ProducerRecord<byte[], byte[]> record(String topic, Message message) {
+    ProducerRecord<byte[], byte[]> record =
+        new ProducerRecord<>(topic, bytes(message.key()), bytes(Long.toString(message.amount())));
+    if (message.messageId() != null) {
+      record.headers().add(Outbox.MESSAGE_ID_HEADER, bytes(message.messageId()));
+    }
+    return record;
+  }
+
+  /** Sends all messages and waits for the broker's acknowledgements. */
+  static void produce(KafkaBroker broker, String topic, List<Message> messages) {
+    try (KafkaProducer<byte[], byte[]> producer = producer(broker)) {
+      for (Message message : messages) {
+        producer.send(record(topic, message));
+      }
+      producer.flush();
+    }
+  }
+
+  /**
+   * Sends the messages over about {@code duration} from a background thread (so that they arrive
+   * while consumers crash, rebalance or lose the database).
+   */
+  static Thread produceSlowly(
+      KafkaBroker broker, String topic, List<Message> messages, Duration duration) {
+    Thread thread =
+        new Thread(
+            () -> {
+              int chunks = 40;
+              int chunk = Math.max(1, messages.size() / chunks);
+              long pause = duration.toMillis() / chunks;
+              try (KafkaProducer<byte[], byte[]> producer = producer(broker)) {
+                for (int i = 0; i < messages.size(); i++) {
+                  producer.send(record(topic, messages.get(i)));
+                  if ((i + 1) % chunk == 0) {
+                    producer.flush();
+                    Thread.sleep(pause);
+                  }
+                }
+                producer.flush();
+              } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+              }
+            },
+            "test-producer");
+    thread.start();
+    return thread;
+  }
+
+  static byte[] bytes(String text) {
+    return text == null ? null : text.getBytes(StandardCharsets.UTF_8);
+  }
+
+  /** Waits until {@code condition} holds; throws naming {@code what} if it does not in time. */
+  static void await(String what, Duration timeout, BooleanSupplier condition) {
+    long deadline = System.nanoTime() + timeout.toNanos();
+    while (!condition.getAsBoolean()) {
+      if (System.nanoTime() > deadline) {
+        throw new AssertionError("timed out after " + timeout + " waiting for " + what);
+      }
+      try {
+        TimeUnit.MILLISECONDS.sleep(100);
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        throw new AssertionError("interrupted waiting for " + what, e);
+      }
+    }
+  }
+
+  /** Kafka consumer properties for tests: quick to notice dead members. */
+  static Map<String, Object> consumerProperties(KafkaBroker broker) {
+    return Map.of(
+        "bootstrap.servers", broker.bootstrapServers(),
+        "session.timeout.ms", "6000",
+        "heartbeat.interval.ms", "1000",
+        "max.poll.interval.ms", "30000");
+  }
+}
