@@ -1,5 +1,6 @@
 package org.txkafka.it.outbox;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.txkafka.it.outbox.OutboxFixtures.asStrings;
@@ -10,6 +11,7 @@ import static org.txkafka.it.outbox.OutboxFixtures.commit;
 import static org.txkafka.it.outbox.OutboxFixtures.numbered;
 import static org.txkafka.it.outbox.OutboxFixtures.pendingRows;
 
+import java.sql.PreparedStatement;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collections;
@@ -21,11 +23,14 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
+import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
+import org.txkafka.inbox.Inbox;
 import org.txkafka.it.outbox.OutboxFixtures.TopicReader;
+import org.txkafka.outbox.Outbox;
 import org.txkafka.outbox.OutboxMessage;
 import org.txkafka.testkit.ChildJvm;
 import org.txkafka.testkit.KafkaBroker;
@@ -34,8 +39,9 @@ import org.txkafka.testkit.TestPostgres;
 
 /**
  * The relay runs in a child JVM that is killed with SIGKILL at random moments while thousands of
- * messages are written; after the last restart every message reached Kafka at least once, and a
- * receiver that removes duplicates by message id sees every key in order.
+ * messages are written; after the last restart every message reached Kafka at least once, a receiver
+ * that removes duplicates by message id sees every key in order, and a downstream txkafka inbox
+ * applies every message exactly once, each key in order.
  */
 @Timeout(value = 4, unit = TimeUnit.MINUTES)
 class OutboxRelayCrashTest {
@@ -50,6 +56,11 @@ class OutboxRelayCrashTest {
   static void setUp() {
     db = TestPostgres.shared().createDatabase().migrate();
     broker = KafkaBroker.shared();
+    // The downstream service's effects. No unique constraint: a message applied twice would show
+    // as two rows instead of an error.
+    db.execute(
+        "CREATE TABLE crash_applied (applied BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            + " message_id TEXT NOT NULL, record_key TEXT NOT NULL, seq INT NOT NULL)");
   }
 
   @AfterAll
@@ -57,8 +68,34 @@ class OutboxRelayCrashTest {
     db.close();
   }
 
+  private static Inbox downstreamInbox(String topic) {
+    return Inbox.builder()
+        .kafkaProperty(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, broker.bootstrapServers())
+        .kafkaProperty(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest")
+        .groupId("crash-downstream-" + topic)
+        .topics(topic)
+        .dataSource(db.dataSource())
+        .concurrency(2)
+        .handler(
+            (record, context) -> {
+              String[] keyAndSeq = record.valueAsString().split("\\|");
+              try (PreparedStatement insert =
+                  context
+                      .connection()
+                      .prepareStatement(
+                          "INSERT INTO crash_applied (message_id, record_key, seq)"
+                              + " VALUES (?, ?, ?)")) {
+                insert.setString(1, record.header(Outbox.MESSAGE_ID_HEADER));
+                insert.setString(2, keyAndSeq[0]);
+                insert.setInt(3, Integer.parseInt(keyAndSeq[1]));
+                insert.executeUpdate();
+              }
+            })
+        .build();
+  }
+
   @Test
-  void relayKilledAtRandomMomentsStillPublishesEveryCommittedMessageAtLeastOnceInKeyOrder()
+  void relayKilledAtRandomMomentsPublishesEveryMessageAtLeastOnceAndTheInboxAppliesEachOnceInOrder()
       throws Exception {
     String topic = KafkaBroker.uniqueTopic("crash");
     broker.createTopic(topic, 3);
@@ -113,6 +150,26 @@ class OutboxRelayCrashTest {
         assertAllPresent(expected, reader.distinctIds());
         int duplicates = assertPerKeyOrderAfterDedup(reader.records());
         relay.terminate();
+
+        // A downstream inbox applies every message exactly once, each key in order, although
+        // the relay's crashes left duplicates in the topic.
+        try (Inbox inbox = downstreamInbox(topic)) {
+          inbox.start();
+          await(
+              WAIT,
+              () -> "inbox applied " + db.queryLong("SELECT count(*) FROM crash_applied"),
+              () -> db.queryLong("SELECT count(DISTINCT message_id) FROM crash_applied")
+                  >= expected.size());
+          OutboxFixtures.sleep(1_000); // lets a wrong second application land before the checks
+        }
+        assertEquals(expected.size(), db.queryLong("SELECT count(*) FROM crash_applied"),
+            "each message applied exactly once");
+        assertEquals(
+            0L,
+            db.queryLong(
+                "SELECT count(*) FROM (SELECT seq < lag(seq) OVER (PARTITION BY record_key"
+                    + " ORDER BY applied) AS backwards FROM crash_applied) a WHERE backwards"),
+            "every key applied in order");
         assertTrue(
             relay.output().contains("org.txkafka.outbox.internal.JdbcOutboxRelay"),
             "class loading is logged");
@@ -121,7 +178,7 @@ class OutboxRelayCrashTest {
             "a relay without a meter registry loads no Micrometer class (it is optional)");
         System.out.printf(
             "crash: seed %d, %d messages, %d SIGKILLs, %d rows pending after the last kill, %d"
-                + " duplicate copies in Kafka%n",
+                + " duplicate copies in Kafka, each applied once by the inbox%n",
             seed, expected.size(), kills, pendingAfterKills, duplicates);
         assertTrue(expected.size() >= MESSAGES);
       }
