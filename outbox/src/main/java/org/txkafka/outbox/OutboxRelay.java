@@ -5,6 +5,7 @@ import java.time.Duration;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Objects;
+import java.util.Properties;
 import java.util.Set;
 import javax.sql.DataSource;
 import org.txkafka.outbox.internal.JdbcOutboxRelay;
@@ -213,6 +214,15 @@ public interface OutboxRelay extends AutoCloseable {
     public Builder producerProperties(Map<String, ?> properties) {
       Objects.requireNonNull(properties, "producerProperties must not be null");
       producerProperties.putAll(properties);
+      return this;
+    }
+
+    /** Kafka producer properties from a {@link Properties}; see {@link #producerProperties(Map)}. */
+    public Builder producerProperties(Properties properties) {
+      Objects.requireNonNull(properties, "producerProperties must not be null");
+      for (String name : properties.stringPropertyNames()) {
+        producerProperties.put(name, properties.getProperty(name));
+      }
       return this;
     }
 
