@@ -61,11 +61,24 @@ class OutboxRelayCrashTest {
     db.execute(
         "CREATE TABLE crash_applied (applied BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
             + " message_id TEXT NOT NULL, record_key TEXT NOT NULL, seq INT NOT NULL)");
+    // Widen the window between Kafka's acknowledgement and the removal of the rows, where a kill
+    // leaves published rows behind: deletes take 50 ms, and the server abandons (rolls back) a
+    // statement whose client died.
+    db.execute(
+        "CREATE FUNCTION slow_outbox_delete() RETURNS trigger LANGUAGE plpgsql AS"
+            + " $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$",
+        "CREATE TRIGGER slow_outbox_delete BEFORE DELETE ON txkafka_outbox"
+            + " FOR EACH STATEMENT EXECUTE FUNCTION slow_outbox_delete()",
+        "ALTER DATABASE \"" + db.name() + "\" SET client_connection_check_interval = '10ms'");
   }
 
   @AfterAll
   static void tearDown() {
     db.close();
+  }
+
+  private static int count(String text, String part) {
+    return text.split(part, -1).length - 1;
   }
 
   private static Inbox downstreamInbox(String topic) {
@@ -125,15 +138,18 @@ class OutboxRelayCrashTest {
     try (TopicReader reader = new TopicReader(broker, topic)) {
       for (int round = 0; round < KILLS; round++) {
         try (ChildJvm relay = OutboxFixtures.startRelayProcess(db, broker, "crash-" + round, 100)) {
-          // Kill it while it publishes: once it has finished a batch, at a random later moment.
-          relay.awaitLine("EVENT", WAIT);
+          // Kill it while it publishes: once it has finished a batch and some random time later,
+          // a few milliseconds after a new batch began (sending, awaiting acks, or deleting).
           relay.awaitLine(" END ", WAIT);
-          OutboxFixtures.sleep(random.nextInt(1000));
+          OutboxFixtures.sleep(random.nextInt(700));
+          int begun = count(relay.output(), " BEGIN ");
+          await(WAIT, "another batch", () -> count(relay.output(), " BEGIN ") > begun);
+          OutboxFixtures.sleep(random.nextInt(80));
           relay.kill();
           kills++;
           System.out.printf(
               "crash: round %d killed after %d batches, %d rows pending%n",
-              round, relay.output().split(" END ", -1).length - 1, pendingRows(db));
+              round, count(relay.output(), " END "), pendingRows(db));
         }
       }
       writing.get(WAIT.toSeconds(), TimeUnit.SECONDS);
