@@ -62,6 +62,10 @@ import org.txkafka.outbox.internal.RelayConfig;
  *       after duplicates are removed every key is still in order. A relay that is frozen (long GC
  *       pause, SIGSTOP) keeps its session and so its shares: nobody publishes them until it resumes
  *       or its session ends (turn on TCP keepalives so that a dead network path ends it).
+ *   <li>Rows that are visible together go in id order, and ids are taken at insert, not at commit.
+ *       When two transactions may write the same key at once, write the outbox message after the
+ *       statement that locks the business row (an UPDATE, or SELECT ... FOR UPDATE): then ids follow
+ *       the lock order, which is the commit order.
  *   <li>A parked row has left its key's order: later rows of the key are published meanwhile, and a
  *       replayed row comes after them.
  *   <li>Rows for a topic that does not exist (or an explicit partition out of range) wait, they are
