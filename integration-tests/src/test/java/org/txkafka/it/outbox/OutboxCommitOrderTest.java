@@ -95,6 +95,51 @@ class OutboxCommitOrderTest {
   }
 
   @Test
+  void bulkTransactionWithThousandsOfKeysCommitsAndKeepsCommitOrderWithSmallOnes()
+      throws Exception {
+    String topic = KafkaBroker.uniqueTopic("commit-order-bulk");
+    broker.createTopic(topic, 2);
+    db.execute("INSERT INTO account VALUES ('bulk-acc', 0)");
+    int bulkKeys = 8_000; // more advisory locks than the lock table of a default server holds
+    try (Connection bulk = db.connect(); Connection small = db.connect()) {
+      bulk.setAutoCommit(false);
+      small.setAutoCommit(false);
+      lockAccount(small, "bulk-acc");
+      List<OutboxMessage> messages = new ArrayList<>();
+      messages.add(OutboxMessage.to(topic).key("bulk-acc").payload("bulk").build());
+      for (int i = 0; i < bulkKeys; i++) {
+        messages.add(OutboxMessage.to(topic).key("bulk-key-" + i).payload("bulk").build());
+      }
+      WRITER.sendAll(bulk, messages); // lower ids, including one for bulk-acc
+      ExecutorService thread = Executors.newSingleThreadExecutor();
+      Future<?> bulkCommit = thread.submit(() -> {
+        lockAccount(bulk, "bulk-acc");
+        bulk.commit();
+        return null;
+      });
+      Thread.sleep(200);
+      WRITER.send(small, OutboxMessage.to(topic).key("bulk-acc").payload("small").build());
+      small.commit();
+      bulkCommit.get(60, TimeUnit.SECONDS);
+      thread.shutdown();
+    }
+    try (HikariDataSource pool = db.newDataSource(3);
+        OutboxRelay relay = relay(pool, broker).build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      reader.pollUntil(WAIT, "all published", r -> r.distinctIds().size() >= bulkKeys + 2);
+      List<String> accountPayloads = new ArrayList<>();
+      for (ConsumerRecord<byte[], byte[]> record : reader.records()) {
+        if ("bulk-acc".equals(text(record.key()))) {
+          accountPayloads.add(text(record.value()));
+        }
+      }
+      assertEquals(List.of("small", "bulk"), accountPayloads.subList(0, 2),
+          "the small transaction committed first");
+    }
+  }
+
+  @Test
   void concurrentTransactionsOnSharedKeysArePublishedPerKeyInCommitOrder() throws Exception {
     String topic = KafkaBroker.uniqueTopic("commit-order-many");
     broker.createTopic(topic, 3);

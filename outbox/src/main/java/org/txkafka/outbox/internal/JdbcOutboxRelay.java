@@ -594,6 +594,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       select.setArray(1, current.connection.createArrayOf("int4", shares.toArray(new Integer[0])));
       select.setArray(2, current.connection.createArrayOf("int8", excluded));
       select.setInt(3, config.batchSize());
+      select.setInt(4, config.batchSize());
       try (ResultSet rs = select.executeQuery()) {
         while (rs.next()) {
           rows.add(OutboxRow.read(rs));
