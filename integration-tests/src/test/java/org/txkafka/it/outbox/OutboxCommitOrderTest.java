@@ -100,7 +100,7 @@ class OutboxCommitOrderTest {
     String topic = KafkaBroker.uniqueTopic("commit-order-bulk");
     broker.createTopic(topic, 2);
     db.execute("INSERT INTO account VALUES ('bulk-acc', 0)");
-    int bulkKeys = 8_000; // more advisory locks than the lock table of a default server holds
+    int bulkKeys = 20_000; // one lock per key would exhaust a default server's lock table
     try (Connection bulk = db.connect(); Connection small = db.connect()) {
       bulk.setAutoCommit(false);
       small.setAutoCommit(false);
