@@ -36,8 +36,10 @@ import org.txkafka.outbox.internal.RelayConfig;
  *   <li>No committed row is ever skipped: there is no id cursor. Each round reads the rows that are
  *       pending now, so a transaction that took a lower id and committed later is simply found by a
  *       later round.
- *   <li>Per-key order follows the order in which rows became visible (rows visible together go in
- *       id order). Duplicates are possible only across a failure (a relay killed, or its database
+ *   <li>Per-key order follows the order in which rows became visible (commit order), whatever
+ *       order their ids were taken in: rows are sealed at commit with a commit sequence, under
+ *       transaction-scoped per-key locks taken in a fixed order, and each share is read in that
+ *       sequence. Duplicates are possible only across a failure (a relay killed, or its database
  *       session lost, between Kafka's acknowledgement and the delete); then the resent rows follow
  *       their first copies in the same order, so a receiver that removes duplicates by message id
  *       (the txkafka inbox) sees every key in order.
@@ -62,10 +64,9 @@ import org.txkafka.outbox.internal.RelayConfig;
  *       after duplicates are removed every key is still in order. A relay that is frozen (long GC
  *       pause, SIGSTOP) keeps its session and so its shares: nobody publishes them until it resumes
  *       or its session ends (turn on TCP keepalives so that a dead network path ends it).
- *   <li>Rows that are visible together go in id order, and ids are taken at insert, not at commit.
- *       When two transactions may write the same key at once, write the outbox message after the
- *       statement that locks the business row (an UPDATE, or SELECT ... FOR UPDATE): then ids follow
- *       the lock order, which is the commit order.
+ *   <li>Sealing serialises the commits of transactions that send the same key (only their last
+ *       step, after their own statements). A transaction with more than 256 distinct keys locks
+ *       the shares of its rows instead, so that it never needs more than 64 locks.
  *   <li>A parked row has left its key's order: later rows of the key are published meanwhile, and a
  *       replayed row comes after them.
  *   <li>Rows for a topic that does not exist (or an explicit partition out of range) wait, they are

@@ -52,7 +52,8 @@ import org.txkafka.outbox.OutboxRelay;
  *       while the locks are held; if the session ends, PostgreSQL frees the locks and the next
  *       statement fails, so a relay that lost its session can neither read nor remove rows. Shares
  *       are given back only between batches.
- *   <li><b>Per-key order.</b> Rows of one key live in one share, read in id order. Within a batch,
+ *   <li><b>Per-key order.</b> Rows of one key live in one share, read in commit order
+ *       (commit_seq, assigned at commit by the seal trigger of the migrations). Within a batch,
  *       once a row of a share could not be handed to the producer (metadata timeout, topic in
  *       backoff), no later row of that share is sent in that batch, and the share is paused (not
  *       read) until that topic's backoff has passed, so it cannot starve the other shares either.
@@ -543,6 +544,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     try (PreparedStatement select = current.connection.prepareStatement(sql.selectPending())) {
       select.setArray(1, current.connection.createArrayOf("int4", shares.toArray(new Integer[0])));
       select.setInt(2, config.batchSize());
+      select.setInt(3, config.batchSize());
       try (ResultSet rs = select.executeQuery()) {
         while (rs.next()) {
           rows.add(OutboxRow.read(rs));
