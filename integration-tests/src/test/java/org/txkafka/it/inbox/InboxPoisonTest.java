@@ -248,6 +248,59 @@ class InboxPoisonTest {
     }
   }
 
+  @Test
+  void handlerThatTriesToCommitItselfIsRefusedAndNothingIsCommittedEarly() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-selfcommit");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("selfcommit-", 30);
+    InboxTestSupport.produce(broker, topic, messages);
+    String eagerId = "selfcommit-12";
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("selfcommit");
+    InboxHandler eager =
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.messageId().equals(eagerId)) {
+            context.connection().commit();
+          }
+        };
+    String group = "selfcommit-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(2);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(eager)
+                .maxAttempts(1)
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(60),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
+                          + " WHERE consumer_group = ?",
+                      group)
+                  == messages.size());
+      assertEquals(
+          messages.size() - 1,
+          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'selfcommit'"));
+      assertEquals(
+          0,
+          db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", eagerId),
+          "the refused commit committed nothing");
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size());
+      assertTrue(
+          deadLetters.get(0).lastError().contains("Connection.commit is not allowed"),
+          deadLetters.get(0).lastError());
+      assertEquals(1, deadLetters.get(0).attempts());
+    }
+  }
+
   private static void assertReason(DeadLetter deadLetter, String key, String reason) {
     assertEquals(key, deadLetter.record().keyAsString());
     assertNotNull(deadLetter.lastError());
