@@ -1,5 +1,7 @@
 package org.txkafka.outbox;
 
+import javax.sql.DataSource;
+import org.txkafka.outbox.internal.JdbcOutboxAdmin;
 import org.txkafka.outbox.internal.JdbcOutboxWriter;
 
 /**
@@ -34,5 +36,40 @@ public final class Outbox {
    */
   public static OutboxWriter writer(String schema) {
     return new JdbcOutboxWriter(schema);
+  }
+
+  /**
+   * A writer for the tables in {@code schema} that stores the caller's W3C trace context (from
+   * {@code traceContext}, called once per message on the writing thread) as {@code traceparent} /
+   * {@code tracestate} headers. Thread-safe.
+   *
+   * @throws IllegalArgumentException if the schema is not a lower-case unquoted identifier
+   * @throws NullPointerException if {@code traceContext} is null
+   */
+  public static OutboxWriter writer(String schema, TraceContext traceContext) {
+    return new JdbcOutboxWriter(schema, traceContext);
+  }
+
+  /**
+   * Starts configuring a relay that publishes committed rows to Kafka.
+   *
+   * @see OutboxRelay.Builder
+   */
+  public static OutboxRelay.Builder relay() {
+    return new OutboxRelay.Builder();
+  }
+
+  /** Admin operations (list, replay, discard parked rows) on the {@code public} schema's outbox. */
+  public static OutboxAdmin admin(DataSource dataSource) {
+    return admin(dataSource, DEFAULT_SCHEMA);
+  }
+
+  /**
+   * Admin operations on the outbox in {@code schema}. Thread-safe.
+   *
+   * @throws IllegalArgumentException if the data source is null or the schema is invalid
+   */
+  public static OutboxAdmin admin(DataSource dataSource, String schema) {
+    return new JdbcOutboxAdmin(dataSource, schema);
   }
 }

@@ -1,6 +1,7 @@
 package org.txkafka.outbox.internal;
 
 import jakarta.persistence.EntityManager;
+import java.nio.charset.StandardCharsets;
 import java.sql.Connection;
 import java.sql.PreparedStatement;
 import java.sql.SQLException;
@@ -9,22 +10,38 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Objects;
 import java.util.UUID;
+import java.util.regex.Pattern;
 import org.txkafka.SqlIdentifiers;
 import org.txkafka.outbox.OutboxMessage;
 import org.txkafka.outbox.OutboxWriteException;
 import org.txkafka.outbox.OutboxWriter;
+import org.txkafka.outbox.TraceContext;
 
 /**
  * The default {@link OutboxWriter}: one INSERT (or one JDBC batch) on the caller's connection.
  *
  * <p>Invariants: it never commits, rolls back or toggles auto-commit; it refuses an auto-commit
- * connection, so a row can never become visible outside the caller's business transaction.
+ * connection, so a row can never become visible outside the caller's business transaction; a
+ * broken or absent trace context never fails the caller's transaction (it is left out).
  */
 public final class JdbcOutboxWriter implements OutboxWriter {
-  private final String insertSql;
+  /** W3C trace-context version 00 shape; other versions are accepted if they keep the prefix. */
+  private static final Pattern TRACEPARENT =
+      Pattern.compile("[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?");
 
-  /** A writer for the tables in {@code schema}. */
+  private static final int MAX_TRACESTATE_LENGTH = 512;
+
+  private final String insertSql;
+  private final TraceContext traceContext;
+
+  /** A writer for the tables in {@code schema} that captures no trace context. */
   public JdbcOutboxWriter(String schema) {
+    this(schema, TraceContext.NONE);
+  }
+
+  /** A writer for the tables in {@code schema} that stores {@code traceContext} with each row. */
+  public JdbcOutboxWriter(String schema, TraceContext traceContext) {
+    this.traceContext = Objects.requireNonNull(traceContext, "traceContext must not be null");
     String table = SqlIdentifiers.quoted("schema", schema) + ".txkafka_outbox";
     this.insertSql =
         "INSERT INTO "
@@ -57,7 +74,7 @@ public final class JdbcOutboxWriter implements OutboxWriter {
           Objects.requireNonNull(message, "messages must not contain null");
           UUID id = MessageIds.newId();
           ids.add(id);
-          bind(connection, insert, message, id);
+          bind(connection, insert, withTraceContext(message), id);
           if (messages.size() > 1) {
             insert.addBatch();
           }
@@ -84,6 +101,45 @@ public final class JdbcOutboxWriter implements OutboxWriter {
           "the outbox writer needs an EntityManager with an active transaction");
     }
     return JpaConnections.withConnection(entityManager, connection -> send(connection, message));
+  }
+
+  /**
+   * Adds the caller's trace context as headers unless the message carries its own. A supplier that
+   * throws or returns a malformed value is ignored: tracing must never cost a business commit.
+   */
+  private OutboxMessage withTraceContext(OutboxMessage message) {
+    if (traceContext == TraceContext.NONE) {
+      return message;
+    }
+    for (OutboxMessage.Header header : message.headers()) {
+      if (TraceContext.TRACEPARENT.equals(header.name())) {
+        return message;
+      }
+    }
+    String traceparent;
+    String tracestate;
+    try {
+      traceparent = traceContext.traceparent();
+      tracestate = traceparent == null ? null : traceContext.tracestate();
+    } catch (RuntimeException e) {
+      return message;
+    }
+    if (traceparent == null || !TRACEPARENT.matcher(traceparent).matches()) {
+      return message;
+    }
+    List<OutboxMessage.Header> headers = new ArrayList<>(message.headers());
+    headers.add(
+        new OutboxMessage.Header(
+            TraceContext.TRACEPARENT, traceparent.getBytes(StandardCharsets.US_ASCII)));
+    if (tracestate != null
+        && !tracestate.isBlank()
+        && tracestate.length() <= MAX_TRACESTATE_LENGTH) {
+      headers.add(
+          new OutboxMessage.Header(
+              TraceContext.TRACESTATE, tracestate.getBytes(StandardCharsets.US_ASCII)));
+    }
+    return new OutboxMessage(
+        message.topic(), message.key(), message.payload(), headers, message.partition());
   }
 
   private static void bind(

@@ -1,0 +1,237 @@
+package org.txkafka.it.outbox;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.txkafka.it.outbox.OutboxFixtures.asStrings;
+import static org.txkafka.it.outbox.OutboxFixtures.assertAllPresent;
+import static org.txkafka.it.outbox.OutboxFixtures.assertPerKeyOrderAfterDedup;
+import static org.txkafka.it.outbox.OutboxFixtures.await;
+import static org.txkafka.it.outbox.OutboxFixtures.commit;
+import static org.txkafka.it.outbox.OutboxFixtures.numbered;
+import static org.txkafka.it.outbox.OutboxFixtures.pendingRows;
+import static org.txkafka.it.outbox.OutboxFixtures.relay;
+
+import com.zaxxer.hikari.HikariDataSource;
+import java.nio.charset.StandardCharsets;
+import java.sql.Connection;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
+import java.util.UUID;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import javax.sql.DataSource;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.txkafka.it.outbox.OutboxFixtures.TopicReader;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxMessage;
+import org.txkafka.outbox.OutboxRelay;
+import org.txkafka.outbox.internal.Shares;
+import org.txkafka.testkit.KafkaBroker;
+import org.txkafka.testkit.TestDatabase;
+import org.txkafka.testkit.TestPostgres;
+
+/** The relay rides out a Kafka broker outage and a loss of its own database session. */
+@Timeout(value = 4, unit = TimeUnit.MINUTES)
+class OutboxOutageTest {
+  private static final Duration WAIT = Duration.ofSeconds(90);
+
+  private static TestDatabase db;
+  private static HikariDataSource relayPool;
+
+  @BeforeAll
+  static void setUp() {
+    db = TestPostgres.shared().createDatabase().migrate();
+    relayPool = db.newDataSource(2);
+  }
+
+  private static long advisoryLocks() {
+    return db.queryLong(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            + " WHERE l.locktype = 'advisory' AND d.datname = current_database()");
+  }
+
+  private static long attempts(UUID messageId) {
+    return db.queryLong(
+        "SELECT coalesce(max(attempts), -1) FROM txkafka_outbox WHERE message_id = ?", messageId);
+  }
+
+  private static String lastError(UUID messageId) {
+    try (Connection connection = db.connect();
+        PreparedStatement query =
+            connection.prepareStatement(
+                "SELECT last_error FROM txkafka_outbox WHERE message_id = ?")) {
+      query.setObject(1, messageId);
+      try (ResultSet rs = query.executeQuery()) {
+        return rs.next() ? String.valueOf(rs.getString(1)) : "no row";
+      }
+    } catch (SQLException e) {
+      throw new IllegalStateException(e);
+    }
+  }
+
+  @AfterAll
+  static void tearDown() {
+    relayPool.close();
+    db.close();
+  }
+
+  @Test
+  void rowsWrittenWhileTheBrokerIsDownWaitInTheOutboxAndArePublishedWhenItReturns() {
+    try (KafkaBroker broker = KafkaBroker.startDedicated()) {
+      String topic = KafkaBroker.uniqueTopic("outage");
+      broker.createTopic(topic, 2);
+      AtomicInteger batchesStarted = new AtomicInteger();
+      OutboxRelay.Listener counting =
+          new OutboxRelay.Listener() {
+            @Override
+            public void batchStarting(Set<Integer> shares, int rows) {
+              batchesStarted.incrementAndGet();
+            }
+          };
+      List<UUID> before = new ArrayList<>();
+      List<UUID> during = new ArrayList<>();
+      OutboxRelay relay =
+          relay(relayPool, broker).listener(counting).closeTimeout(Duration.ofSeconds(1)).build();
+      try {
+        relay.start();
+        for (int i = 0; i < 10; i++) {
+          before.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 3, i))));
+        }
+        try (TopicReader reader = new TopicReader(broker, topic)) {
+          reader.awaitIds(WAIT, asStrings(before));
+        }
+        await(WAIT, "outbox emptied before the outage", () -> pendingRows(db) == 0);
+
+        broker.stop();
+        int startedBeforeOutage = batchesStarted.get();
+        for (int i = 10; i < 60; i++) {
+          during.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 3, i))));
+        }
+        await(WAIT, "relay tried to publish during the outage",
+            () -> batchesStarted.get() > startedBeforeOutage);
+        OutboxFixtures.sleep(3_000);
+        assertEquals(
+            during.size(),
+            pendingRows(db),
+            "no row leaves the outbox without Kafka's acknowledgement");
+
+        // close() during the outage is bounded: the unacknowledged batch is given back.
+        relay.close();
+        assertTrue(relay.ownedShares().isEmpty());
+        assertEquals(0, advisoryLocks(), "leases released although Kafka never answered");
+        assertEquals(during.size(), pendingRows(db), "the given-back rows are still pending");
+      } finally {
+        relay.close();
+      }
+      try (OutboxRelay successor = relay(relayPool, broker).build()) {
+        successor.start();
+        broker.start();
+        List<UUID> after = commit(db.dataSource(), List.of(numbered(topic, "key-0", 60)));
+        List<UUID> all = new ArrayList<>(before);
+        all.addAll(during);
+        all.addAll(after);
+        try (TopicReader reader = new TopicReader(broker, topic)) {
+          reader.awaitIds(WAIT, asStrings(all));
+          await(WAIT, "outbox emptied after the outage", () -> pendingRows(db) == 0);
+          assertAllPresent(asStrings(all), reader.distinctIds());
+          int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+          System.out.printf("outage: %d messages, %d duplicates%n", all.size(), duplicates);
+        }
+      }
+    }
+  }
+
+  @Test
+  void rowsForAMissingTopicWaitAndCountAttemptsWithoutStarvingOtherSharesThenArePublished() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String missing = KafkaBroker.uniqueTopic("created-later");
+    String present = KafkaBroker.uniqueTopic("present");
+    broker.createTopic(present, 2);
+    try (OutboxRelay relay =
+            relay(relayPool, broker)
+                .batchSize(10)
+                .producerProperty("max.block.ms", 1_000)
+                .build();
+        TopicReader reader = new TopicReader(broker, present)) {
+      relay.start();
+      // More waiting rows than a batch holds, over several shares: read first in id order, they
+      // would fill every batch if their shares were not paused.
+      List<OutboxMessage> waitingMessages = new ArrayList<>();
+      Set<Integer> waitingShares = new HashSet<>();
+      for (int i = 0; i < 25; i++) {
+        waitingMessages.add(numbered(missing, "late-" + i, 0));
+        waitingShares.add(shareOf("late-" + i));
+      }
+      List<UUID> waiting = commit(db.dataSource(), waitingMessages);
+      List<UUID> flowing = new ArrayList<>();
+      for (int i = 0; flowing.size() < 30; i++) {
+        String key = "other-" + i;
+        if (!waitingShares.contains(shareOf(key))) {
+          flowing.addAll(commit(db.dataSource(), List.of(numbered(present, key, i))));
+        }
+      }
+      reader.awaitIds(WAIT, asStrings(flowing));
+      await(WAIT, "failed attempts counted", () -> attempts(waiting.get(0)) >= 2);
+      assertEquals(waiting.size(), pendingRows(db), "the rows wait, neither lost nor parked");
+      assertTrue(
+          lastError(waiting.get(0)).contains("TimeoutException"), lastError(waiting.get(0)));
+
+      broker.createTopic(missing, 1);
+      try (TopicReader late = new TopicReader(broker, missing)) {
+        late.awaitIds(WAIT, asStrings(waiting));
+      }
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+    }
+  }
+
+  private static int shareOf(String key) {
+    return Shares.shareOf(key.getBytes(StandardCharsets.UTF_8), null);
+  }
+
+  @Test
+  void relayWhoseDatabaseSessionIsKilledReconnectsTakesItsSharesBackAndLosesNothing() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("session-loss");
+    broker.createTopic(topic, 2);
+    AtomicInteger lost = new AtomicInteger();
+    OutboxRelay.Listener counting =
+        new OutboxRelay.Listener() {
+          @Override
+          public void sharesReleased(Set<Integer> shares, boolean wasLost) {
+            if (wasLost) {
+              lost.addAndGet(shares.size());
+            }
+          }
+        };
+    try (OutboxRelay relay = relay(relayPool, broker).listener(counting).batchSize(20).build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      await(WAIT, "all shares", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
+      // Unpooled: every write is a fresh session, untouched by the terminations below.
+      DataSource writes = OutboxFixtures.unpooled(db);
+      List<UUID> all = new ArrayList<>();
+      for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 100; i++) {
+          all.addAll(commit(writes, List.of(numbered(topic, "key-" + i % 7, round * 100 + i))));
+        }
+        // Ends every other session of the database, the relay's lease session among them.
+        assertTrue(db.terminateConnections() > 0);
+      }
+      reader.awaitIds(WAIT, asStrings(all));
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      await(WAIT, "shares held again", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
+      assertTrue(lost.get() >= Outbox.SHARE_COUNT, "the relay noticed it lost its shares");
+      assertAllPresent(asStrings(all), reader.distinctIds());
+      assertPerKeyOrderAfterDedup(reader.records());
+    }
+  }
+}

@@ -1,0 +1,161 @@
+package org.txkafka.it.outbox;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.txkafka.it.outbox.OutboxFixtures.asStrings;
+import static org.txkafka.it.outbox.OutboxFixtures.assertPerKeyOrderAfterDedup;
+import static org.txkafka.it.outbox.OutboxFixtures.await;
+import static org.txkafka.it.outbox.OutboxFixtures.commit;
+import static org.txkafka.it.outbox.OutboxFixtures.numbered;
+import static org.txkafka.it.outbox.OutboxFixtures.relay;
+
+import com.zaxxer.hikari.HikariDataSource;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.UUID;
+import java.util.concurrent.TimeUnit;
+import org.apache.kafka.clients.admin.AlterConfigOp;
+import org.apache.kafka.clients.admin.ConfigEntry;
+import org.apache.kafka.common.config.ConfigResource;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.txkafka.it.outbox.OutboxFixtures.TopicReader;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxAdmin;
+import org.txkafka.outbox.OutboxMessage;
+import org.txkafka.outbox.OutboxRelay;
+import org.txkafka.outbox.ParkedMessage;
+import org.txkafka.testkit.KafkaBroker;
+import org.txkafka.testkit.TestDatabase;
+import org.txkafka.testkit.TestPostgres;
+
+/** Rows that can never be sent as they are: parked, visible, replayable, never blocking. */
+@Timeout(value = 2, unit = TimeUnit.MINUTES)
+class OutboxPoisonTest {
+  private static final Duration WAIT = Duration.ofSeconds(60);
+  private static final int TOO_LARGE = 2 * 1024 * 1024;
+
+  private static TestDatabase db;
+  private static KafkaBroker broker;
+  private static HikariDataSource relayPool;
+  private static OutboxAdmin admin;
+
+  @BeforeAll
+  static void setUp() {
+    db = TestPostgres.shared().createDatabase().migrate();
+    broker = KafkaBroker.shared();
+    relayPool = db.newDataSource(2);
+    admin = Outbox.admin(db.dataSource());
+  }
+
+  @AfterAll
+  static void tearDown() {
+    relayPool.close();
+    db.close();
+  }
+
+  @Test
+  void oversizedPayloadIsParkedWithItsErrorWhileOtherKeysKeepFlowingThenReplayedOnceFixed()
+      throws Exception {
+    String topic = KafkaBroker.uniqueTopic("poison");
+    broker.createTopic(topic, 2);
+    List<UUID> healthy = new ArrayList<>();
+    UUID poison;
+    try (TopicReader reader = new TopicReader(broker, topic)) {
+      try (OutboxRelay relay = relay(relayPool, broker).batchSize(10).build()) {
+        relay.start();
+        healthy.addAll(commit(db.dataSource(), List.of(numbered(topic, "poison-key", 0))));
+        poison =
+            commit(
+                    db.dataSource(),
+                    List.of(
+                        OutboxMessage.to(topic)
+                            .key("poison-key")
+                            .payload(new byte[TOO_LARGE])
+                            .build()))
+                .get(0);
+        for (int i = 1; i <= 40; i++) {
+          healthy.addAll(
+              commit(
+                  db.dataSource(),
+                  List.of(numbered(topic, "poison-key", i), numbered(topic, "other-" + i % 4, i))));
+        }
+        reader.awaitIds(WAIT, asStrings(healthy));
+        await(WAIT, "only the poison row left", () -> admin.pendingCount() == 0);
+        assertFalse(reader.distinctIds().contains(poison.toString()), "poison not published");
+        assertEquals(0, assertPerKeyOrderAfterDedup(reader.records()));
+      }
+
+      List<ParkedMessage> parked = admin.parked(10);
+      assertEquals(1, parked.size());
+      ParkedMessage row = parked.get(0);
+      assertEquals(poison, row.messageId());
+      assertEquals(topic, row.topic());
+      assertEquals(TOO_LARGE, row.payloadSize());
+      assertEquals(1, row.attempts());
+      assertTrue(row.lastError().contains("RecordTooLargeException"), row.lastError());
+      assertTrue(row.parkedAt() != null && row.createdAt() != null);
+
+      // The operator fixes the cause (larger records allowed) and replays the row.
+      broker
+          .admin()
+          .incrementalAlterConfigs(
+              Map.of(
+                  new ConfigResource(ConfigResource.Type.TOPIC, topic),
+                  List.of(
+                      new AlterConfigOp(
+                          new ConfigEntry("max.message.bytes", Integer.toString(4 * TOO_LARGE)),
+                          AlterConfigOp.OpType.SET))))
+          .all()
+          .get(30, TimeUnit.SECONDS);
+      try (OutboxRelay relay =
+          relay(relayPool, broker)
+              .producerProperty("max.request.size", 4 * TOO_LARGE)
+              .build()) {
+        relay.start();
+        assertFalse(admin.replay(row.id() + 1_000_000), "no such parked row");
+        assertTrue(admin.replay(row.id()));
+        reader.awaitIds(WAIT, Set.of(poison.toString()));
+        await(WAIT, "replayed row removed", () -> admin.pendingCount() == 0);
+        assertTrue(admin.parked(10).isEmpty());
+      }
+    }
+  }
+
+  @Test
+  void invalidTopicNameIsParkedAndStaysParkedOnReplayUntilDiscarded() {
+    String good = KafkaBroker.uniqueTopic("poison-good");
+    broker.createTopic(good, 1);
+    String invalid = "not a valid topic!";
+    try (OutboxRelay relay = relay(relayPool, broker).build();
+        TopicReader reader = new TopicReader(broker, good)) {
+      relay.start();
+      UUID bad = commit(db.dataSource(), List.of(numbered(invalid, "k", 0))).get(0);
+      List<UUID> fine = commit(db.dataSource(), List.of(numbered(good, "k", 1)));
+      reader.awaitIds(WAIT, asStrings(fine));
+      await(WAIT, "invalid-topic row parked", () -> admin.parked(10).size() == 1);
+      ParkedMessage parked = admin.parked(10).get(0);
+      assertEquals(bad, parked.messageId());
+      assertTrue(parked.lastError().contains("InvalidTopicException"), parked.lastError());
+
+      assertEquals(1, admin.replayAll());
+      await(
+          WAIT,
+          "replayed row parked again",
+          () -> {
+            List<ParkedMessage> again = admin.parked(10);
+            return again.size() == 1 && again.get(0).attempts() == 2;
+          });
+      assertTrue(admin.discard(parked.id()));
+      assertFalse(admin.discard(parked.id()), "already gone");
+      assertTrue(admin.parked(10).isEmpty());
+      assertEquals(0, admin.pendingCount());
+    }
+  }
+}

@@ -1,0 +1,229 @@
+package org.txkafka.it.outbox;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.txkafka.it.outbox.OutboxFixtures.asStrings;
+import static org.txkafka.it.outbox.OutboxFixtures.assertAllPresent;
+import static org.txkafka.it.outbox.OutboxFixtures.assertPerKeyOrderAfterDedup;
+import static org.txkafka.it.outbox.OutboxFixtures.await;
+import static org.txkafka.it.outbox.OutboxFixtures.commit;
+import static org.txkafka.it.outbox.OutboxFixtures.numbered;
+import static org.txkafka.it.outbox.OutboxFixtures.pendingRows;
+
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Random;
+import java.util.Set;
+import java.util.UUID;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.txkafka.it.outbox.OutboxFixtures.TopicReader;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxMessage;
+import org.txkafka.outbox.internal.Shares;
+import org.txkafka.testkit.ChildJvm;
+import org.txkafka.testkit.KafkaBroker;
+import org.txkafka.testkit.TestDatabase;
+import org.txkafka.testkit.TestPostgres;
+
+/**
+ * Three relays in three JVMs share the outbox; one is killed with SIGKILL while writers are busy.
+ */
+@Timeout(value = 4, unit = TimeUnit.MINUTES)
+class OutboxRelayFailoverTest {
+  private static final Duration WAIT = Duration.ofSeconds(90);
+
+  private static TestDatabase db;
+  private static KafkaBroker broker;
+
+  @BeforeAll
+  static void setUp() {
+    db = TestPostgres.shared().createDatabase().migrate();
+    broker = KafkaBroker.shared();
+  }
+
+  @AfterAll
+  static void tearDown() {
+    db.close();
+  }
+
+  @Test
+  void killedRelaysSharesAreTakenOverWithNothingLostOrderKeptAndNoShareEverPublishedByTwo()
+      throws Exception {
+    String topic = KafkaBroker.uniqueTopic("failover");
+    broker.createTopic(topic, 4);
+    List<String> names = List.of("relay-a", "relay-b", "relay-c");
+    List<ChildJvm> relays = new ArrayList<>();
+    try (TopicReader reader = new TopicReader(broker, topic)) {
+      for (String name : names) {
+        relays.add(OutboxFixtures.startRelayProcess(db, broker, name, 50));
+      }
+      for (ChildJvm relay : relays) {
+        relay.awaitLine("READY", WAIT);
+      }
+      await(
+          WAIT,
+          () -> "fair split, now " + holdings(relays),
+          () -> {
+            List<Set<Integer>> holdings = holdings(relays);
+            Set<Integer> union = new HashSet<>();
+            holdings.forEach(union::addAll);
+            return union.size() == Outbox.SHARE_COUNT
+                && holdings.stream().allMatch(h -> h.size() >= 20 && h.size() <= 22);
+          });
+
+      List<UUID> written = Collections.synchronizedList(new ArrayList<>());
+      AtomicInteger transactions = new AtomicInteger();
+      ExecutorService writers = Executors.newSingleThreadExecutor();
+      Future<?> writing =
+          writers.submit(
+              () -> {
+                Random random = new Random(7);
+                int[] seq = new int[60];
+                for (int t = 0; t < 600; t++) {
+                  List<OutboxMessage> batch = new ArrayList<>();
+                  for (int r = 0, n = 1 + random.nextInt(6); r < n; r++) {
+                    int key = random.nextInt(seq.length);
+                    batch.add(numbered(topic, "key-" + key, seq[key]++));
+                  }
+                  written.addAll(commit(db.dataSource(), batch));
+                  transactions.incrementAndGet();
+                  OutboxFixtures.sleep(5);
+                }
+                return null;
+              });
+
+      await(WAIT, "writers under way", () -> transactions.get() >= 150);
+      ChildJvm victim = relays.get(1);
+      long beforeKill = System.currentTimeMillis();
+      victim.kill();
+      long afterKill = System.currentTimeMillis();
+      Set<Integer> victimShares = new RelayEvents("relay-b", victim.output(), 0, 0).holding();
+
+      await(
+          WAIT,
+          () -> "survivors cover all shares, now " + holdings(List.of(relays.get(0), relays.get(2))),
+          () -> {
+            Set<Integer> union = new HashSet<>();
+            holdings(List.of(relays.get(0), relays.get(2))).forEach(union::addAll);
+            return union.size() == Outbox.SHARE_COUNT;
+          });
+      long takenOver = System.currentTimeMillis();
+      writing.get(WAIT.toSeconds(), TimeUnit.SECONDS);
+      writers.shutdown();
+
+      Set<String> expected = asStrings(written);
+      reader.awaitIds(WAIT, expected);
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      assertAllPresent(expected, reader.distinctIds());
+      int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+
+      long now = System.currentTimeMillis();
+      List<RelayEvents> events = new ArrayList<>();
+      events.add(new RelayEvents("relay-a", relays.get(0).output(), now, now));
+      // The victim held its shares at least until just before the kill; a batch it began may have
+      // run until it died.
+      events.add(new RelayEvents("relay-b", victim.output(), beforeKill, afterKill));
+      events.add(new RelayEvents("relay-c", relays.get(2).output(), now, now));
+      RelayEvents.assertNoShareHeldByTwoAtOnce(events);
+      new RelayEvents("relay-a", relays.get(0).output(), now, now).assertPublishedOnlyHeldShares();
+      new RelayEvents("relay-b", victim.output(), Long.MAX_VALUE, afterKill)
+          .assertPublishedOnlyHeldShares();
+      new RelayEvents("relay-c", relays.get(2).output(), now, now).assertPublishedOnlyHeldShares();
+      assertTrue(events.get(1).batches() > 0, "the victim had published before it was killed");
+      assertTrue(victimShares.size() >= 20, "the victim held its fair part: " + victimShares);
+
+      System.out.printf(
+          "failover: %d messages, %d duplicates, victim's %d shares covered again %d ms after the"
+              + " kill%n",
+          expected.size(), duplicates, victimShares.size(), takenOver - afterKill);
+
+      // Graceful stop: both survivors give their shares back.
+      relays.get(0).terminate();
+      relays.get(2).terminate();
+      assertEquals(
+          0,
+          db.queryLong(
+              "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                  + " WHERE l.locktype = 'advisory' AND d.datname = current_database()"));
+    } finally {
+      relays.forEach(ChildJvm::close);
+    }
+  }
+
+  @Test
+  void frozenRelayKeepsItsSharesSoNoOtherPublishesThemAndCatchesUpWhenItResumes() {
+    String topic = KafkaBroker.uniqueTopic("frozen");
+    broker.createTopic(topic, 2);
+    List<ChildJvm> relays = new ArrayList<>();
+    try (TopicReader reader = new TopicReader(broker, topic)) {
+      relays.add(OutboxFixtures.startRelayProcess(db, broker, "frozen-a", 50));
+      relays.add(OutboxFixtures.startRelayProcess(db, broker, "frozen-b", 50));
+      await(
+          WAIT,
+          () -> "even split, now " + holdings(relays),
+          () -> holdings(relays).stream().allMatch(h -> h.size() == Outbox.SHARE_COUNT / 2));
+      ChildJvm frozen = relays.get(0);
+      Set<Integer> frozenShares = holdings(relays).get(0);
+      Set<Integer> liveShares = holdings(relays).get(1);
+
+      // SIGSTOP: a very long GC pause. Its session stays open, so its leases stay held.
+      frozen.suspend();
+      long frozenAt = System.currentTimeMillis();
+      List<UUID> toFrozen = new ArrayList<>();
+      List<UUID> toLive = new ArrayList<>();
+      for (int i = 0; toFrozen.size() < 20 || toLive.size() < 20; i++) {
+        String key = "key-" + i;
+        int share = Shares.shareOf(key.getBytes(StandardCharsets.UTF_8), null);
+        (frozenShares.contains(share) ? toFrozen : toLive)
+            .addAll(commit(db.dataSource(), List.of(numbered(topic, key, 0))));
+      }
+      reader.awaitIds(WAIT, asStrings(toLive));
+      OutboxFixtures.sleep(2_000);
+      reader.poll(200);
+      for (UUID id : toFrozen) {
+        assertFalse(
+            reader.distinctIds().contains(id.toString()),
+            "no other relay publishes the frozen relay's shares");
+      }
+      assertEquals(liveShares, holdings(relays).get(1), "the live relay took nothing over");
+
+      frozen.resume();
+      long resumedAt = System.currentTimeMillis();
+      reader.awaitIds(WAIT, asStrings(toFrozen));
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      assertPerKeyOrderAfterDedup(reader.records());
+      long now = System.currentTimeMillis();
+      RelayEvents frozenEvents = new RelayEvents("frozen-a", frozen.output(), now, now);
+      RelayEvents liveEvents = new RelayEvents("frozen-b", relays.get(1).output(), now, now);
+      RelayEvents.assertNoShareHeldByTwoAtOnce(List.of(frozenEvents, liveEvents));
+      frozenEvents.assertPublishedOnlyHeldShares();
+      liveEvents.assertPublishedOnlyHeldShares();
+      System.out.printf(
+          "frozen: relay stopped for %d ms, its %d rows published after it resumed%n",
+          resumedAt - frozenAt, toFrozen.size());
+    } finally {
+      relays.forEach(ChildJvm::close);
+    }
+  }
+
+  private static List<Set<Integer>> holdings(List<ChildJvm> relays) {
+    List<Set<Integer>> holdings = new ArrayList<>();
+    for (ChildJvm relay : relays) {
+      holdings.add(new RelayEvents("relay", relay.output(), 0, 0).holding());
+    }
+    return holdings;
+  }
+}

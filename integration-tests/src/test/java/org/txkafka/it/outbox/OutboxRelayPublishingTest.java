@@ -1,0 +1,434 @@
+package org.txkafka.it.outbox;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.txkafka.it.outbox.OutboxFixtures.WRITER;
+import static org.txkafka.it.outbox.OutboxFixtures.asStrings;
+import static org.txkafka.it.outbox.OutboxFixtures.assertAllPresent;
+import static org.txkafka.it.outbox.OutboxFixtures.assertPerKeyOrderAfterDedup;
+import static org.txkafka.it.outbox.OutboxFixtures.await;
+import static org.txkafka.it.outbox.OutboxFixtures.commit;
+import static org.txkafka.it.outbox.OutboxFixtures.messageId;
+import static org.txkafka.it.outbox.OutboxFixtures.numbered;
+import static org.txkafka.it.outbox.OutboxFixtures.pendingRows;
+import static org.txkafka.it.outbox.OutboxFixtures.relay;
+import static org.txkafka.it.outbox.OutboxFixtures.text;
+
+import com.zaxxer.hikari.HikariDataSource;
+import io.micrometer.core.instrument.Counter;
+import io.micrometer.core.instrument.Gauge;
+import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
+import java.nio.charset.StandardCharsets;
+import java.sql.Connection;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+import java.util.Set;
+import java.util.UUID;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import org.apache.kafka.clients.consumer.ConsumerRecord;
+import org.apache.kafka.common.header.Header;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.txkafka.it.outbox.OutboxFixtures.TopicReader;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxAdmin;
+import org.txkafka.outbox.OutboxMessage;
+import org.txkafka.outbox.OutboxRelay;
+import org.txkafka.outbox.OutboxWriter;
+import org.txkafka.outbox.TraceContext;
+import org.txkafka.testkit.KafkaBroker;
+import org.txkafka.testkit.TestDatabase;
+import org.txkafka.testkit.TestPostgres;
+
+/** One relay against the real PostgreSQL and the real broker: what it publishes, and how. */
+@Timeout(value = 2, unit = TimeUnit.MINUTES)
+class OutboxRelayPublishingTest {
+  private static final Duration WAIT = Duration.ofSeconds(60);
+
+  private static TestDatabase db;
+  private static KafkaBroker broker;
+  private static HikariDataSource relayPool;
+
+  @BeforeAll
+  static void setUp() {
+    db = TestPostgres.shared().createDatabase().migrate();
+    broker = KafkaBroker.shared();
+    relayPool = db.newDataSource(2);
+  }
+
+  @AfterAll
+  static void tearDown() {
+    relayPool.close();
+    db.close();
+  }
+
+  private static String topic(int partitions) {
+    String topic = KafkaBroker.uniqueTopic("outbox");
+    broker.createTopic(topic, partitions);
+    return topic;
+  }
+
+  @Test
+  void publishesEveryCommittedRowWithKeyPayloadHeadersPartitionAndStableMessageId() {
+    String topic = topic(3);
+    List<OutboxMessage> messages =
+        List.of(
+            OutboxMessage.to(topic)
+                .key("order-1")
+                .payload("{\"a\":1}")
+                .header("content-type", "application/json")
+                .header("empty", (byte[]) null)
+                .build(),
+            OutboxMessage.to(topic).key("order-2").payload("to partition 2").partition(2).build(),
+            OutboxMessage.to(topic).payload("no key").build(),
+            OutboxMessage.to(topic).key("order-3").build());
+    List<UUID> ids = commit(db.dataSource(), messages);
+    try (OutboxRelay relay = relay(relayPool, broker).build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      reader.awaitIds(WAIT, asStrings(ids));
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+
+      assertEquals(4, reader.records().size(), "each row exactly once (no failure happened)");
+      Map<String, ConsumerRecord<byte[], byte[]>> byId = new HashMap<>();
+      for (ConsumerRecord<byte[], byte[]> record : reader.records()) {
+        byId.put(messageId(record), record);
+      }
+      ConsumerRecord<byte[], byte[]> first = byId.get(ids.get(0).toString());
+      assertEquals("order-1", text(first.key()));
+      assertEquals("{\"a\":1}", text(first.value()));
+      List<String> headerNames = new ArrayList<>();
+      for (Header header : first.headers()) {
+        headerNames.add(header.key());
+      }
+      assertEquals(List.of(Outbox.MESSAGE_ID_HEADER, "content-type", "empty"), headerNames);
+      assertEquals("application/json", text(first.headers().lastHeader("content-type").value()));
+      assertNull(first.headers().lastHeader("empty").value());
+
+      assertEquals(2, byId.get(ids.get(1).toString()).partition(), "explicit partition kept");
+      assertNull(byId.get(ids.get(2).toString()).key(), "keyless row published without key");
+      assertNull(byId.get(ids.get(3).toString()).value(), "null payload published as tombstone");
+    }
+  }
+
+  @Test
+  void rolledBackTransactionPublishesNothing() throws Exception {
+    String topic = topic(1);
+    UUID rolledBack;
+    try (Connection connection = db.dataSource().getConnection()) {
+      connection.setAutoCommit(false);
+      rolledBack = WRITER.send(connection, numbered(topic, "k", 1));
+      WRITER.send(connection, numbered(topic, "k", 2));
+      connection.rollback();
+    }
+    List<UUID> committed = commit(db.dataSource(), List.of(numbered(topic, "k", 3)));
+    try (OutboxRelay relay = relay(relayPool, broker).build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      reader.awaitIds(WAIT, asStrings(committed));
+      // The committed row was written after the rolled-back ones, so had they existed they would
+      // have been published first (one partition, id order): reading a little more cannot matter.
+      reader.poll(500);
+      assertEquals(1, reader.records().size());
+      assertFalse(reader.distinctIds().contains(rolledBack.toString()));
+      assertEquals("k|3", text(reader.records().get(0).value()));
+    }
+  }
+
+  @Test
+  void rowOfATransactionThatTookALowerIdAndCommitsLaterIsStillPublished() throws Exception {
+    String topic = topic(1);
+    try (OutboxRelay relay = relay(relayPool, broker).archive(true).build();
+        TopicReader reader = new TopicReader(broker, topic);
+        Connection slow = db.dataSource().getConnection()) {
+      relay.start();
+      slow.setAutoCommit(false);
+      UUID late = WRITER.send(slow, numbered(topic, "slow", 1));
+
+      List<UUID> fast = new ArrayList<>();
+      for (int i = 0; i < 5; i++) {
+        fast.addAll(commit(db.dataSource(), List.of(numbered(topic, "fast", i))));
+      }
+      reader.awaitIds(WAIT, asStrings(fast));
+      assertFalse(reader.distinctIds().contains(late.toString()), "uncommitted row not published");
+      await(WAIT, "fast rows archived", () -> archived(fast.get(4)) != null);
+
+      slow.commit();
+      reader.awaitIds(WAIT, Set.of(late.toString()));
+      long lateId = archivedId(late);
+      long firstFastId = archivedId(fast.get(0));
+      assertTrue(
+          lateId < firstFastId,
+          "the late row had the lower id ("
+              + lateId
+              + " < "
+              + firstFastId
+              + "): an id cursor would have skipped it");
+    }
+  }
+
+  @Test
+  void concurrentWritersCommittingOutOfIdOrderLoseNothingAndKeepPerKeyOrder() throws Exception {
+    String topic = topic(4);
+    int writers = 6;
+    int transactionsPerWriter = 40;
+    AtomicInteger commitOrder = new AtomicInteger();
+    Map<UUID, Integer> committedAt = Collections.synchronizedMap(new HashMap<>());
+    List<UUID> all = Collections.synchronizedList(new ArrayList<>());
+    try (HikariDataSource writerPool = db.newDataSource(5);
+        OutboxRelay relay = relay(relayPool, broker).batchSize(20).archive(true).build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      ExecutorService pool = Executors.newFixedThreadPool(writers);
+      List<Future<?>> done = new ArrayList<>();
+      for (int w = 0; w < writers; w++) {
+        int writer = w;
+        done.add(
+            pool.submit(
+                () -> {
+                  Random random = new Random(writer);
+                  int[] seq = new int[3];
+                  for (int t = 0; t < transactionsPerWriter; t++) {
+                    int keyIndex = random.nextInt(3);
+                    String key = "w" + writer + "-k" + keyIndex;
+                    List<OutboxMessage> batch = new ArrayList<>();
+                    for (int r = 0, n = 1 + random.nextInt(3); r < n; r++) {
+                      batch.add(numbered(topic, key, seq[keyIndex]++));
+                    }
+                    try (Connection connection = writerPool.getConnection()) {
+                      connection.setAutoCommit(false);
+                      List<UUID> ids = WRITER.sendAll(connection, batch);
+                      // Hold the transaction open so that others take higher ids and commit first.
+                      Thread.sleep(random.nextInt(15));
+                      connection.commit();
+                      int order = commitOrder.incrementAndGet();
+                      for (UUID id : ids) {
+                        committedAt.put(id, order);
+                      }
+                      all.addAll(ids);
+                    }
+                  }
+                  return null;
+                }));
+      }
+      for (Future<?> future : done) {
+        future.get(90, TimeUnit.SECONDS);
+      }
+      pool.shutdown();
+
+      Set<String> expected = asStrings(all);
+      reader.awaitIds(WAIT, expected);
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      assertAllPresent(expected, reader.distinctIds());
+      int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+      assertEquals(0, duplicates, "no row published twice when nothing failed");
+      assertEquals(expected.size(), reader.records().size());
+
+      // Prove the scenario happened: some transaction committed after one with higher ids.
+      Map<UUID, Long> rowIds = archivedIds(all);
+      int inversions = 0;
+      List<UUID> byRowId = new ArrayList<>(all);
+      byRowId.sort((a, b) -> Long.compare(rowIds.get(a), rowIds.get(b)));
+      int maxCommitSoFar = 0;
+      for (UUID id : byRowId) {
+        int order = committedAt.get(id);
+        if (order < maxCommitSoFar) {
+          inversions++;
+        }
+        maxCommitSoFar = Math.max(maxCommitSoFar, order);
+      }
+      assertTrue(inversions > 0, "writers committed out of id order at least once");
+    }
+  }
+
+  @Test
+  void pollingOnlyRelayPublishesWithoutNotifications() {
+    String topic = topic(2);
+    try (OutboxRelay relay =
+            relay(relayPool, broker)
+                .listenNotify(false)
+                .pollInterval(Duration.ofMillis(100))
+                .build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      await(WAIT, "relay took all shares", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
+      List<UUID> ids = new ArrayList<>();
+      for (int i = 0; i < 30; i++) {
+        ids.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + (i % 5), i))));
+      }
+      reader.awaitIds(WAIT, asStrings(ids));
+      assertEquals(0, assertPerKeyOrderAfterDedup(reader.records()));
+      assertTrue(
+          db.queryLong(
+                  "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                      + " AND query ILIKE 'LISTEN%'")
+              == 0,
+          "a polling-only relay never listens");
+    }
+  }
+
+  @Test
+  void writerTraceContextTravelsToThePublishedRecordAsW3cHeaders() {
+    String topic = topic(1);
+    String traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    OutboxWriter tracing =
+        Outbox.writer(
+            "public",
+            new TraceContext() {
+              @Override
+              public String traceparent() {
+                return traceparent;
+              }
+
+              @Override
+              public String tracestate() {
+                return "vendor=1";
+              }
+            });
+    OutboxWriter broken = Outbox.writer("public", () -> "not a traceparent");
+    UUID traced;
+    UUID untraced;
+    try (Connection connection = db.dataSource().getConnection()) {
+      connection.setAutoCommit(false);
+      traced = tracing.send(connection, numbered(topic, "t", 1));
+      untraced = broken.send(connection, numbered(topic, "t", 2));
+      connection.commit();
+    } catch (java.sql.SQLException e) {
+      throw new IllegalStateException(e);
+    }
+    try (OutboxRelay relay = relay(relayPool, broker).build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      reader.awaitIds(WAIT, Set.of(traced.toString(), untraced.toString()));
+      for (ConsumerRecord<byte[], byte[]> record : reader.records()) {
+        Header header = record.headers().lastHeader(TraceContext.TRACEPARENT);
+        if (messageId(record).equals(traced.toString())) {
+          assertArrayEquals(traceparent.getBytes(StandardCharsets.US_ASCII), header.value());
+          assertEquals("vendor=1", text(record.headers().lastHeader("tracestate").value()));
+        } else {
+          assertNull(header, "a malformed trace context is left out, not stored");
+        }
+      }
+    }
+  }
+
+  @Test
+  void metersCountPublishedRowsAndFailuresAndShowParkedRows() {
+    String topic = topic(1);
+    SimpleMeterRegistry registry = new SimpleMeterRegistry();
+    try (OutboxRelay relay =
+            relay(relayPool, broker)
+                .name("metered")
+                .meterRegistry(registry)
+                .statsInterval(Duration.ofSeconds(1))
+                .build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      List<UUID> ids = new ArrayList<>();
+      for (int i = 0; i < 20; i++) {
+        ids.addAll(commit(db.dataSource(), List.of(numbered(topic, "m", i))));
+      }
+      commit(
+          db.dataSource(),
+          List.of(OutboxMessage.to(topic).key("big").payload(new byte[2 * 1024 * 1024]).build()));
+      reader.awaitIds(WAIT, asStrings(ids));
+      Counter published = registry.get("txkafka.outbox.published").tag("relay", "metered").counter();
+      Counter failures = registry.get("txkafka.outbox.failures").tag("relay", "metered").counter();
+      Gauge parked = registry.get("txkafka.outbox.parked").tag("relay", "metered").gauge();
+      Gauge owned = registry.get("txkafka.outbox.shares.owned").tag("relay", "metered").gauge();
+      await(WAIT, "published counter", () -> published.count() >= 20);
+      await(WAIT, "failure counted", () -> failures.count() >= 1);
+      await(WAIT, "parked gauge", () -> parked.value() >= 1);
+      assertEquals(Outbox.SHARE_COUNT, owned.value());
+      assertTrue(registry.find("txkafka.outbox.pending").gauge() != null);
+      assertTrue(registry.find("txkafka.outbox.oldest.pending.age").timeGauge() != null);
+    } finally {
+      OutboxAdmin admin = Outbox.admin(db.dataSource());
+      admin.parked(100).forEach(parked -> admin.discard(parked.id()));
+    }
+    assertTrue(
+        registry.find("txkafka.outbox.published").counters().isEmpty(), "close removes meters");
+  }
+
+  @Test
+  void closeReleasesEveryLeaseSoTheNextRelayTakesAllSharesAtOnce() {
+    OutboxRelay first = relay(relayPool, broker).build();
+    first.start();
+    await(
+        WAIT,
+        "first relay holds all shares",
+        () -> first.ownedShares().size() == Outbox.SHARE_COUNT);
+    first.close();
+    assertFalse(first.isRunning());
+    assertTrue(first.ownedShares().isEmpty());
+    assertEquals(
+        0,
+        db.queryLong(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                + " WHERE l.locktype = 'advisory' AND d.datname = current_database()"),
+        "no advisory lock survives close(), even on a pooled connection");
+    try (OutboxRelay second = relay(relayPool, broker).build()) {
+      second.start();
+      await(
+          WAIT,
+          "second relay holds all shares",
+          () -> second.ownedShares().size() == Outbox.SHARE_COUNT);
+    }
+  }
+
+  private static Long archived(UUID messageId) {
+    try (Connection connection = db.connect();
+        PreparedStatement query =
+            connection.prepareStatement(
+                "SELECT id FROM txkafka_outbox_archive WHERE message_id = ?")) {
+      query.setObject(1, messageId);
+      try (ResultSet rs = query.executeQuery()) {
+        return rs.next() ? rs.getLong(1) : null;
+      }
+    } catch (java.sql.SQLException e) {
+      throw new IllegalStateException(e);
+    }
+  }
+
+  private static long archivedId(UUID messageId) {
+    Long id = archived(messageId);
+    assertTrue(id != null, "message " + messageId + " archived");
+    return id;
+  }
+
+  private static Map<UUID, Long> archivedIds(List<UUID> messageIds) throws Exception {
+    Map<UUID, Long> ids = new HashMap<>();
+    try (Connection connection = db.connect();
+        PreparedStatement query =
+            connection.prepareStatement(
+                "SELECT message_id, id, published_offset FROM txkafka_outbox_archive"
+                    + " WHERE message_id = ANY(?)")) {
+      query.setArray(1, connection.createArrayOf("uuid", messageIds.toArray()));
+      try (ResultSet rs = query.executeQuery()) {
+        while (rs.next()) {
+          ids.put(rs.getObject(1, UUID.class), rs.getLong(2));
+          assertTrue(rs.getLong(3) >= 0, "archive keeps the Kafka offset");
+        }
+      }
+    }
+    assertEquals(new HashSet<>(messageIds), ids.keySet(), "every published row is archived");
+    return ids;
+  }
+}

@@ -1,0 +1,88 @@
+package org.txkafka.it.outbox;
+
+import java.time.Duration;
+import java.util.Set;
+import java.util.concurrent.CountDownLatch;
+import java.util.stream.Collectors;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxRelay;
+
+/**
+ * A relay in a child JVM, for the crash and failover tests. Arguments: JDBC URL, user ("-" for
+ * none), password ("-" for none), bootstrap servers, relay name, batch size. Prints one line per
+ * lease and batch event, {@code EVENT <epoch millis> <TYPE> <shares>}, with TYPE one of ACQUIRED,
+ * RELEASED, LOST, BEGIN, END, and {@code READY} once started. SIGTERM closes the relay gracefully.
+ */
+public final class RelayProcessMain {
+  private RelayProcessMain() {}
+
+  /** Runs the relay until the JVM is terminated or killed. */
+  public static void main(String[] args) throws InterruptedException {
+    String url = args[0];
+    String user = args[1];
+    String password = args[2];
+    String bootstrap = args[3];
+    String name = args[4];
+    int batchSize = Integer.parseInt(args[5]);
+    OutboxRelay relay =
+        Outbox.relay()
+            .dataSource(OutboxFixtures.unpooled(url, user, password))
+            .producerProperty("bootstrap.servers", bootstrap)
+            .name(name)
+            .batchSize(batchSize)
+            .pollInterval(Duration.ofMillis(500))
+            .leaseCheckInterval(Duration.ofMillis(200))
+            .retryBackoff(Duration.ofMillis(50), Duration.ofSeconds(1))
+            .closeTimeout(Duration.ofSeconds(10))
+            .listener(new PrintingListener())
+            .build();
+    CountDownLatch closed = new CountDownLatch(1);
+    Runtime.getRuntime()
+        .addShutdownHook(
+            new Thread(
+                () -> {
+                  relay.close();
+                  System.out.println("CLOSED");
+                  System.out.flush();
+                  closed.countDown();
+                }));
+    relay.start();
+    System.out.println("READY " + name);
+    System.out.flush();
+    closed.await();
+  }
+
+  private static final class PrintingListener implements OutboxRelay.Listener {
+    @Override
+    public void sharesAcquired(Set<Integer> shares) {
+      print("ACQUIRED", shares);
+    }
+
+    @Override
+    public void sharesReleased(Set<Integer> shares, boolean lost) {
+      print(lost ? "LOST" : "RELEASED", shares);
+    }
+
+    @Override
+    public void batchStarting(Set<Integer> shares, int rows) {
+      print("BEGIN", shares);
+    }
+
+    @Override
+    public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
+      print("END", shares);
+    }
+
+    private static void print(String type, Set<Integer> shares) {
+      String line =
+          "EVENT "
+              + System.currentTimeMillis()
+              + " "
+              + type
+              + " "
+              + shares.stream().map(String::valueOf).collect(Collectors.joining(","));
+      System.out.println(line);
+      System.out.flush();
+    }
+  }
+}

@@ -1,0 +1,868 @@
+package org.txkafka.outbox.internal;
+
+import java.sql.Connection;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.sql.Statement;
+import java.sql.Timestamp;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+import java.util.Set;
+import java.util.TreeSet;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.concurrent.locks.LockSupport;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.Producer;
+import org.apache.kafka.clients.producer.RecordMetadata;
+import org.apache.kafka.common.KafkaException;
+import org.apache.kafka.common.errors.ApiException;
+import org.apache.kafka.common.errors.InterruptException;
+import org.postgresql.PGConnection;
+import org.postgresql.PGNotification;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import org.txkafka.outbox.OutboxRelay;
+
+/**
+ * The default {@link OutboxRelay}: one thread, one lease connection, one idempotent producer.
+ *
+ * <h2>Invariants (what may never happen)</h2>
+ *
+ * <ol>
+ *   <li><b>No committed row is skipped.</b> There is no id cursor: every round reads the rows that
+ *       are pending now ({@code parked_at IS NULL}) in the shares it holds, lowest id first; a row
+ *       leaves the outbox only by being acknowledged by Kafka (then deleted or archived) or parked
+ *       with its error. A transaction that took a low id and committed late is simply read by a
+ *       later round.
+ *   <li><b>A row is removed only after Kafka acknowledged it</b> ({@code acks=all}, idempotent
+ *       producer), by id, in one statement per batch.
+ *   <li><b>One publisher per share.</b> Rows are read, deleted and parked only on the lease
+ *       connection, which holds the share's session-level advisory lock, and only for shares in
+ *       {@link ShareLeases#held()}. A statement that succeeds on that connection therefore runs
+ *       while the locks are held; if the session ends, PostgreSQL frees the locks and the next
+ *       statement fails, so a relay that lost its session can neither read nor remove rows. Shares
+ *       are given back only between batches.
+ *   <li><b>Per-key order.</b> Rows of one key live in one share, read in id order. Within a batch,
+ *       once a row of a share could not be handed to the producer (metadata timeout, topic in
+ *       backoff), no later row of that share is sent in that batch, and the share is paused (not
+ *       read) until that topic's backoff has passed, so it cannot starve the other shares either.
+ *       The producer retries transient errors itself and in order ({@code delivery.timeout.ms} at
+ *       its maximum, at most 5 requests in flight, idempotence), so a later record of a partition
+ *       is never acknowledged before an earlier one that is still retried.
+ *   <li><b>Prefetching never reorders.</b> While a full batch is in flight the next one is read
+ *       (leaving out the rows in flight), but it is sent only if the batch before it left no row
+ *       pending (every row acknowledged or parked) and only for shares still held and not paused;
+ *       otherwise it is dropped and read again.
+ *   <li><b>A poison row never blocks its share</b>: errors that can never succeed for that row
+ *       ({@link PublishErrors#isPoison}) park it (parked_at, attempts, last_error); other errors
+ *       leave it pending and make the relay back off.
+ *   <li><b>close() is bounded</b> by the close timeout plus a few seconds; rows not acknowledged by
+ *       then stay pending (given back), the leases are released with the session.
+ * </ol>
+ *
+ * <p>Thread-safety: the public methods may be called from any thread; all SQL and producer sends
+ * run on the relay thread.
+ */
+public final class JdbcOutboxRelay implements OutboxRelay {
+  private static final Logger LOG = LoggerFactory.getLogger(JdbcOutboxRelay.class);
+  private static final long MAX_WAIT_SLICE_NANOS = TimeUnit.MILLISECONDS.toNanos(100);
+  private static final Duration CLOSE_GRACE = Duration.ofSeconds(5);
+
+  /**
+   * Longest wait before a topic whose sends could not start (no metadata: missing topic, broker
+   * unreachable) is tried again. Each try can block the relay thread for the producer's
+   * max.block.ms, so a topic that stays missing must not be tried often: it would starve the rest.
+   */
+  static final Duration MAX_TOPIC_BACKOFF = Duration.ofSeconds(30);
+
+  private enum State {
+    NEW,
+    RUNNING,
+    CLOSED
+  }
+
+  private final RelayConfig config;
+  private final OutboxSql sql;
+  private final RelayMetrics metrics;
+  private final Random random = new Random();
+  private final AtomicReference<State> state = new AtomicReference<>(State.NEW);
+  private final Map<String, TopicBackoff> topicBackoffs = new HashMap<>();
+  private final Map<Integer, String> pausedShares = new HashMap<>();
+  /** The next batch, read while the current one was in flight; relay thread only. */
+  private List<OutboxRow> prefetched;
+
+  private volatile boolean stopping;
+  private volatile Thread thread;
+  private volatile Producer<byte[], byte[]> producer;
+  private volatile Session session;
+  private volatile Set<Integer> owned = Set.of();
+
+  /** A relay for {@code config}; nothing connects before {@link #start()}. */
+  public JdbcOutboxRelay(RelayConfig config) {
+    this.config = config;
+    this.sql = new OutboxSql(config.schema());
+    this.metrics = RelayMetrics.create(config);
+  }
+
+  @Override
+  public void start() {
+    if (!state.compareAndSet(State.NEW, State.RUNNING)) {
+      throw new IllegalStateException(
+          "relay " + config.name() + " cannot start: it is " + state.get());
+    }
+    try {
+      producer = newProducer();
+    } catch (RuntimeException e) {
+      state.set(State.CLOSED);
+      metrics.close();
+      throw e;
+    }
+    Thread worker = new Thread(this::run, config.name());
+    worker.setDaemon(false);
+    thread = worker;
+    worker.start();
+  }
+
+  @Override
+  public void close() {
+    if (state.compareAndSet(State.NEW, State.CLOSED)) {
+      metrics.close();
+      return;
+    }
+    if (!state.compareAndSet(State.RUNNING, State.CLOSED)) {
+      return;
+    }
+    stopping = true;
+    Thread worker = thread;
+    LockSupport.unpark(worker);
+    join(worker, config.closeTimeout());
+    if (worker.isAlive()) {
+      LOG.warn(
+          "relay {}: in-flight batch not acknowledged within {}; giving it back",
+          config.name(),
+          config.closeTimeout());
+      closeProducer(Duration.ZERO);
+      join(worker, CLOSE_GRACE);
+    }
+    if (worker.isAlive()) {
+      worker.interrupt();
+      Session stuck = session;
+      if (stuck != null) {
+        abortQuietly(stuck.connection);
+      }
+      join(worker, CLOSE_GRACE);
+    }
+    closeProducer(CLOSE_GRACE);
+    metrics.close();
+    owned = Set.of();
+  }
+
+  @Override
+  public boolean isRunning() {
+    return state.get() == State.RUNNING;
+  }
+
+  @Override
+  public Set<Integer> ownedShares() {
+    return owned;
+  }
+
+  @Override
+  public String name() {
+    return config.name();
+  }
+
+  @Override
+  public String toString() {
+    return "OutboxRelay[" + config.name() + ", schema " + config.schema() + "]";
+  }
+
+  private Producer<byte[], byte[]> newProducer() {
+    return new KafkaProducer<>(new HashMap<>(config.producerProperties()));
+  }
+
+  private void closeProducer(Duration timeout) {
+    Producer<byte[], byte[]> current = producer;
+    if (current != null) {
+      try {
+        current.close(timeout);
+      } catch (RuntimeException e) {
+        LOG.debug("relay {}: closing the producer failed", config.name(), e);
+      }
+    }
+  }
+
+  private static void join(Thread worker, Duration timeout) {
+    try {
+      worker.join(Math.max(1, timeout.toMillis()));
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    }
+  }
+
+  // ---------------------------------------------------------------- the relay thread
+
+  private void run() {
+    long backoffNanos = config.initialBackoff().toNanos();
+    long nextLeaseCheck = System.nanoTime();
+    long nextStats = System.nanoTime();
+    long nextPoll = System.nanoTime();
+    boolean work = true;
+    try {
+      while (!stopping) {
+        try {
+          if (session == null) {
+            session = openSession();
+            nextLeaseCheck = System.nanoTime();
+            work = true;
+          }
+          long now = System.nanoTime();
+          if (now - nextLeaseCheck >= 0) {
+            work |= checkLeases(session);
+            nextLeaseCheck = now + config.leaseCheckInterval().toNanos();
+          }
+          if (metrics.wantsStats() && now - nextStats >= 0) {
+            refreshStats(session);
+            nextStats = now + config.statsInterval().toNanos();
+          }
+          if (work || now - nextPoll >= 0) {
+            nextPoll = now + config.pollInterval().toNanos();
+            BatchOutcome outcome = publishBatch(session);
+            if (outcome.troubled()) {
+              sleep(backoffNanos);
+              backoffNanos = Math.min(backoffNanos * 2, config.maxBackoff().toNanos());
+              work = true;
+              continue;
+            }
+            backoffNanos = config.initialBackoff().toNanos();
+            work = outcome.full() || prefetched != null;
+            if (work) {
+              continue;
+            }
+          }
+          long until = Math.min(nextPoll - now, nextLeaseCheck - now);
+          if (metrics.wantsStats()) {
+            until = Math.min(until, nextStats - now);
+          }
+          work = awaitWork(session, until);
+        } catch (SQLException e) {
+          if (!stopping) {
+            LOG.warn(
+                "relay {}: database session failed ({}); its shares are given up, retrying in {} ms",
+                config.name(),
+                e.getMessage(),
+                TimeUnit.NANOSECONDS.toMillis(backoffNanos));
+          }
+          prefetched = null;
+          loseSession();
+          sleep(backoffNanos);
+          backoffNanos = Math.min(backoffNanos * 2, config.maxBackoff().toNanos());
+        } catch (RuntimeException e) {
+          if (stopping) {
+            break;
+          }
+          LOG.warn(
+              "relay {}: round failed, recreating the producer and retrying in {} ms",
+              config.name(),
+              TimeUnit.NANOSECONDS.toMillis(backoffNanos),
+              e);
+          prefetched = null;
+          metrics.failed(1);
+          closeProducer(CLOSE_GRACE);
+          sleep(backoffNanos);
+          backoffNanos = Math.min(backoffNanos * 2, config.maxBackoff().toNanos());
+          if (!stopping) {
+            try {
+              producer = newProducer();
+            } catch (RuntimeException creation) {
+              LOG.warn("relay {}: cannot create the producer", config.name(), creation);
+            }
+          }
+        }
+      }
+    } finally {
+      releaseSession();
+    }
+  }
+
+  /** Connects, listens and announces this relay. */
+  private Session openSession() throws SQLException {
+    Connection connection = config.dataSource().getConnection();
+    try {
+      connection.setAutoCommit(true);
+      PGConnection notifications = null;
+      if (config.listenNotify()) {
+        if (connection.isWrapperFor(PGConnection.class)) {
+          notifications = connection.unwrap(PGConnection.class);
+          try (Statement listen = connection.createStatement()) {
+            listen.execute("LISTEN " + OutboxSql.CHANNEL);
+          }
+        } else {
+          LOG.warn(
+              "relay {}: the data source does not give a PostgreSQL JDBC connection; polling only",
+              config.name());
+        }
+      }
+      ShareLeases leases = new ShareLeases(connection, config.schema(), random);
+      leases.announce();
+      LOG.info(
+          "relay {}: connected (presence {}), listening: {}",
+          config.name(),
+          leases.presenceId(),
+          notifications != null);
+      return new Session(connection, notifications, leases);
+    } catch (SQLException | RuntimeException e) {
+      abortQuietly(connection);
+      throw e;
+    }
+  }
+
+  /**
+   * Counts relays and moves toward a fair share: gives back surplus shares, takes free ones.
+   *
+   * @return whether shares were acquired (there may be rows to publish at once)
+   */
+  private boolean checkLeases(Session current) throws SQLException {
+    int relays = current.leases.countRelays();
+    int target = ShareLeases.fairShare(relays);
+    Set<Integer> surplus = Collections.unmodifiableSet(current.leases.surplus(target));
+    if (!surplus.isEmpty()) {
+      // Told before the unlock: from here on nothing of these shares is published by this relay.
+      notifyListener(listener -> listener.sharesReleased(surplus, false));
+      current.leases.unlock(surplus);
+      owned = current.leases.held();
+      LOG.info(
+          "relay {}: gave back shares {} ({} relays, fair share {})",
+          config.name(),
+          describe(surplus),
+          relays,
+          target);
+    }
+    Set<Integer> acquired = Collections.unmodifiableSet(current.leases.acquireUpTo(target));
+    if (!acquired.isEmpty()) {
+      owned = current.leases.held();
+      LOG.info(
+          "relay {}: took shares {} ({} relays, fair share {}, now {})",
+          config.name(),
+          describe(acquired),
+          relays,
+          target,
+          owned.size());
+      notifyListener(listener -> listener.sharesAcquired(acquired));
+    }
+    return !acquired.isEmpty();
+  }
+
+  /**
+   * Waits up to {@code nanos} for a notification of this schema's outbox (or just waits, when not
+   * listening). Returns early, without work, when the relay is stopping.
+   *
+   * @return whether a notification arrived
+   */
+  private boolean awaitWork(Session current, long nanos) throws SQLException {
+    long deadline = System.nanoTime() + Math.max(0, nanos);
+    while (!stopping) {
+      long remaining = deadline - System.nanoTime();
+      if (remaining <= 0) {
+        return false;
+      }
+      long slice = Math.min(remaining, MAX_WAIT_SLICE_NANOS);
+      if (current.notifications == null) {
+        LockSupport.parkNanos(slice);
+        continue;
+      }
+      int millis = (int) Math.max(1, TimeUnit.NANOSECONDS.toMillis(slice));
+      PGNotification[] received = current.notifications.getNotifications(millis);
+      if (received != null) {
+        for (PGNotification notification : received) {
+          if (config.schema().equals(notification.getParameter())) {
+            return true;
+          }
+        }
+      }
+    }
+    return false;
+  }
+
+  private void refreshStats(Session current) throws SQLException {
+    Set<Integer> shares = current.leases.held();
+    try (PreparedStatement stats = current.connection.prepareStatement(sql.stats())) {
+      stats.setArray(1, current.connection.createArrayOf("int4", shares.toArray(new Integer[0])));
+      try (ResultSet rs = stats.executeQuery()) {
+        rs.next();
+        long pending = rs.getLong(1);
+        Timestamp oldest = rs.getTimestamp(2);
+        long parked = rs.getLong(3);
+        Duration age =
+            oldest == null
+                ? Duration.ZERO
+                : Duration.between(oldest.toInstant(), config.clock().instant());
+        metrics.stats(pending, age.isNegative() ? Duration.ZERO : age, parked, shares.size());
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- one batch
+
+  private BatchOutcome publishBatch(Session current) throws SQLException {
+    Set<Integer> shares = sendableShares(current.leases.held());
+    if (shares.isEmpty()) {
+      prefetched = null;
+      return BatchOutcome.EMPTY;
+    }
+    List<OutboxRow> rows = takePrefetched(shares);
+    if (rows.isEmpty()) {
+      rows = readPending(current, shares, List.of());
+    }
+    if (rows.isEmpty()) {
+      return BatchOutcome.EMPTY;
+    }
+    List<OutboxRow> batch = rows;
+    Set<Integer> shareSet = new TreeSet<>();
+    for (OutboxRow row : rows) {
+      shareSet.add(row.share());
+    }
+    Set<Integer> batchShares = Collections.unmodifiableSet(shareSet);
+    notifyListener(listener -> listener.batchStarting(batchShares, batch.size()));
+
+    List<Sent> sent = new ArrayList<>(rows.size());
+    Set<Integer> stalledShares = new HashSet<>();
+    boolean producerBroken = false;
+    Producer<byte[], byte[]> sender = producer;
+    for (OutboxRow row : rows) {
+      if (stopping) {
+        break;
+      }
+      if (stalledShares.contains(row.share())) {
+        continue;
+      }
+      TopicBackoff topicBackoff = topicBackoffs.get(row.topic());
+      if (topicBackoff != null && !topicBackoff.due()) {
+        stalledShares.add(row.share());
+        pausedShares.put(row.share(), row.topic());
+        continue;
+      }
+      Sent attempt = new Sent(row);
+      sent.add(attempt);
+      try {
+        attempt.future = sender.send(row.toRecord());
+      } catch (IllegalArgumentException | KafkaException e) {
+        attempt.error = e;
+        if (!PublishErrors.isPoison(e)) {
+          stalledShares.add(row.share());
+          if (!(e instanceof ApiException) && !(e instanceof IllegalArgumentException)) {
+            producerBroken = true;
+            break;
+          }
+        }
+        continue;
+      }
+      // A send that could not even start (metadata timeout) fails at once: later rows of the share
+      // must not overtake it, and other rows of its topic would wait max.block.ms each.
+      Throwable immediate = immediateFailure(attempt.future);
+      if (immediate != null && !PublishErrors.isPoison(immediate)) {
+        stalledShares.add(row.share());
+        backOffTopic(row.topic());
+        pausedShares.put(row.share(), row.topic());
+      }
+    }
+    if (rows.size() >= config.batchSize() && stalledShares.isEmpty() && !producerBroken && !stopping) {
+      // Read the next batch while this one travels to Kafka. It is sent only if this one leaves
+      // nothing pending (see takePrefetched), so it cannot overtake a row of this batch.
+      prefetched = readPending(current, shares, rows);
+    }
+    try {
+      sender.flush();
+    } catch (InterruptException e) {
+      Thread.interrupted();
+    } catch (KafkaException | IllegalStateException e) {
+      LOG.debug("relay {}: flush failed", config.name(), e);
+    }
+
+    List<Sent> acked = new ArrayList<>();
+    List<Sent> poison = new ArrayList<>();
+    List<Sent> failed = new ArrayList<>();
+    for (Sent attempt : sent) {
+      attempt.collect();
+      if (attempt.metadata != null) {
+        acked.add(attempt);
+        topicBackoffs.remove(attempt.row.topic());
+      } else if (attempt.error != null && PublishErrors.isPoison(attempt.error)) {
+        poison.add(attempt);
+      } else {
+        failed.add(attempt);
+        if (attempt.error != null && !stopping) {
+          backOffTopic(attempt.row.topic());
+          pausedShares.put(attempt.row.share(), attempt.row.topic());
+        }
+      }
+    }
+    removePublished(current, acked);
+    park(current, poison);
+    if (!stopping) {
+      countFailures(current, failed);
+    }
+    metrics.published(acked.size());
+    metrics.failed(poison.size() + (stopping ? 0 : failed.size()));
+    int notPublished = rows.size() - acked.size() - poison.size();
+    if (notPublished > 0) {
+      prefetched = null;
+    }
+    notifyListener(
+        listener -> listener.batchFinished(batchShares, acked.size(), poison.size(), notPublished));
+    if (!failed.isEmpty() && !stopping) {
+      Sent first = failed.get(0);
+      LOG.warn(
+          "relay {}: {} of {} rows not published (first: id {} topic {}: {}); backing off",
+          config.name(),
+          failed.size(),
+          rows.size(),
+          first.row.id(),
+          first.row.topic(),
+          first.error == null ? "not acknowledged" : PublishErrors.describe(first.error));
+    }
+    if (producerBroken) {
+      throw new KafkaException("the producer failed", sent.get(sent.size() - 1).error);
+    }
+    // Rows skipped only because their topic waits out its backoff are no new trouble: their shares
+    // are paused (left out of the next reads), and the other shares go on at full speed.
+    return new BatchOutcome(rows.size() >= config.batchSize(), !failed.isEmpty());
+  }
+
+  /**
+   * The held shares minus those paused behind a topic that waits out its backoff. A paused share
+   * is not even read: its head rows would otherwise fill every batch and starve the other shares.
+   */
+  private Set<Integer> sendableShares(Set<Integer> held) {
+    pausedShares
+        .entrySet()
+        .removeIf(
+            paused -> {
+              TopicBackoff backoff = topicBackoffs.get(paused.getValue());
+              return backoff == null || backoff.due() || !held.contains(paused.getKey());
+            });
+    if (pausedShares.isEmpty()) {
+      return held;
+    }
+    Set<Integer> sendable = new TreeSet<>(held);
+    sendable.removeAll(pausedShares.keySet());
+    return sendable;
+  }
+
+  /**
+   * The prefetched batch, if the batch before it left nothing pending, minus rows of shares that
+   * are no longer held or now paused (all rows of such a share go, so no row of a share can
+   * overtake another). Empty if there is none.
+   */
+  private List<OutboxRow> takePrefetched(Set<Integer> sendableShares) {
+    List<OutboxRow> taken = prefetched;
+    prefetched = null;
+    if (taken == null || stopping) {
+      return List.of();
+    }
+    List<OutboxRow> rows = new ArrayList<>(taken.size());
+    for (OutboxRow row : taken) {
+      if (sendableShares.contains(row.share())) {
+        rows.add(row);
+      }
+    }
+    return rows;
+  }
+
+  /**
+   * The pending rows of {@code shares}, lowest id first, leaving out the rows of {@code inFlight}
+   * (sent, not yet removed).
+   */
+  private List<OutboxRow> readPending(Session current, Set<Integer> shares, List<OutboxRow> inFlight)
+      throws SQLException {
+    List<OutboxRow> rows = new ArrayList<>();
+    Long[] excluded = new Long[inFlight.size()];
+    for (int i = 0; i < excluded.length; i++) {
+      excluded[i] = inFlight.get(i).id();
+    }
+    try (PreparedStatement select = current.connection.prepareStatement(sql.selectPending())) {
+      select.setArray(1, current.connection.createArrayOf("int4", shares.toArray(new Integer[0])));
+      select.setArray(2, current.connection.createArrayOf("int8", excluded));
+      select.setInt(3, config.batchSize());
+      try (ResultSet rs = select.executeQuery()) {
+        while (rs.next()) {
+          rows.add(OutboxRow.read(rs));
+        }
+      }
+    }
+    return rows;
+  }
+
+  private void removePublished(Session current, List<Sent> acked) throws SQLException {
+    if (acked.isEmpty()) {
+      return;
+    }
+    Long[] ids = new Long[acked.size()];
+    for (int i = 0; i < ids.length; i++) {
+      ids[i] = acked.get(i).row.id();
+    }
+    Connection connection = current.connection;
+    if (!config.archive()) {
+      try (PreparedStatement delete = connection.prepareStatement(sql.deletePublished())) {
+        delete.setArray(1, connection.createArrayOf("int8", ids));
+        delete.executeUpdate();
+      }
+      return;
+    }
+    Integer[] partitions = new Integer[ids.length];
+    Long[] offsets = new Long[ids.length];
+    for (int i = 0; i < ids.length; i++) {
+      RecordMetadata metadata = acked.get(i).metadata;
+      partitions[i] = metadata.partition();
+      offsets[i] = metadata.hasOffset() ? metadata.offset() : null;
+    }
+    try (PreparedStatement archive = connection.prepareStatement(sql.archivePublished())) {
+      archive.setArray(1, connection.createArrayOf("int8", ids));
+      archive.setArray(2, connection.createArrayOf("int4", partitions));
+      archive.setArray(3, connection.createArrayOf("int8", offsets));
+      archive.executeUpdate();
+    }
+  }
+
+  private void park(Session current, List<Sent> poison) throws SQLException {
+    if (poison.isEmpty()) {
+      return;
+    }
+    Timestamp now = Timestamp.from(config.clock().instant());
+    try (PreparedStatement park = current.connection.prepareStatement(sql.park())) {
+      for (Sent attempt : poison) {
+        park.setTimestamp(1, now);
+        park.setString(2, PublishErrors.describe(attempt.error));
+        park.setLong(3, attempt.row.id());
+        park.addBatch();
+        LOG.warn(
+            "relay {}: parked outbox row {} (message {}, topic {}): {}",
+            config.name(),
+            attempt.row.id(),
+            attempt.row.messageId(),
+            attempt.row.topic(),
+            PublishErrors.describe(attempt.error));
+      }
+      park.executeBatch();
+    }
+  }
+
+  private void countFailures(Session current, List<Sent> failed) throws SQLException {
+    List<Sent> withError = new ArrayList<>();
+    for (Sent attempt : failed) {
+      if (attempt.error != null) {
+        withError.add(attempt);
+      }
+    }
+    if (withError.isEmpty()) {
+      return;
+    }
+    try (PreparedStatement count = current.connection.prepareStatement(sql.countFailure())) {
+      for (Sent attempt : withError) {
+        count.setString(1, PublishErrors.describe(attempt.error));
+        count.setLong(2, attempt.row.id());
+        count.addBatch();
+      }
+      count.executeBatch();
+    }
+  }
+
+  private void backOffTopic(String topic) {
+    long max = Math.max(config.maxBackoff().toNanos(), MAX_TOPIC_BACKOFF.toNanos());
+    topicBackoffs
+        .computeIfAbsent(topic, t -> new TopicBackoff())
+        .failed(config.initialBackoff().toNanos(), max);
+  }
+
+  private static Throwable immediateFailure(Future<RecordMetadata> future) {
+    if (!future.isDone()) {
+      return null;
+    }
+    try {
+      future.get();
+      return null;
+    } catch (ExecutionException e) {
+      return e.getCause() == null ? e : e.getCause();
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      return e;
+    } catch (RuntimeException e) {
+      return e;
+    }
+  }
+
+  // ---------------------------------------------------------------- session end
+
+  private void loseSession() {
+    Session lost = session;
+    session = null;
+    if (lost == null) {
+      return;
+    }
+    Set<Integer> shares = lost.leases.forgetAll();
+    owned = Set.of();
+    abortQuietly(lost.connection);
+    if (!shares.isEmpty()) {
+      notifyListener(listener -> listener.sharesReleased(shares, true));
+    }
+  }
+
+  private void releaseSession() {
+    Session current = session;
+    if (current == null) {
+      return;
+    }
+    Set<Integer> shares = current.leases.held();
+    if (!shares.isEmpty()) {
+      notifyListener(listener -> listener.sharesReleased(shares, false));
+    }
+    try {
+      current.leases.releaseAll();
+      if (current.notifications != null) {
+        try (Statement unlisten = current.connection.createStatement()) {
+          unlisten.execute("UNLISTEN *");
+        }
+      }
+      session = null;
+      owned = Set.of();
+      current.connection.close();
+      LOG.info("relay {}: stopped, shares {} released", config.name(), describe(shares));
+    } catch (SQLException | RuntimeException e) {
+      LOG.debug("relay {}: releasing the session failed; dropping it", config.name(), e);
+      loseSession();
+    }
+  }
+
+  /**
+   * Ends the physical session, so that PostgreSQL drops its advisory locks even if the connection
+   * came from a pool (a pooled connection returned with its locks would keep the shares forever).
+   */
+  private static void abortQuietly(Connection connection) {
+    try {
+      if (connection.isWrapperFor(Connection.class)) {
+        Connection physical = connection.unwrap(Connection.class);
+        if (physical != connection) {
+          physical.close();
+        }
+      }
+    } catch (SQLException | RuntimeException e) {
+      // best effort: closing the wrapper below still ends or evicts the session
+    }
+    try {
+      connection.close();
+    } catch (SQLException | RuntimeException e) {
+      // the session is gone either way
+    }
+  }
+
+  /** Shares as ranges for logs: {@code 0-3,7,9-12}. */
+  static String describe(Set<Integer> shares) {
+    StringBuilder text = new StringBuilder();
+    int start = -2;
+    int previous = -2;
+    for (int share : new TreeSet<>(shares)) {
+      if (share != previous + 1) {
+        appendRange(text, start, previous);
+        start = share;
+      }
+      previous = share;
+    }
+    appendRange(text, start, previous);
+    return text.length() == 0 ? "none" : text.toString();
+  }
+
+  private static void appendRange(StringBuilder text, int start, int end) {
+    if (start < 0) {
+      return;
+    }
+    if (text.length() > 0) {
+      text.append(',');
+    }
+    text.append(start);
+    if (end > start) {
+      text.append('-').append(end);
+    }
+  }
+
+  private void sleep(long nanos) {
+    long deadline = System.nanoTime() + nanos;
+    while (!stopping) {
+      long remaining = deadline - System.nanoTime();
+      if (remaining <= 0) {
+        return;
+      }
+      LockSupport.parkNanos(Math.min(remaining, MAX_WAIT_SLICE_NANOS));
+    }
+  }
+
+  private void notifyListener(java.util.function.Consumer<OutboxRelay.Listener> event) {
+    try {
+      event.accept(config.listener());
+    } catch (RuntimeException e) {
+      LOG.warn("relay {}: listener failed", config.name(), e);
+    }
+  }
+
+  // ---------------------------------------------------------------- small types
+
+  /** The lease connection with its notification handle (null when polling only) and leases. */
+  private record Session(Connection connection, PGConnection notifications, ShareLeases leases) {}
+
+  private record BatchOutcome(boolean full, boolean troubled) {
+    static final BatchOutcome EMPTY = new BatchOutcome(false, false);
+  }
+
+  /** One row handed to the producer, and what became of it. */
+  private static final class Sent {
+    final OutboxRow row;
+    Future<RecordMetadata> future;
+    RecordMetadata metadata;
+    Throwable error;
+
+    Sent(OutboxRow row) {
+      this.row = row;
+    }
+
+    /** Reads the outcome after the flush; an unfinished send (forced close) counts as failed. */
+    void collect() {
+      if (error != null || future == null || !future.isDone()) {
+        return;
+      }
+      try {
+        metadata = future.get();
+      } catch (ExecutionException e) {
+        error = e.getCause() == null ? e : e.getCause();
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        error = e;
+      } catch (RuntimeException e) {
+        error = e;
+      }
+    }
+  }
+
+  /** Exponential backoff of a topic whose sends could not start (e.g. no metadata). */
+  private static final class TopicBackoff {
+    private long delayNanos;
+    private long retryAt;
+
+    boolean due() {
+      return System.nanoTime() - retryAt >= 0;
+    }
+
+    void failed(long initialNanos, long maxNanos) {
+      delayNanos = delayNanos == 0 ? initialNanos : Math.min(delayNanos * 2, maxNanos);
+      retryAt = System.nanoTime() + delayNanos;
+    }
+  }
+}

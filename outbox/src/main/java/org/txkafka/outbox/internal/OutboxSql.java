@@ -1,0 +1,113 @@
+package org.txkafka.outbox.internal;
+
+import org.txkafka.SqlIdentifiers;
+
+/**
+ * Every statement the relay and the admin API run, for one schema. The schema is validated and
+ * quoted; all values are bound parameters.
+ */
+final class OutboxSql {
+  /** The channel of the notification the insert trigger sends at commit (payload: the schema). */
+  static final String CHANNEL = "txkafka_outbox";
+
+  private static final String COLUMNS =
+      "id, message_id, share, topic, kafka_partition, record_key, payload, header_names,"
+          + " header_values, attempts";
+
+  final String schema;
+  final String table;
+  final String archiveTable;
+
+  OutboxSql(String schema) {
+    this.schema = SqlIdentifiers.requireIdentifier("schema", schema);
+    String quoted = SqlIdentifiers.quoted("schema", schema);
+    this.table = quoted + ".txkafka_outbox";
+    this.archiveTable = quoted + ".txkafka_outbox_archive";
+  }
+
+  /**
+   * The rows pending now in the given shares (minus the ids in flight), oldest id first. No cursor:
+   * a row that committed late with a low id is simply found by the next round.
+   */
+  String selectPending() {
+    return "SELECT "
+        + COLUMNS
+        + " FROM "
+        + table
+        + " WHERE share = ANY(?) AND parked_at IS NULL AND id <> ALL(?) ORDER BY id LIMIT ?";
+  }
+
+  /** Removes published rows (ids as a bigint array). */
+  String deletePublished() {
+    return "DELETE FROM " + table + " WHERE id = ANY(?)";
+  }
+
+  /**
+   * Moves published rows to the archive in one statement, with the partition and offset Kafka
+   * gave them (three parallel arrays: id, partition, offset).
+   */
+  String archivePublished() {
+    return "WITH acked AS (SELECT * FROM unnest(?::bigint[], ?::int[], ?::bigint[])"
+        + " AS a(id, published_partition, published_offset)),"
+        + " moved AS (DELETE FROM "
+        + table
+        + " o USING acked WHERE o.id = acked.id RETURNING o.*, acked.published_partition,"
+        + " acked.published_offset)"
+        + " INSERT INTO "
+        + archiveTable
+        + " (id, message_id, share, topic, kafka_partition, record_key, payload, header_names,"
+        + " header_values, created_at, attempts, published_partition, published_offset)"
+        + " SELECT id, message_id, share, topic, kafka_partition, record_key, payload,"
+        + " header_names, header_values, created_at, attempts + 1, published_partition,"
+        + " published_offset FROM moved";
+  }
+
+  /** Parks one row with its error (id, parked_at, error). */
+  String park() {
+    return "UPDATE "
+        + table
+        + " SET parked_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?";
+  }
+
+  /** Counts a failed attempt on a row that stays pending (error, id). */
+  String countFailure() {
+    return "UPDATE " + table + " SET attempts = attempts + 1, last_error = ? WHERE id = ?";
+  }
+
+  /** Pending rows, their oldest creation time and parked rows of the given shares. */
+  String stats() {
+    return "SELECT count(*) FILTER (WHERE parked_at IS NULL),"
+        + " min(created_at) FILTER (WHERE parked_at IS NULL),"
+        + " count(*) FILTER (WHERE parked_at IS NOT NULL) FROM "
+        + table
+        + " WHERE share = ANY(?)";
+  }
+
+  String listParked() {
+    return "SELECT id, message_id, share, topic, kafka_partition, record_key,"
+        + " octet_length(payload), attempts, last_error, created_at, parked_at FROM "
+        + table
+        + " WHERE parked_at IS NOT NULL ORDER BY id LIMIT ?";
+  }
+
+  String replayOne() {
+    return "UPDATE " + table + " SET parked_at = NULL WHERE id = ? AND parked_at IS NOT NULL";
+  }
+
+  String replayAll() {
+    return "UPDATE " + table + " SET parked_at = NULL WHERE parked_at IS NOT NULL";
+  }
+
+  String discardOne() {
+    return "DELETE FROM " + table + " WHERE id = ? AND parked_at IS NOT NULL";
+  }
+
+  String countPending() {
+    return "SELECT count(*) FROM " + table + " WHERE parked_at IS NULL";
+  }
+
+  /** Wakes the relays after a replay, as the insert trigger does at commit. */
+  String notifyRelays() {
+    return "SELECT pg_notify('" + CHANNEL + "', ?)";
+  }
+}

@@ -1,0 +1,46 @@
+package org.txkafka.outbox.internal;
+
+import org.apache.kafka.common.InvalidRecordException;
+import org.apache.kafka.common.errors.AuthorizationException;
+import org.apache.kafka.common.errors.InvalidTopicException;
+import org.apache.kafka.common.errors.RecordBatchTooLargeException;
+import org.apache.kafka.common.errors.RecordTooLargeException;
+import org.apache.kafka.common.errors.SerializationException;
+
+/** Sorts publish errors into those that can never succeed for a row (park it) and the others. */
+final class PublishErrors {
+  private PublishErrors() {}
+
+  /**
+   * Whether {@code error} means this row can never be sent as it is: too large, an invalid topic
+   * name, not authorised, refused by the broker's record validation. Such a row is parked instead
+   * of blocking its share. Everything else (timeouts, unavailable brokers, unknown errors) is
+   * treated as transient: the row stays pending and is tried again.
+   */
+  static boolean isPoison(Throwable error) {
+    Throwable cause = error;
+    for (int depth = 0; cause != null && depth < 5; depth++, cause = cause.getCause()) {
+      if (cause instanceof RecordTooLargeException
+          || cause instanceof RecordBatchTooLargeException
+          || cause instanceof InvalidTopicException
+          || cause instanceof AuthorizationException
+          || cause instanceof InvalidRecordException
+          || cause instanceof SerializationException) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** A short description for the last_error column: class and message of the root error. */
+  static String describe(Throwable error) {
+    Throwable cause = error;
+    while (cause instanceof java.util.concurrent.ExecutionException
+        && cause.getCause() != null
+        && cause.getCause() != cause) {
+      cause = cause.getCause();
+    }
+    String text = cause.getClass().getName() + ": " + cause.getMessage();
+    return text.length() > 2000 ? text.substring(0, 2000) : text;
+  }
+}
