@@ -30,10 +30,10 @@ import org.txkafka.outbox.Outbox;
  * and {@link #handler}.
  *
  * <p><b>Where a new partition starts.</b> On assignment the inbox seeks to the offset stored in
- * {@code txkafka_inbox_offset}. With none stored (the group never committed that partition
- * through the inbox), it starts at the Kafka-committed offset of the group, and without one at
- * {@code auto.offset.reset}: {@code earliest} unless the Kafka properties say {@code latest} (the
- * inbox defaults to earliest, unlike Kafka, so that a new group never silently skips records).
+ * {@code txkafka_inbox_offset}. With none stored (the group never committed that partition through
+ * the inbox), it starts at the Kafka-committed offset of the group, and without one at {@code
+ * auto.offset.reset}: {@code earliest} unless the Kafka properties say {@code latest} (the inbox
+ * defaults to earliest, unlike Kafka, so that a new group never silently skips records).
  *
  * <p><b>Limits.</b> Duplicates are recognised only within {@link #dedupRetention}; a message id
  * seen again after its inbox row was removed is applied again. Handler attempts are counted in
@@ -173,9 +173,9 @@ public final class InboxBuilder {
   }
 
   /**
-   * Run each batch in a resource-local JPA transaction of a new entity manager of {@code
-   * factory}, so the handler can use {@link InboxContext#entityManager()}. The inbox's own SQL runs
-   * on that entity manager's connection. Exactly one of this and {@link #dataSource} is required.
+   * Run each batch in a resource-local JPA transaction of a new entity manager of {@code factory},
+   * so the handler can use {@link InboxContext#entityManager()}. The inbox's own SQL runs on that
+   * entity manager's connection. Exactly one of this and {@link #dataSource} is required.
    */
   public InboxBuilder entityManagerFactory(EntityManagerFactory factory) {
     this.entityManagerFactory = factory;
@@ -204,8 +204,8 @@ public final class InboxBuilder {
   }
 
   /**
-   * Worker threads: how many partitions are processed in parallel, 1 to {@value
-   * #MAX_CONCURRENCY}. Defaults to {@value #DEFAULT_CONCURRENCY}.
+   * Worker threads: how many partitions are processed in parallel, 1 to {@value #MAX_CONCURRENCY}.
+   * Defaults to {@value #DEFAULT_CONCURRENCY}.
    */
   public InboxBuilder concurrency(int concurrency) {
     this.concurrency = concurrency;
@@ -255,8 +255,8 @@ public final class InboxBuilder {
   }
 
   /**
-   * How long inbox rows are kept to recognise duplicates, at least 1 s. Defaults to 7 days. Rows
-   * of dead letters that were not replayed are kept until they are.
+   * How long inbox rows are kept to recognise duplicates, at least 1 s. Defaults to 7 days. Rows of
+   * dead letters that were not replayed are kept until they are.
    */
   public InboxBuilder dedupRetention(Duration dedupRetention) {
     this.dedupRetention = dedupRetention;
@@ -269,16 +269,18 @@ public final class InboxBuilder {
     return this;
   }
 
-  /** Bound for {@link Inbox#close()} to let in-flight batches finish. Positive. Defaults to 30 s. */
+  /**
+   * Bound for {@link Inbox#close()} to let in-flight batches finish. Positive. Defaults to 30 s.
+   */
   public InboxBuilder closeTimeout(Duration closeTimeout) {
     this.closeTimeout = closeTimeout;
     return this;
   }
 
   /**
-   * Bound for a rebalance to wait for in-flight batches of revoked partitions. Positive and
-   * shorter than {@code max.poll.interval.ms}. Defaults to 15 s. A batch still running after it
-   * commits only if no other member has claimed the partition yet (fencing), else rolls back.
+   * Bound for a rebalance to wait for in-flight batches of revoked partitions. Positive and shorter
+   * than {@code max.poll.interval.ms}. Defaults to 15 s. A batch still running after it commits
+   * only if no other member has claimed the partition yet (fencing), else rolls back.
    */
   public InboxBuilder revocationTimeout(Duration revocationTimeout) {
     this.revocationTimeout = revocationTimeout;
@@ -317,7 +319,10 @@ public final class InboxBuilder {
     Map<String, Object> consumer = consumerProperties();
     if (topics != null && topicPattern != null) {
       throw new IllegalArgumentException(
-          "topics and topicPattern are exclusive, both were given: " + topics + ", " + topicPattern);
+          "topics and topicPattern are exclusive, both were given: "
+              + topics
+              + ", "
+              + topicPattern);
     }
     if (topics == null && topicPattern == null) {
       throw new IllegalArgumentException("topics or topicPattern is required, neither was given");
@@ -346,7 +351,9 @@ public final class InboxBuilder {
     requirePositive("maxRetryBackoff", maxRetryBackoff);
     if (maxRetryBackoff.compareTo(retryBackoff) < 0) {
       throw new IllegalArgumentException(
-          "maxRetryBackoff must be at least retryBackoff (" + retryBackoff + "), was "
+          "maxRetryBackoff must be at least retryBackoff ("
+              + retryBackoff
+              + "), was "
               + maxRetryBackoff);
     }
     if (deadLetterTopic != null) {
@@ -418,13 +425,17 @@ public final class InboxBuilder {
     Object propertyGroup = consumer.get(ConsumerConfig.GROUP_ID_CONFIG);
     if (propertyGroup != null && !groupId.equals(String.valueOf(propertyGroup))) {
       throw new IllegalArgumentException(
-          "kafkaProperties group.id ('" + propertyGroup + "') differs from groupId ('" + groupId
+          "kafkaProperties group.id ('"
+              + propertyGroup
+              + "') differs from groupId ('"
+              + groupId
               + "'): set the group with groupId only");
     }
     Object autoCommit = consumer.get(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG);
     if (autoCommit != null && !"false".equalsIgnoreCase(String.valueOf(autoCommit).trim())) {
       throw new IllegalArgumentException(
-          "kafkaProperties enable.auto.commit must be false, was " + autoCommit
+          "kafkaProperties enable.auto.commit must be false, was "
+              + autoCommit
               + ": the inbox stores offsets in PostgreSQL in the transaction of each batch and"
               + " mirrors them to Kafka only after the database committed; auto-commit would"
               + " commit offsets of records that are not applied yet");
@@ -460,8 +471,12 @@ public final class InboxBuilder {
     String className = value instanceof Class<?> type ? type.getName() : String.valueOf(value);
     if (!ByteArrayDeserializer.class.getName().equals(className)) {
       throw new IllegalArgumentException(
-          "kafkaProperties " + name + " must be " + ByteArrayDeserializer.class.getName()
-              + " (the inbox hands bytes to the handler), was " + className);
+          "kafkaProperties "
+              + name
+              + " must be "
+              + ByteArrayDeserializer.class.getName()
+              + " (the inbox hands bytes to the handler), was "
+              + className);
     }
   }
 
@@ -486,7 +501,8 @@ public final class InboxBuilder {
   private static void requireTopic(String setting, String topic) {
     if (topic == null || !LEGAL_TOPIC.matcher(topic).matches()) {
       throw new IllegalArgumentException(
-          setting + " must hold Kafka topic names ([a-zA-Z0-9._-], 1 to 249 characters), was "
+          setting
+              + " must hold Kafka topic names ([a-zA-Z0-9._-], 1 to 249 characters), was "
               + (topic == null ? "null" : "'" + topic + "'"));
     }
   }

@@ -11,8 +11,8 @@ import org.apache.kafka.common.TopicPartition;
 
 /**
  * One assigned partition of this member: its phase, its queue of fetched records and the offset
- * committed in the database. The poll thread appends records and changes the phase on
- * rebalances; at most one worker at a time (guarded by {@link #scheduled}) takes records.
+ * committed in the database. The poll thread appends records and changes the phase on rebalances;
+ * at most one worker at a time (guarded by {@link #scheduled}) takes records.
  *
  * <p>Phases: {@code CLAIMING} (assigned, paused, epoch being claimed in the database), {@code
  * CLAIMED} (claim done, the poll thread must seek), {@code READY} (records are processed), {@code
@@ -36,6 +36,7 @@ final class PartitionState {
 
   /** True while a claim task for this state is queued or running. */
   final AtomicBoolean claiming = new AtomicBoolean();
+
   private final ConcurrentLinkedQueue<ConsumerRecord<byte[], byte[]>> queue =
       new ConcurrentLinkedQueue<>();
   private final AtomicInteger queued = new AtomicInteger();

@@ -11,9 +11,9 @@ import java.util.Set;
 
 /**
  * Views of the transaction's connection and entity manager that refuse to end the transaction. A
- * handler that committed by itself would commit the batch's offset before the batch's later
- * records were applied, so a crash right after would lose them; these views make that mistake
- * fail loudly (as a handler failure) instead.
+ * handler that committed by itself would commit the batch's offset before the batch's later records
+ * were applied, so a crash right after would lose them; these views make that mistake fail loudly
+ * (as a handler failure) instead.
  */
 final class TransactionGuards {
   private static final Set<String> CONNECTION_REFUSED =
@@ -31,8 +31,7 @@ final class TransactionGuards {
             new Class<?>[] {Connection.class},
             (proxy, method, args) -> {
               String name = method.getName();
-              boolean wholeRollback =
-                  name.equals("rollback") && (args == null || args.length == 0);
+              boolean wholeRollback = name.equals("rollback") && (args == null || args.length == 0);
               if (wholeRollback || CONNECTION_REFUSED.contains(name)) {
                 throw refused("Connection." + name);
               }
@@ -81,7 +80,8 @@ final class TransactionGuards {
 
   private static IllegalStateException refused(String call) {
     return new IllegalStateException(
-        call + " is not allowed in an inbox handler: the inbox owns the transaction and commits"
+        call
+            + " is not allowed in an inbox handler: the inbox owns the transaction and commits"
             + " or rolls it back after the batch (throw to roll back)");
   }
 }

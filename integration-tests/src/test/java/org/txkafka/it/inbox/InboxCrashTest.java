@@ -20,8 +20,8 @@ import org.txkafka.testkit.TestDatabase;
 import org.txkafka.testkit.TestPostgres;
 
 /**
- * The consumer JVM is killed with SIGKILL at random moments while thousands of records flow;
- * after the last restart every record's business effect is present exactly once.
+ * The consumer JVM is killed with SIGKILL at random moments while thousands of records flow; after
+ * the last restart every record's business effect is present exactly once.
  */
 @Timeout(value = 5, unit = TimeUnit.MINUTES)
 class InboxCrashTest {
@@ -62,7 +62,9 @@ class InboxCrashTest {
         // Kill it while it is applying records: after it made progress, at a random moment.
         long before = applied;
         try {
-          await("the restarted member to apply records", Duration.ofSeconds(90),
+          await(
+              "the restarted member to apply records",
+              Duration.ofSeconds(90),
               () -> db.queryLong("SELECT count(*) FROM ledger") > before);
         } catch (AssertionError e) {
           System.out.println("member output:\n" + member.output());
@@ -80,10 +82,12 @@ class InboxCrashTest {
       await(
           "every record to be applied after the last restart",
           Duration.ofSeconds(120),
-          () -> db.queryLong(
-                  "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic = ?",
-                  topic)
-              == all.size());
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic ="
+                          + " ?",
+                      topic)
+                  == all.size());
       member.kill();
     }
     System.out.println("ledger rows at each SIGKILL: " + appliedAtKill);

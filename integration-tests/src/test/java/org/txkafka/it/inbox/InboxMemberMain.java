@@ -14,11 +14,11 @@ import org.txkafka.inbox.InboxHandler;
 import org.txkafka.inbox.InboxListener;
 
 /**
- * An inbox member in a child JVM, for the crash and fencing tests. Configured by system
- * properties: {@code bootstrap}, {@code jdbcUrl}, {@code jdbcUser}, {@code jdbcPassword}, {@code
- * topic}, {@code group}, {@code label} (written to ledger.applied_by), optional {@code instanceId}
- * (static membership), optional {@code stallMessageId} (the handler prints "STALL id" and sleeps
- * {@code stallMillis} in the transaction when it meets that id, once). Prints "READY" once started,
+ * An inbox member in a child JVM, for the crash and fencing tests. Configured by system properties:
+ * {@code bootstrap}, {@code jdbcUrl}, {@code jdbcUser}, {@code jdbcPassword}, {@code topic}, {@code
+ * group}, {@code label} (written to ledger.applied_by), optional {@code instanceId} (static
+ * membership), optional {@code stallMessageId} (the handler prints "STALL id" and sleeps {@code
+ * stallMillis} in the transaction when it meets that id, once). Prints "READY" once started,
  * "ASSIGNED", "LOST", "REVOKED", "FENCED" lines; runs until killed or terminated.
  */
 public final class InboxMemberMain {
