@@ -413,6 +413,15 @@ public final class InboxBuilder {
 
   private Map<String, Object> consumerProperties() {
     Map<String, Object> consumer = new HashMap<>(kafkaProperties);
+    for (Map.Entry<String, Object> property : consumer.entrySet()) {
+      if (property.getKey() == null || property.getValue() == null) {
+        throw new IllegalArgumentException(
+            "kafkaProperties must not hold null names or values, was "
+                + property.getKey()
+                + "="
+                + property.getValue());
+      }
+    }
     Object servers = consumer.get(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG);
     if (servers == null || String.valueOf(servers).isBlank()) {
       throw new IllegalArgumentException(

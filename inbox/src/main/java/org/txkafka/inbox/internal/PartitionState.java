@@ -102,17 +102,23 @@ final class PartitionState {
     }
   }
 
-  /** Lag: end offset minus the offset stored in the database (or 0 when unknown). */
+  /** Offset of the first record fetched since the last seek, or -1 (poll thread writes). */
+  volatile long firstFetchedOffset = -1;
+
+  /**
+   * Lag: end offset minus the offset stored in the database; before the first commit, minus the
+   * claimed or first fetched offset. 0 while unknown.
+   */
   long lag() {
     long end = endOffset;
-    long committed = committedOffset;
     if (end < 0) {
       return 0;
     }
-    if (committed < 0) {
+    long start = committedOffset;
+    if (start < 0) {
       Long claimed = claimedOffset;
-      committed = claimed == null ? end : claimed;
+      start = claimed != null ? claimed : firstFetchedOffset >= 0 ? firstFetchedOffset : end;
     }
-    return Math.max(0, end - committed);
+    return Math.max(0, end - start);
   }
 }

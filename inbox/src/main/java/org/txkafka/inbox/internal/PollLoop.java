@@ -157,6 +157,9 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
       }
       List<ConsumerRecord<byte[], byte[]>> list = records.records(partition);
       state.enqueue(list);
+      if (state.firstFetchedOffset < 0) {
+        state.firstFetchedOffset = list.get(0).offset();
+      }
       state.fetchedOffset = list.get(list.size() - 1).offset() + 1;
       schedule(state);
     }
@@ -173,6 +176,7 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
           long offset = stored != null ? stored : restart;
           state.clear();
           state.fetchedOffset = -1;
+          state.firstFetchedOffset = -1;
           consumer.seek(state.partition, offset);
           LOG.info(
               "claimed {} with epoch {}, seeking to offset {}",
