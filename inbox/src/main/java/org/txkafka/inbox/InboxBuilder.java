@@ -36,9 +36,14 @@ import org.txkafka.outbox.Outbox;
  * defaults to earliest, unlike Kafka, so that a new group never silently skips records).
  *
  * <p><b>Limits.</b> Duplicates are recognised only within {@link #dedupRetention}; a message id
- * seen again after its inbox row was removed is applied again. Handler attempts are counted in
- * memory: a crash restarts the count. Memory: at most about {@code maxBatchSize + max.poll.records}
- * records are buffered per assigned partition.
+ * seen again after its inbox row was removed is applied again. Message ids are unique per consumer
+ * group across all its topics. Handler attempts are counted in memory: a crash restarts the count.
+ * Memory: at most about {@code maxBatchSize + max.poll.records} records are buffered per assigned
+ * partition. A member frozen inside a batch transaction (a long GC pause) holds its partition's
+ * offset row lock, so the member that takes the partition over waits until the frozen one resumes
+ * (its batch commits first, then the new owner continues after it) or dies; bound this with the
+ * server's {@code idle_in_transaction_session_timeout} and TCP keepalives. Effects outside the
+ * database (HTTP calls, e-mails) are not covered: a rolled-back attempt may have made them.
  */
 public final class InboxBuilder {
 
