@@ -83,6 +83,22 @@ public final class TestDatabase implements AutoCloseable {
     return pool;
   }
 
+  /** A new HikariCP pool that logs in as another role; the caller closes it (or close() does). */
+  public synchronized HikariDataSource newDataSource(int maxPoolSize, String role,
+      String rolePassword) {
+    HikariConfig config = new HikariConfig();
+    int query = jdbcUrl.indexOf('?');
+    config.setJdbcUrl(query < 0 ? jdbcUrl : jdbcUrl.substring(0, query));
+    config.setUsername(role);
+    config.setPassword(rolePassword);
+    config.setMaximumPoolSize(maxPoolSize);
+    config.setMinimumIdle(0);
+    config.setPoolName(name + "-" + role + "-" + pools.size());
+    HikariDataSource pool = new HikariDataSource(config);
+    pools.add(pool);
+    return pool;
+  }
+
   /** A plain new connection; the caller closes it. */
   public Connection connect() throws SQLException {
     return DriverManager.getConnection(jdbcUrl, server.credentials());

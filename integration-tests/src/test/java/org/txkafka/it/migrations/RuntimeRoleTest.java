@@ -15,7 +15,13 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
+import javax.sql.DataSource;
+import org.apache.kafka.clients.consumer.ConsumerConfig;
+import org.apache.kafka.clients.producer.ProducerConfig;
 import org.postgresql.PGConnection;
+import org.txkafka.inbox.Inbox;
+import org.txkafka.outbox.OutboxRelay;
+import org.txkafka.testkit.KafkaBroker;
 import org.txkafka.outbox.Outbox;
 import org.txkafka.outbox.OutboxMessage;
 import org.txkafka.testkit.TestDatabase;
@@ -26,7 +32,7 @@ import org.txkafka.testkit.TestPostgres;
  * README); every statement kind the outbox and inbox issue at run time works with it, and DDL is
  * refused.
  */
-@Timeout(value = 2, unit = TimeUnit.MINUTES)
+@Timeout(value = 3, unit = TimeUnit.MINUTES)
 class RuntimeRoleTest {
   /** The grants the README documents for a service's runtime role. */
   static final String[] GRANTS = {
@@ -60,7 +66,54 @@ class RuntimeRoleTest {
   }
 
   @Test
-  void dmlOnlyRoleCanWriteRelayAndConsumeButNotCreateTables() throws SQLException {
+  void realRelayAndInboxRunWithTheDmlOnlyRole() throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("runtime-role");
+    broker.createTopic(topic, 2);
+    db.execute("CREATE TABLE received (message_id TEXT NOT NULL)",
+        "GRANT INSERT, SELECT ON received TO " + ROLE);
+    DataSource runtime = db.newDataSource(4, ROLE, PASSWORD);
+    int count = 40;
+    try (Connection connection = runtime.getConnection()) {
+      connection.setAutoCommit(false);
+      for (int i = 0; i < count; i++) {
+        Outbox.writer().send(connection, OutboxMessage.to(topic).key("k" + i).payload("p").build());
+      }
+      connection.commit();
+    }
+    try (OutboxRelay relay = Outbox.relay().dataSource(runtime)
+            .producerProperty(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, broker.bootstrapServers())
+            .archive(true).build();
+        Inbox inbox = Inbox.builder()
+            .kafkaProperty(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, broker.bootstrapServers())
+            .kafkaProperty(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest")
+            .groupId("runtime-role").topics(topic).dataSource(runtime)
+            .handler((record, context) -> {
+              try (PreparedStatement insert = context.connection()
+                  .prepareStatement("INSERT INTO received VALUES (?)")) {
+                insert.setString(1, record.messageId());
+                insert.executeUpdate();
+              }
+            }).build()) {
+      relay.start();
+      inbox.start();
+      long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(90);
+      while (db.queryLong("SELECT count(*) FROM received") < count
+          && System.nanoTime() < deadline) {
+        Thread.sleep(100);
+      }
+      assertTrue(inbox.isRunning(), "inbox failed: " + inbox.failure());
+    }
+    assertEquals(count, db.queryLong("SELECT count(DISTINCT message_id) FROM received"));
+    assertEquals(count, db.queryLong("SELECT count(*) FROM received"));
+    assertEquals(count, db.queryLong("SELECT count(*) FROM txkafka_outbox_archive"
+        + " WHERE topic = ?", topic), "archived by the relay under the runtime role");
+    assertEquals(2L, db.queryLong("SELECT count(*) FROM txkafka_inbox_offset"
+        + " WHERE consumer_group = 'runtime-role' AND next_offset IS NOT NULL"));
+  }
+
+  @Test
+  void dmlOnlyRoleCanRunEveryRuntimeStatementKindButNotCreateTables() throws SQLException {
     try (Connection runtime = db.connectAs(ROLE, PASSWORD);
         Statement statement = runtime.createStatement()) {
       runtime.setAutoCommit(false);
