@@ -53,7 +53,10 @@ class InboxCrashTest {
     }
     String group = "crash-" + topic;
     Random random = new Random();
-    Thread producer = InboxTestSupport.produceSlowly(broker, topic, all, Duration.ofSeconds(30));
+    // All records up front; the member applies about 250 per second (8 ms each, 2 workers), so
+    // the backlog outlasts the six lives below (each killed at most ~1.7 s after its first
+    // commit) and every kill lands while records are being applied.
+    InboxTestSupport.produce(broker, topic, all);
     List<Long> appliedAtKill = new ArrayList<>();
     long applied = 0;
     for (int kill = 0; kill < KILLS; kill++) {
@@ -76,12 +79,11 @@ class InboxCrashTest {
         appliedAtKill.add(applied);
       }
     }
-    producer.join(60_000);
     try (ChildJvm member = start(broker, topic, group)) {
       member.awaitLine("READY", Duration.ofSeconds(60));
       await(
           "every record to be applied after the last restart",
-          Duration.ofSeconds(120),
+          Duration.ofSeconds(150),
           () ->
               db.queryLong(
                       "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic ="
@@ -93,7 +95,7 @@ class InboxCrashTest {
     System.out.println("ledger rows at each SIGKILL: " + appliedAtKill);
     assertTrue(
         appliedAtKill.get(KILLS - 1) < unique.size(),
-        "every kill hit the consumer before it was done: " + appliedAtKill);
+        "every kill hit the consumer while records were still to be applied: " + appliedAtKill);
     assertEquals(unique.size(), db.queryLong("SELECT count(*) FROM ledger"), "ledger rows");
     assertEquals(
         unique.size(), db.queryLong("SELECT count(DISTINCT message_id) FROM ledger"), "ids");
@@ -116,6 +118,7 @@ class InboxCrashTest {
         .systemProperty("label", "crash")
         .systemProperty("instanceId", "crash-member")
         .systemProperty("maxBatchSize", "40")
+        .systemProperty("handlerDelayMillis", "8")
         .maxHeap("192m")
         .start();
   }

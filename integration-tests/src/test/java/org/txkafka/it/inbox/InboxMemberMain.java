@@ -36,9 +36,13 @@ public final class InboxMemberMain {
     long stallMillis = Long.getLong("stallMillis", 4000);
     AtomicBoolean stalled = new AtomicBoolean();
     InboxHandler ledger = InboxTestSupport.ledgerHandler(label);
+    long delayMillis = Long.getLong("handlerDelayMillis", 0);
     InboxHandler handler =
         (record, context) -> {
           ledger.handle(record, context);
+          if (delayMillis > 0) {
+            Thread.sleep(delayMillis);
+          }
           if (record.messageId().equals(stallId) && stalled.compareAndSet(false, true)) {
             System.out.println("STALL " + record.messageId() + " offset " + record.offset());
             Thread.sleep(stallMillis);
