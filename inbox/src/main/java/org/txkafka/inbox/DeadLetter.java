@@ -7,8 +7,8 @@ import java.time.Instant;
  *
  * @param id the dead letter's id, for {@link Inbox#replay(long)}
  * @param record the record as it was consumed (key, value, headers, topic, partition, offset,
- *     message id); its {@code timestamp()} is the time it was dead-lettered, the Kafka timestamp
- *     is not kept
+ *     message id); its {@code timestamp()} is the time it was dead-lettered, the Kafka timestamp is
+ *     not kept
  * @param attempts how many times the handler failed on it
  * @param lastError the last error: exception class, message and cause chain, or the reason the
  *     message id was malformed

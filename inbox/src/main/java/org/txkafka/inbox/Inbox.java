@@ -36,8 +36,8 @@ public interface Inbox extends AutoCloseable {
 
   /**
    * Subscribes and starts polling on a new thread. Returns at once; partitions are claimed and
-   * processed in the background. The poll thread is not a daemon thread: call {@link #close()}
-   * (a JVM shutdown hook is a good place) so that the JVM can exit.
+   * processed in the background. The poll thread is not a daemon thread: call {@link #close()} (a
+   * JVM shutdown hook is a good place) so that the JVM can exit.
    *
    * @throws IllegalStateException if it was started or closed before
    */

@@ -53,8 +53,8 @@ class InboxCrashTest {
     }
     String group = "crash-" + topic;
     Random random = new Random();
-    // All records up front; the member applies about 250 per second (8 ms each, 2 workers), so
-    // the backlog outlasts the six lives below (each killed at most ~1.7 s after its first
+    // All records up front; a member applies at most about 500 per second (4 ms each, 2 workers),
+    // so the backlog outlasts the six lives below (each killed at most ~1.7 s after its first
     // commit) and every kill lands while records are being applied.
     InboxTestSupport.produce(broker, topic, all);
     List<Long> appliedAtKill = new ArrayList<>();
@@ -118,7 +118,7 @@ class InboxCrashTest {
         .systemProperty("label", "crash")
         .systemProperty("instanceId", "crash-member")
         .systemProperty("maxBatchSize", "40")
-        .systemProperty("handlerDelayMillis", "8")
+        .systemProperty("handlerDelayMillis", "4")
         .maxHeap("192m")
         .start();
   }
