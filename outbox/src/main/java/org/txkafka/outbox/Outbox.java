@@ -6,7 +6,8 @@ import org.txkafka.outbox.internal.JdbcOutboxWriter;
 
 /**
  * The front door of the outbox: {@link #writer()} for the side that writes messages in its
- * business transactions, {@link #relay()} for the process that publishes committed rows to Kafka.
+ * business transactions, {@link #relay()} for the process that publishes committed rows to Kafka,
+ * {@link #admin(DataSource)} for operators (parked rows).
  */
 public final class Outbox {
 

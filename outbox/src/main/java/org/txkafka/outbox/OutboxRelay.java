@@ -5,6 +5,7 @@ import java.time.Duration;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Objects;
+import java.util.Properties;
 import java.util.Set;
 import javax.sql.DataSource;
 import org.txkafka.outbox.internal.JdbcOutboxRelay;
@@ -35,8 +36,10 @@ import org.txkafka.outbox.internal.RelayConfig;
  *   <li>No committed row is ever skipped: there is no id cursor. Each round reads the rows that are
  *       pending now, so a transaction that took a lower id and committed later is simply found by a
  *       later round.
- *   <li>Per-key order follows the order in which rows became visible (rows visible together go in
- *       id order). Duplicates are possible only across a failure (a relay killed, or its database
+ *   <li>Per-key order follows the order in which rows became visible (commit order), whatever
+ *       order their ids were taken in: rows are sealed at commit with a commit sequence, under
+ *       transaction-scoped per-key locks taken in a fixed order, and each share is read in that
+ *       sequence. Duplicates are possible only across a failure (a relay killed, or its database
  *       session lost, between Kafka's acknowledgement and the delete); then the resent rows follow
  *       their first copies in the same order, so a receiver that removes duplicates by message id
  *       (the txkafka inbox) sees every key in order.
@@ -61,6 +64,9 @@ import org.txkafka.outbox.internal.RelayConfig;
  *       after duplicates are removed every key is still in order. A relay that is frozen (long GC
  *       pause, SIGSTOP) keeps its session and so its shares: nobody publishes them until it resumes
  *       or its session ends (turn on TCP keepalives so that a dead network path ends it).
+ *   <li>Sealing serialises the commits of transactions that send the same key (only their last
+ *       step, after their own statements). A transaction with more than 256 distinct keys locks
+ *       the shares of its rows instead, so that it never needs more than 64 locks.
  *   <li>A parked row has left its key's order: later rows of the key are published meanwhile, and a
  *       replayed row comes after them.
  *   <li>Rows for a topic that does not exist (or an explicit partition out of range) wait, they are
@@ -69,9 +75,8 @@ import org.txkafka.outbox.internal.RelayConfig;
  *       are paused meanwhile, with every other key of those shares.
  *   <li>Lowering {@code delivery.timeout.ms} lets the producer give up on a record; it is then sent
  *       again later, possibly after later records of its key.
- *   <li>At most {@value Outbox#SHARE_COUNT} relays have work; more are standbys. A relay keeps up to
- *       two batches of rows in memory (the one in flight and the next one): size {@link
- *       Builder#batchSize(int)} for your largest payloads.
+ *   <li>At most {@value Outbox#SHARE_COUNT} relays have work; more are standbys. A relay keeps one
+ *       batch of rows in memory: size {@link Builder#batchSize(int)} for your largest payloads.
  *   <li>The archive table ({@link Builder#archive(boolean)}) is never pruned by the relay.
  * </ul>
  *
@@ -214,6 +219,15 @@ public interface OutboxRelay extends AutoCloseable {
     public Builder producerProperties(Map<String, ?> properties) {
       Objects.requireNonNull(properties, "producerProperties must not be null");
       producerProperties.putAll(properties);
+      return this;
+    }
+
+    /** Kafka producer properties from a {@link Properties}; see {@link #producerProperties(Map)}. */
+    public Builder producerProperties(Properties properties) {
+      Objects.requireNonNull(properties, "producerProperties must not be null");
+      for (String name : properties.stringPropertyNames()) {
+        producerProperties.put(name, properties.getProperty(name));
+      }
       return this;
     }
 

@@ -35,9 +35,12 @@ import org.txkafka.outbox.OutboxWriter;
  *   <li>A transaction stores an offset without the inbox rows and handler effects of every record
  *       before it, or the other way round: the offset update, the inbox rows and the handler's
  *       writes are one transaction ({@link TransactionOwner}).
- *   <li>A fenced member commits: every transaction starts with {@link InboxSql#advance}, the
- *       compare-and-set on the owner epoch that also refuses to move the offset backwards; zero
- *       rows rolls back and the partition is never processed again by this claim.
+ *   <li>A fenced member commits, or a commit skips records: every transaction starts with
+ *       {@link InboxSql#advance}, the compare-and-set on the owner epoch and on the stored offset,
+ *       which must be exactly where this batch continues the fetch stream (the previous commit's
+ *       next offset, threaded through {@code expected}); zero rows rolls back and the partition is
+ *       claimed again from the stored offset. So a batch lost in memory (a worker that died, an
+ *       interrupt) can never be jumped over.
  *   <li>The handler runs for a message id already in the inbox (the multi-row insert returns only
  *       new ids; a duplicate within one batch runs once).
  *   <li>Records are applied out of offset order, or a record is skipped: units are consecutive
@@ -102,9 +105,12 @@ final class BatchProcessor {
    * Applies {@code records} (consecutive records of the state's partition, in offset order) or
    * returns early when the partition is fenced, revoked or the inbox closes.
    */
-  void process(PartitionState state, List<ConsumerRecord<byte[], byte[]>> records)
+  void process(
+      PartitionState state, List<ConsumerRecord<byte[], byte[]>> records, Long expectedStart)
       throws InterruptedException {
     long epoch = state.epoch;
+    // The stored offset each commit of this batch must find: where the previous commit left it.
+    Long[] expected = {expectedStart};
     List<Item> items = new ArrayList<>(records.size());
     for (ConsumerRecord<byte[], byte[]> record : records) {
       items.add(resolve(record, settings.messageIdExtractor()));
@@ -126,7 +132,7 @@ final class BatchProcessor {
         deadReason = Failures.describe(lastFailure.get(firstOffset));
       }
       if (deadReason != null) {
-        Outcome outcome = deadLetter(state, epoch, first, tried, deadReason);
+        Outcome outcome = deadLetter(state, epoch, expected, first, tried, deadReason);
         if (!(outcome instanceof Committed)) {
           return;
         }
@@ -142,7 +148,7 @@ final class BatchProcessor {
         end++;
       }
       List<Item> unit = items.subList(position, end);
-      Outcome outcome = apply(state, epoch, unit);
+      Outcome outcome = apply(state, epoch, expected, unit);
       if (outcome instanceof Committed) {
         position = end;
         limit = Integer.MAX_VALUE;
@@ -186,7 +192,7 @@ final class BatchProcessor {
   }
 
   /** One transaction for {@code unit}, retried while the database fails transiently. */
-  private Outcome apply(PartitionState state, long epoch, List<Item> unit)
+  private Outcome apply(PartitionState state, long epoch, Long[] expected, List<Item> unit)
       throws InterruptedException {
     TopicPartition partition = state.partition;
     long next = unit.get(unit.size() - 1).record().offset() + 1;
@@ -195,6 +201,7 @@ final class BatchProcessor {
       if (!active(state, epoch)) {
         return new Inactive();
       }
+      Thread.interrupted(); // a flag a handler left must not fail the next transaction
       boolean[] workDone = {false};
       int[] counts = new int[2];
       long start = System.nanoTime();
@@ -209,6 +216,7 @@ final class BatchProcessor {
                       partition.topic(),
                       partition.partition(),
                       epoch,
+                      expected[0],
                       next)) {
                     scope.setRollbackOnly();
                     return Boolean.FALSE;
@@ -239,7 +247,7 @@ final class BatchProcessor {
                     }
                     try {
                       handler.handle(record, context);
-                    } catch (VirtualMachineError e) {
+                    } catch (OutOfMemoryError | InternalError | UnknownError e) {
                       throw e;
                     } catch (Throwable e) {
                       // "Transaction aborted" in a later record is an earlier handler's fault
@@ -255,10 +263,11 @@ final class BatchProcessor {
                   return Boolean.TRUE;
                 });
         if (!committed) {
-          fenced(state, epoch, unit.get(0).record().offset());
+          fenced(state, epoch);
           return new Fenced();
         }
         state.committedOffset = next;
+        expected[0] = next;
         metrics.batchLatency(System.nanoTime() - start);
         if (counts[0] > 0) {
           metrics.processed(partition, counts[0]);
@@ -325,7 +334,7 @@ final class BatchProcessor {
 
   /** Dead-letters {@code item} in one transaction, retried while the database fails. */
   private Outcome deadLetter(
-      PartitionState state, long epoch, Item item, int attempts, String reason)
+      PartitionState state, long epoch, Long[] expected, Item item, int attempts, String reason)
       throws InterruptedException {
     TopicPartition partition = state.partition;
     InboxRecord record = item.record();
@@ -346,6 +355,7 @@ final class BatchProcessor {
                       partition.topic(),
                       partition.partition(),
                       epoch,
+                      expected[0],
                       next)) {
                     scope.setRollbackOnly();
                     return null;
@@ -364,10 +374,11 @@ final class BatchProcessor {
                   return inserted;
                 });
         if (stored == null) {
-          fenced(state, epoch, record.offset());
+          fenced(state, epoch);
           return new Fenced();
         }
         state.committedOffset = next;
+        expected[0] = next;
         if (stored) {
           metrics.deadLettered(partition);
           LOG.error(
@@ -412,15 +423,14 @@ final class BatchProcessor {
     return message.build();
   }
 
-  private void fenced(PartitionState state, long epoch, long firstUncommitted) {
+  private void fenced(PartitionState state, long epoch) {
     if (state.epoch == epoch
         && state.phase.compareAndSet(PartitionState.Phase.READY, PartitionState.Phase.FENCED)) {
-      state.restartOffset = firstUncommitted;
       state.fencedAtNanos = System.nanoTime();
       LOG.warn(
-          "fenced on {}: epoch {} is no longer the owner in the database (another member claimed"
-              + " it); its queued records are dropped and it is claimed again if Kafka still"
-              + " assigns it to this member",
+          "fenced on {}: the database refused the commit of epoch {} (another member claimed the"
+              + " partition, or the stored offset is not where this batch continues); its queued"
+              + " records are dropped and it is claimed again if Kafka still assigns it here",
           state.partition,
           epoch);
       notifyListener(listener -> listener.onPartitionFenced(state.partition));
@@ -444,9 +454,14 @@ final class BatchProcessor {
     return backoff.compareTo(settings.maxRetryBackoff()) > 0 ? settings.maxRetryBackoff() : backoff;
   }
 
-  /** Sleeps in slices; false if the partition stopped being active meanwhile. */
+  /**
+   * Sleeps in slices; false if the partition stopped being active meanwhile. An interrupt flag
+   * left set by a handler (restored before rethrowing, as is customary) is cleared first: whether
+   * to stop is decided by {@link #active}, which sees closing, never by a handler's interrupt.
+   */
   private boolean sleep(PartitionState state, long epoch, Duration duration)
       throws InterruptedException {
+    Thread.interrupted();
     long deadline = System.nanoTime() + duration.toNanos();
     while (true) {
       if (!active(state, epoch)) {

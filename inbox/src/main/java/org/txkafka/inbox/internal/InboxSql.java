@@ -22,9 +22,14 @@ import org.txkafka.inbox.InboxRecord;
  * Every SQL statement of the inbox, on a connection the caller's transaction owns. Never commits,
  * rolls back or changes auto-commit. Thread-safe (no state besides the statement texts).
  *
- * <p>Invariants it carries: {@link #advance} is the fencing compare-and-set (owner epoch must be
- * the current one, the stored offset never moves backwards) and takes the offset row's lock, so a
- * concurrent {@link #claim} is serialised behind a committing batch.
+ * <p>Invariants it carries: {@link #advance} is the fencing compare-and-set. The owner epoch must
+ * be the current one, and the stored offset must be exactly where this batch continues the fetch
+ * stream (the offset after the previous record fetched, or the position the consumer seeked to;
+ * null when nothing was stored yet): so no commit can ever skip records, whatever happened to
+ * in-memory batches, and none can move the offset backwards. The one other accepted case is the
+ * stored offset already equal to the batch's next offset: a retry of a batch whose commit did
+ * succeed although the client saw an error (its inbox rows are all duplicates then). It takes the
+ * offset row's lock, so a concurrent {@link #claim} is serialised behind a committing batch.
  */
 public final class InboxSql {
 
@@ -68,7 +73,7 @@ public final class InboxSql {
             + offsets
             + " SET next_offset = ?, updated_at = now()"
             + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
-            + " AND (next_offset IS NULL OR next_offset <= ?)";
+            + " AND (next_offset IS NOT DISTINCT FROM ? OR next_offset = ?)";
     insertProcessed =
         "INSERT INTO "
             + inbox
@@ -152,7 +157,13 @@ public final class InboxSql {
    * @return false if fenced (another owner claimed the partition, or the offset would regress)
    */
   public boolean advance(
-      Connection connection, String group, String topic, int partition, long epoch, long next)
+      Connection connection,
+      String group,
+      String topic,
+      int partition,
+      long epoch,
+      Long expected,
+      long next)
       throws SQLException {
     try (PreparedStatement statement = connection.prepareStatement(advance)) {
       statement.setLong(1, next);
@@ -160,7 +171,12 @@ public final class InboxSql {
       statement.setString(3, topic);
       statement.setInt(4, partition);
       statement.setLong(5, epoch);
-      statement.setLong(6, next);
+      if (expected == null) {
+        statement.setNull(6, java.sql.Types.BIGINT);
+      } else {
+        statement.setLong(6, expected);
+      }
+      statement.setLong(7, next);
       return statement.executeUpdate() == 1;
     }
   }

@@ -47,14 +47,29 @@ final class PartitionState {
   /** Stored next offset returned by the claim (null: none stored). */
   volatile Long claimedOffset;
 
-  /** First offset not committed when a worker restarted the partition, else -1. */
-  volatile long restartOffset = -1;
+  /**
+   * Where this assignment began when nothing was stored in the database (the Kafka-committed
+   * offset or the reset policy, resolved once by the poll thread), else -1. A re-claim that still
+   * finds nothing stored restarts here.
+   */
+  volatile long originOffset = -1;
 
   /** When the partition was fenced (System.nanoTime), for the delayed re-claim. */
   volatile long fencedAtNanos;
 
   /** Next offset this member committed in the database, -1 if none. */
   volatile long committedOffset = -1;
+
+  /**
+   * The fetch-stream position just before the head of the queue: the offset after the last record
+   * taken by a worker, or the position the consumer seeked to; -1 before the first seek. Only the
+   * poll thread
+   * (at a seek, before READY) and the one scheduled worker (in {@link #take}) write it.
+   */
+  volatile long streamPosition = -1;
+
+  /** A batch taken from the queue, with the stored offset its first commit must find. */
+  record Batch(List<ConsumerRecord<byte[], byte[]>> records, Long expectedStart) {}
 
   /** Highest offset fetched + 1, and the consumer's lag estimate (poll thread writes). */
   volatile long fetchedOffset = -1;
@@ -79,7 +94,14 @@ final class PartitionState {
     queued.addAndGet(records.size());
   }
 
-  List<ConsumerRecord<byte[], byte[]>> take(int max) {
+  /**
+   * Takes up to {@code max} records from the head of the queue. The batch carries the stream
+   * position before its first record (as the value the stored offset must have: null when nothing
+   * was stored and the batch starts at the origin); a batch that is then lost (a worker died) leaves the stored
+   * offset behind that position, so the next batch cannot commit: it is fenced and re-claimed
+   * instead of skipping records.
+   */
+  Batch take(int max) {
     List<ConsumerRecord<byte[], byte[]>> batch = new ArrayList<>(Math.min(max, queued.get()));
     while (batch.size() < max) {
       ConsumerRecord<byte[], byte[]> record = queue.poll();
@@ -89,7 +111,19 @@ final class PartitionState {
       queued.decrementAndGet();
       batch.add(record);
     }
-    return batch;
+    long before = streamPosition;
+    if (!batch.isEmpty()) {
+      streamPosition = batch.get(batch.size() - 1).offset() + 1;
+    }
+    return new Batch(batch, storedBefore(before));
+  }
+
+  /** The stored offset a commit continuing the stream at {@code position} must find. */
+  Long storedBefore(long position) {
+    if (position < 0 || (claimedOffset == null && position == originOffset)) {
+      return null;
+    }
+    return position;
   }
 
   int queued() {

@@ -48,6 +48,7 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
   private static final Duration POLL_TIMEOUT = Duration.ofMillis(100);
   private static final long MIRROR_INTERVAL_NANOS = 1_000_000_000L;
   private static final long WAIT_SLICE_MILLIS = 5;
+  private static final Duration ORIGIN_TIMEOUT = Duration.ofSeconds(5);
 
   /** Kafka's default session timeout, when the consumer properties do not set one. */
   private static final long DEFAULT_SESSION_TIMEOUT_MS = 45_000;
@@ -170,26 +171,35 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
     for (PartitionState state : states.values()) {
       Phase phase = state.phase.get();
       if (phase == Phase.CLAIMED) {
+        // The database alone says where to (re)start: the stored offset, or, while nothing is
+        // stored, the concrete position this assignment began at (Kafka-committed offset or
+        // reset policy, resolved once). Never a position remembered from in-memory batches.
         Long stored = state.claimedOffset;
-        long restart = state.restartOffset;
-        if (stored != null || restart >= 0) {
-          long offset = stored != null ? stored : restart;
-          state.clear();
-          state.fetchedOffset = -1;
-          state.firstFetchedOffset = -1;
-          consumer.seek(state.partition, offset);
-          LOG.info(
-              "claimed {} with epoch {}, seeking to offset {}",
-              state.partition,
-              state.epoch,
-              offset);
+        long start;
+        if (stored != null) {
+          start = stored;
+        } else if (state.originOffset >= 0) {
+          start = state.originOffset;
         } else {
-          LOG.info(
-              "claimed {} with epoch {}, no offset stored: starting at the Kafka-committed offset"
-                  + " or the reset policy",
-              state.partition,
-              state.epoch);
+          try {
+            start = consumer.position(state.partition, ORIGIN_TIMEOUT);
+          } catch (KafkaException e) {
+            LOG.warn("cannot resolve the start position of {} yet; retrying", state.partition, e);
+            continue;
+          }
+          state.originOffset = start;
         }
+        state.clear();
+        state.fetchedOffset = -1;
+        state.firstFetchedOffset = -1;
+        consumer.seek(state.partition, start);
+        state.streamPosition = start;
+        LOG.info(
+            "claimed {} with epoch {}, starting at offset {} ({})",
+            state.partition,
+            state.epoch,
+            start,
+            stored != null ? "stored in the database" : "nothing stored yet");
         if (state.phase.compareAndSet(Phase.CLAIMED, Phase.READY)) {
           schedule(state);
         }
@@ -278,19 +288,24 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
   private void work(PartitionState state) {
     try {
       if (state.isReady() && running) {
-        List<ConsumerRecord<byte[], byte[]>> batch = state.take(settings.maxBatchSize());
-        if (!batch.isEmpty()) {
+        PartitionState.Batch batch = state.take(settings.maxBatchSize());
+        if (!batch.records().isEmpty()) {
           try {
-            processor.process(state, batch);
+            processor.process(state, batch.records(), batch.expectedStart());
           } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-          } catch (RuntimeException | LinkageError | AssertionError e) {
+          } catch (Throwable e) {
+            // Whatever escaped, the batch is lost in memory; the database still stores the offset
+            // before it, so the partition is claimed again and resumes from there.
             LOG.error(
                 "unexpected failure processing {}; re-claiming it to restart from the stored"
                     + " offset",
                 state.partition,
                 e);
-            restart(state, batch.get(0).offset());
+            restart(state);
+            if (e instanceof VirtualMachineError error) {
+              throw error;
+            }
           }
         }
       }
@@ -302,9 +317,8 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
     }
   }
 
-  private void restart(PartitionState state, long fromOffset) {
+  private void restart(PartitionState state) {
     if (state.phase.compareAndSet(Phase.READY, Phase.CLAIMING)) {
-      state.restartOffset = fromOffset;
       state.clear();
       submitClaim(state);
     }

@@ -132,7 +132,9 @@ class OutboxOutageTest {
       } finally {
         relay.close();
       }
-      try (OutboxRelay successor = relay(relayPool, broker).build()) {
+      // A new producer has no metadata yet: its first sends wait max.block.ms for the broker.
+      try (OutboxRelay successor =
+          relay(relayPool, broker).producerProperty("max.block.ms", 2_000).build()) {
         successor.start();
         broker.start();
         List<UUID> after = commit(db.dataSource(), List.of(numbered(topic, "key-0", 60)));

@@ -142,6 +142,22 @@ class OutboxRelayConfigTest {
   }
 
   @Test
+  void producerPropertiesFromAPropertiesObjectAreValidatedToo() {
+    java.util.Properties properties = new java.util.Properties();
+    properties.setProperty("bootstrap.servers", "127.0.0.1:1");
+    properties.setProperty("acks", "0");
+    PGSimpleDataSource dataSource = new PGSimpleDataSource();
+    IllegalArgumentException error =
+        assertThrows(
+            IllegalArgumentException.class,
+            () -> Outbox.relay().dataSource(dataSource).producerProperties(properties).build());
+    assertEquals(
+        "producer property acks must be all (or -1): the relay deletes a row once Kafka"
+            + " acknowledged it, so every in-sync replica must have it, was 0",
+        error.getMessage());
+  }
+
+  @Test
   void adminRefusesBadArguments() {
     PGSimpleDataSource dataSource = new PGSimpleDataSource();
     IllegalArgumentException schema =

@@ -52,17 +52,14 @@ import org.txkafka.outbox.OutboxRelay;
  *       while the locks are held; if the session ends, PostgreSQL frees the locks and the next
  *       statement fails, so a relay that lost its session can neither read nor remove rows. Shares
  *       are given back only between batches.
- *   <li><b>Per-key order.</b> Rows of one key live in one share, read in id order. Within a batch,
+ *   <li><b>Per-key order.</b> Rows of one key live in one share, read in commit order
+ *       (commit_seq, assigned at commit by the seal trigger of the migrations). Within a batch,
  *       once a row of a share could not be handed to the producer (metadata timeout, topic in
  *       backoff), no later row of that share is sent in that batch, and the share is paused (not
  *       read) until that topic's backoff has passed, so it cannot starve the other shares either.
  *       The producer retries transient errors itself and in order ({@code delivery.timeout.ms} at
  *       its maximum, at most 5 requests in flight, idempotence), so a later record of a partition
  *       is never acknowledged before an earlier one that is still retried.
- *   <li><b>Prefetching never reorders.</b> While a full batch is in flight the next one is read
- *       (leaving out the rows in flight), but it is sent only if the batch before it left no row
- *       pending (every row acknowledged or parked) and only for shares still held and not paused;
- *       otherwise it is dropped and read again.
  *   <li><b>A poison row never blocks its share</b>: errors that can never succeed for that row
  *       ({@link PublishErrors#isPoison}) park it (parked_at, attempts, last_error); other errors
  *       leave it pending and make the relay back off.
@@ -98,8 +95,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private final AtomicReference<State> state = new AtomicReference<>(State.NEW);
   private final Map<String, TopicBackoff> topicBackoffs = new HashMap<>();
   private final Map<Integer, String> pausedShares = new HashMap<>();
-  /** The next batch, read while the current one was in flight; relay thread only. */
-  private List<OutboxRow> prefetched;
 
   private volatile boolean stopping;
   private volatile Thread thread;
@@ -245,7 +240,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
               continue;
             }
             backoffNanos = config.initialBackoff().toNanos();
-            work = outcome.full() || prefetched != null;
+            work = outcome.full();
             if (work) {
               continue;
             }
@@ -263,7 +258,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
                 e.getMessage(),
                 TimeUnit.NANOSECONDS.toMillis(backoffNanos));
           }
-          prefetched = null;
           loseSession();
           sleep(backoffNanos);
           backoffNanos = Math.min(backoffNanos * 2, config.maxBackoff().toNanos());
@@ -276,7 +270,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
               config.name(),
               TimeUnit.NANOSECONDS.toMillis(backoffNanos),
               e);
-          prefetched = null;
           metrics.failed(1);
           closeProducer(CLOSE_GRACE);
           sleep(backoffNanos);
@@ -417,23 +410,18 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private BatchOutcome publishBatch(Session current) throws SQLException {
     Set<Integer> shares = sendableShares(current.leases.held());
     if (shares.isEmpty()) {
-      prefetched = null;
       return BatchOutcome.EMPTY;
     }
-    List<OutboxRow> rows = takePrefetched(shares);
-    if (rows.isEmpty()) {
-      rows = readPending(current, shares, List.of());
-    }
+    List<OutboxRow> rows = readPending(current, shares);
     if (rows.isEmpty()) {
       return BatchOutcome.EMPTY;
     }
-    List<OutboxRow> batch = rows;
     Set<Integer> shareSet = new TreeSet<>();
     for (OutboxRow row : rows) {
       shareSet.add(row.share());
     }
     Set<Integer> batchShares = Collections.unmodifiableSet(shareSet);
-    notifyListener(listener -> listener.batchStarting(batchShares, batch.size()));
+    notifyListener(listener -> listener.batchStarting(batchShares, rows.size()));
 
     List<Sent> sent = new ArrayList<>(rows.size());
     Set<Integer> stalledShares = new HashSet<>();
@@ -476,11 +464,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         pausedShares.put(row.share(), row.topic());
       }
     }
-    if (rows.size() >= config.batchSize() && stalledShares.isEmpty() && !producerBroken && !stopping) {
-      // Read the next batch while this one travels to Kafka. It is sent only if this one leaves
-      // nothing pending (see takePrefetched), so it cannot overtake a row of this batch.
-      prefetched = readPending(current, shares, rows);
-    }
     try {
       sender.flush();
     } catch (InterruptException e) {
@@ -515,9 +498,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     metrics.published(acked.size());
     metrics.failed(poison.size() + (stopping ? 0 : failed.size()));
     int notPublished = rows.size() - acked.size() - poison.size();
-    if (notPublished > 0) {
-      prefetched = null;
-    }
     notifyListener(
         listener -> listener.batchFinished(batchShares, acked.size(), poison.size(), notPublished));
     if (!failed.isEmpty() && !stopping) {
@@ -559,40 +539,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     return sendable;
   }
 
-  /**
-   * The prefetched batch, if the batch before it left nothing pending, minus rows of shares that
-   * are no longer held or now paused (all rows of such a share go, so no row of a share can
-   * overtake another). Empty if there is none.
-   */
-  private List<OutboxRow> takePrefetched(Set<Integer> sendableShares) {
-    List<OutboxRow> taken = prefetched;
-    prefetched = null;
-    if (taken == null || stopping) {
-      return List.of();
-    }
-    List<OutboxRow> rows = new ArrayList<>(taken.size());
-    for (OutboxRow row : taken) {
-      if (sendableShares.contains(row.share())) {
-        rows.add(row);
-      }
-    }
-    return rows;
-  }
-
-  /**
-   * The pending rows of {@code shares}, lowest id first, leaving out the rows of {@code inFlight}
-   * (sent, not yet removed).
-   */
-  private List<OutboxRow> readPending(Session current, Set<Integer> shares, List<OutboxRow> inFlight)
-      throws SQLException {
+  private List<OutboxRow> readPending(Session current, Set<Integer> shares) throws SQLException {
     List<OutboxRow> rows = new ArrayList<>();
-    Long[] excluded = new Long[inFlight.size()];
-    for (int i = 0; i < excluded.length; i++) {
-      excluded[i] = inFlight.get(i).id();
-    }
     try (PreparedStatement select = current.connection.prepareStatement(sql.selectPending())) {
       select.setArray(1, current.connection.createArrayOf("int4", shares.toArray(new Integer[0])));
-      select.setArray(2, current.connection.createArrayOf("int8", excluded));
+      select.setInt(2, config.batchSize());
       select.setInt(3, config.batchSize());
       try (ResultSet rs = select.executeQuery()) {
         while (rs.next()) {

@@ -26,15 +26,20 @@ final class OutboxSql {
   }
 
   /**
-   * The rows pending now in the given shares (minus the ids in flight), oldest id first. No cursor:
-   * a row that committed late with a low id is simply found by the next round.
+   * The rows pending now in the given shares, each share in commit order (commit_seq, set at
+   * commit by the seal trigger; for one key that is the order in which rows became visible). No
+   * cursor: a row that committed late is simply found by the next round. Each share is read through
+   * its own range of txkafka_outbox_pending_idx (LATERAL, at most limit rows each), so a batch
+   * costs the same with a backlog of millions as with a few rows.
+   * Parameters: shares (int[]), limit per share, limit in all.
    */
   String selectPending() {
     return "SELECT "
         + COLUMNS
-        + " FROM "
+        + " FROM unnest(?::int[]) AS wanted(wanted_share) CROSS JOIN LATERAL (SELECT * FROM "
         + table
-        + " WHERE share = ANY(?) AND parked_at IS NULL AND id <> ALL(?) ORDER BY id LIMIT ?";
+        + " WHERE share = wanted.wanted_share AND parked_at IS NULL"
+        + " ORDER BY commit_seq, id LIMIT ?) pending ORDER BY commit_seq, id LIMIT ?";
   }
 
   /** Removes published rows (ids as a bigint array). */
