@@ -80,6 +80,9 @@ public final class InboxBuilder {
   /** Default {@link #closeTimeout}: 30 s. */
   public static final Duration DEFAULT_CLOSE_TIMEOUT = Duration.ofSeconds(30);
 
+  /** Default {@link #transactionIdleTimeout}: 60 s. */
+  public static final Duration DEFAULT_TRANSACTION_IDLE_TIMEOUT = Duration.ofSeconds(60);
+
   /** Default {@link #revocationTimeout}: 15 s. */
   public static final Duration DEFAULT_REVOCATION_TIMEOUT = Duration.ofSeconds(15);
 
@@ -107,6 +110,7 @@ public final class InboxBuilder {
   private Duration retentionInterval = DEFAULT_RETENTION_INTERVAL;
   private Duration closeTimeout = DEFAULT_CLOSE_TIMEOUT;
   private Duration revocationTimeout = DEFAULT_REVOCATION_TIMEOUT;
+  private Duration transactionIdleTimeout = DEFAULT_TRANSACTION_IDLE_TIMEOUT;
   private Clock clock = Clock.systemUTC();
   private Object meterRegistry;
   private InboxListener listener = new InboxListener() {};
@@ -292,6 +296,20 @@ public final class InboxBuilder {
     return this;
   }
 
+  /**
+   * The longest a batch transaction may sit idle between two SQL statements (PostgreSQL's {@code
+   * idle_in_transaction_session_timeout}, set for each batch transaction only). A member frozen in
+   * the middle of a batch (a long GC pause, SIGSTOP, a network path gone silent) holds its
+   * partition's offset row lock; after this time PostgreSQL ends its session, so the member that
+   * took over the partition is blocked for at most this long. A handler must not spend longer than
+   * this on one record without touching the database (the batch would be retried as a transient
+   * failure). Zero leaves the server's setting alone. Defaults to 60 s; otherwise 100 ms to 24 h.
+   */
+  public InboxBuilder transactionIdleTimeout(Duration transactionIdleTimeout) {
+    this.transactionIdleTimeout = transactionIdleTimeout;
+    return this;
+  }
+
   /** Clock for inbox row times and retention. Defaults to {@link Clock#systemUTC()}. */
   public InboxBuilder clock(Clock clock) {
     this.clock = clock;
@@ -383,6 +401,15 @@ public final class InboxBuilder {
               + " ms) so that a rebalance can finish, was "
               + revocationTimeout);
     }
+    if (transactionIdleTimeout == null
+        || (!transactionIdleTimeout.isZero()
+            && (transactionIdleTimeout.compareTo(Duration.ofMillis(100)) < 0
+                || transactionIdleTimeout.compareTo(Duration.ofHours(24)) > 0))) {
+      throw new IllegalArgumentException(
+          "transactionIdleTimeout must be zero (leave the server's setting) or from 100 ms to"
+              + " 24 h, was "
+              + transactionIdleTimeout);
+    }
     if (clock == null) {
       throw new IllegalArgumentException("clock must not be null");
     }
@@ -410,6 +437,7 @@ public final class InboxBuilder {
             retentionInterval,
             closeTimeout,
             revocationTimeout,
+            transactionIdleTimeout,
             clock,
             meterRegistry,
             listener);

@@ -57,7 +57,7 @@ public final class InboxRuntime implements Inbox {
         settings.dataSource() != null
             ? new DataSourceTransactionOwner(settings.dataSource())
             : new JpaTransactionOwner((EntityManagerFactory) settings.entityManagerFactory());
-    this.sql = new InboxSql(settings.schema());
+    this.sql = new InboxSql(settings.schema(), settings.transactionIdleTimeout());
     this.writer = Outbox.writer(settings.schema());
     this.metrics = InboxMetrics.create(settings.meterRegistry(), settings.groupId());
     this.ownerId = ProcessHandle.current().pid() + "/" + UUID.randomUUID();

@@ -56,6 +56,14 @@ public final class InboxSql {
 
   /** Statements for the tables in {@code schema}. */
   public InboxSql(String schema) {
+    this(schema, java.time.Duration.ZERO);
+  }
+
+  /**
+   * Statements for the tables in {@code schema}; each batch transaction sets {@code
+   * idle_in_transaction_session_timeout} to {@code transactionIdleTimeout} (zero: not at all).
+   */
+  public InboxSql(String schema, java.time.Duration transactionIdleTimeout) {
     String s = SqlIdentifiers.quoted("schema", schema);
     String offsets = s + ".txkafka_inbox_offset";
     String inbox = s + ".txkafka_inbox";
@@ -68,10 +76,19 @@ public final class InboxSql {
             + " ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE"
             + " SET owner_epoch = o.owner_epoch + 1, owner_id = EXCLUDED.owner_id,"
             + " updated_at = now() RETURNING next_offset, owner_epoch";
+    // The first statement of every batch transaction also bounds how long the transaction may sit
+    // idle (a frozen member holding this row's lock), in the same round trip.
+    String idleGuard =
+        transactionIdleTimeout.isZero()
+            ? ""
+            : " FROM (SELECT set_config('idle_in_transaction_session_timeout', '"
+                + transactionIdleTimeout.toMillis()
+                + "', true)) AS idle_guard";
     advance =
         "UPDATE "
             + offsets
             + " SET next_offset = ?, updated_at = now()"
+            + idleGuard
             + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
             + " AND (next_offset IS NOT DISTINCT FROM ? OR next_offset = ?)";
     insertProcessed =

@@ -18,7 +18,8 @@ import org.txkafka.inbox.InboxListener;
  * {@code bootstrap}, {@code jdbcUrl}, {@code jdbcUser}, {@code jdbcPassword}, {@code topic}, {@code
  * group}, {@code label} (written to ledger.applied_by), optional {@code instanceId} (static
  * membership), optional {@code stallMessageId} (the handler prints "STALL id" and sleeps {@code
- * stallMillis} in the transaction when it meets that id, once). Prints "READY" once started,
+ * stallMillis} in the transaction when it meets that id, once), optional {@code
+ * transactionIdleTimeoutMillis} (0: the server's setting). Prints "READY" once started,
  * "ASSIGNED", "LOST", "REVOKED", "FENCED" lines; runs until killed or terminated.
  */
 public final class InboxMemberMain {
@@ -95,6 +96,8 @@ public final class InboxMemberMain {
                 .maxRetryBackoff(Duration.ofSeconds(1))
                 .closeTimeout(Duration.ofSeconds(5))
                 .revocationTimeout(Duration.ofSeconds(5))
+                .transactionIdleTimeout(
+                    Duration.ofMillis(Long.getLong("transactionIdleTimeoutMillis", 60_000)))
                 .listener(listener)
                 .build()) {
       Runtime.getRuntime().addShutdownHook(new Thread(stop::countDown));
