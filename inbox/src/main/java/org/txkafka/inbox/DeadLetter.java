@@ -6,7 +6,9 @@ import java.time.Instant;
  * A record the handler gave up on, as stored in {@code txkafka_inbox_dead_letter}.
  *
  * @param id the dead letter's id, for {@link Inbox#replay(long)}
- * @param record the record as it was consumed (headers included)
+ * @param record the record as it was consumed (key, value, headers, topic, partition, offset,
+ *     message id); its {@code timestamp()} is the time it was dead-lettered, the Kafka timestamp is
+ *     not kept
  * @param attempts how many times the handler failed on it
  * @param lastError the last error: exception class, message and cause chain, or the reason the
  *     message id was malformed

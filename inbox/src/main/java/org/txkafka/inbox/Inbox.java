@@ -22,10 +22,10 @@ import java.util.List;
  * inbox.start();
  * }</pre>
  *
- * <p>Guarantees (with the limits documented on {@link InboxBuilder}): each message id is applied
- * at most once per consumer group within the dedup retention window, every record is applied or
- * dead-lettered, records of one partition are applied in offset order, and the offset stored in
- * the database never moves backwards. Instances are thread-safe.
+ * <p>Guarantees (with the limits documented on {@link InboxBuilder}): each message id is applied at
+ * most once per consumer group within the dedup retention window, every record is applied or
+ * dead-lettered, records of one partition are applied in offset order, and the offset stored in the
+ * database never moves backwards. Instances are thread-safe.
  */
 public interface Inbox extends AutoCloseable {
 
@@ -36,7 +36,8 @@ public interface Inbox extends AutoCloseable {
 
   /**
    * Subscribes and starts polling on a new thread. Returns at once; partitions are claimed and
-   * processed in the background.
+   * processed in the background. The poll thread is not a daemon thread: call {@link #close()} (a
+   * JVM shutdown hook is a good place) so that the JVM can exit.
    *
    * @throws IllegalStateException if it was started or closed before
    */
@@ -65,8 +66,8 @@ public interface Inbox extends AutoCloseable {
    * replayed (inbox row status {@code REPLAYED}) in that transaction. The replayed record is
    * applied out of its partition's order. Works whether or not the inbox is started.
    *
-   * @return true if it was replayed; false if there is no pending dead letter with that id for
-   *     this consumer group (unknown, or already replayed)
+   * @return true if it was replayed; false if there is no pending dead letter with that id for this
+   *     consumer group (unknown, or already replayed)
    * @throws DeadLetterReplayException if the handler failed (it stays pending)
    */
   boolean replay(long deadLetterId);

@@ -30,15 +30,20 @@ import org.txkafka.outbox.Outbox;
  * and {@link #handler}.
  *
  * <p><b>Where a new partition starts.</b> On assignment the inbox seeks to the offset stored in
- * {@code txkafka_inbox_offset}. With none stored (the group never committed that partition
- * through the inbox), it starts at the Kafka-committed offset of the group, and without one at
- * {@code auto.offset.reset}: {@code earliest} unless the Kafka properties say {@code latest} (the
- * inbox defaults to earliest, unlike Kafka, so that a new group never silently skips records).
+ * {@code txkafka_inbox_offset}. With none stored (the group never committed that partition through
+ * the inbox), it starts at the Kafka-committed offset of the group, and without one at {@code
+ * auto.offset.reset}: {@code earliest} unless the Kafka properties say {@code latest} (the inbox
+ * defaults to earliest, unlike Kafka, so that a new group never silently skips records).
  *
  * <p><b>Limits.</b> Duplicates are recognised only within {@link #dedupRetention}; a message id
- * seen again after its inbox row was removed is applied again. Handler attempts are counted in
- * memory: a crash restarts the count. Memory: at most about {@code maxBatchSize + max.poll.records}
- * records are buffered per assigned partition.
+ * seen again after its inbox row was removed is applied again. Message ids are unique per consumer
+ * group across all its topics. Handler attempts are counted in memory: a crash restarts the count.
+ * Memory: at most about {@code maxBatchSize + max.poll.records} records are buffered per assigned
+ * partition. A member frozen inside a batch transaction (a long GC pause) holds its partition's
+ * offset row lock, so the member that takes the partition over waits until the frozen one resumes
+ * (its batch commits first, then the new owner continues after it) or dies; bound this with the
+ * server's {@code idle_in_transaction_session_timeout} and TCP keepalives. Effects outside the
+ * database (HTTP calls, e-mails) are not covered: a rolled-back attempt may have made them.
  */
 public final class InboxBuilder {
 
@@ -75,6 +80,9 @@ public final class InboxBuilder {
   /** Default {@link #closeTimeout}: 30 s. */
   public static final Duration DEFAULT_CLOSE_TIMEOUT = Duration.ofSeconds(30);
 
+  /** Default {@link #transactionIdleTimeout}: 60 s. */
+  public static final Duration DEFAULT_TRANSACTION_IDLE_TIMEOUT = Duration.ofSeconds(60);
+
   /** Default {@link #revocationTimeout}: 15 s. */
   public static final Duration DEFAULT_REVOCATION_TIMEOUT = Duration.ofSeconds(15);
 
@@ -102,6 +110,7 @@ public final class InboxBuilder {
   private Duration retentionInterval = DEFAULT_RETENTION_INTERVAL;
   private Duration closeTimeout = DEFAULT_CLOSE_TIMEOUT;
   private Duration revocationTimeout = DEFAULT_REVOCATION_TIMEOUT;
+  private Duration transactionIdleTimeout = DEFAULT_TRANSACTION_IDLE_TIMEOUT;
   private Clock clock = Clock.systemUTC();
   private Object meterRegistry;
   private InboxListener listener = new InboxListener() {};
@@ -173,9 +182,9 @@ public final class InboxBuilder {
   }
 
   /**
-   * Run each batch in a resource-local JPA transaction of a new entity manager of {@code
-   * factory}, so the handler can use {@link InboxContext#entityManager()}. The inbox's own SQL runs
-   * on that entity manager's connection. Exactly one of this and {@link #dataSource} is required.
+   * Run each batch in a resource-local JPA transaction of a new entity manager of {@code factory},
+   * so the handler can use {@link InboxContext#entityManager()}. The inbox's own SQL runs on that
+   * entity manager's connection. Exactly one of this and {@link #dataSource} is required.
    */
   public InboxBuilder entityManagerFactory(EntityManagerFactory factory) {
     this.entityManagerFactory = factory;
@@ -204,8 +213,8 @@ public final class InboxBuilder {
   }
 
   /**
-   * Worker threads: how many partitions are processed in parallel, 1 to {@value
-   * #MAX_CONCURRENCY}. Defaults to {@value #DEFAULT_CONCURRENCY}.
+   * Worker threads: how many partitions are processed in parallel, 1 to {@value #MAX_CONCURRENCY}.
+   * Defaults to {@value #DEFAULT_CONCURRENCY}.
    */
   public InboxBuilder concurrency(int concurrency) {
     this.concurrency = concurrency;
@@ -255,8 +264,8 @@ public final class InboxBuilder {
   }
 
   /**
-   * How long inbox rows are kept to recognise duplicates, at least 1 s. Defaults to 7 days. Rows
-   * of dead letters that were not replayed are kept until they are.
+   * How long inbox rows are kept to recognise duplicates, at least 1 s. Defaults to 7 days. Rows of
+   * dead letters that were not replayed are kept until they are.
    */
   public InboxBuilder dedupRetention(Duration dedupRetention) {
     this.dedupRetention = dedupRetention;
@@ -269,19 +278,35 @@ public final class InboxBuilder {
     return this;
   }
 
-  /** Bound for {@link Inbox#close()} to let in-flight batches finish. Positive. Defaults to 30 s. */
+  /**
+   * Bound for {@link Inbox#close()} to let in-flight batches finish. Positive. Defaults to 30 s.
+   */
   public InboxBuilder closeTimeout(Duration closeTimeout) {
     this.closeTimeout = closeTimeout;
     return this;
   }
 
   /**
-   * Bound for a rebalance to wait for in-flight batches of revoked partitions. Positive and
-   * shorter than {@code max.poll.interval.ms}. Defaults to 15 s. A batch still running after it
-   * commits only if no other member has claimed the partition yet (fencing), else rolls back.
+   * Bound for a rebalance to wait for in-flight batches of revoked partitions. Positive and shorter
+   * than {@code max.poll.interval.ms}. Defaults to 15 s. A batch still running after it commits
+   * only if no other member has claimed the partition yet (fencing), else rolls back.
    */
   public InboxBuilder revocationTimeout(Duration revocationTimeout) {
     this.revocationTimeout = revocationTimeout;
+    return this;
+  }
+
+  /**
+   * The longest a batch transaction may sit idle between two SQL statements (PostgreSQL's {@code
+   * idle_in_transaction_session_timeout}, set for each batch transaction only). A member frozen in
+   * the middle of a batch (a long GC pause, SIGSTOP, a network path gone silent) holds its
+   * partition's offset row lock; after this time PostgreSQL ends its session, so the member that
+   * took over the partition is blocked for at most this long. A handler must not spend longer than
+   * this on one record without touching the database (the batch would be retried as a transient
+   * failure). Zero leaves the server's setting alone. Defaults to 60 s; otherwise 100 ms to 24 h.
+   */
+  public InboxBuilder transactionIdleTimeout(Duration transactionIdleTimeout) {
+    this.transactionIdleTimeout = transactionIdleTimeout;
     return this;
   }
 
@@ -317,7 +342,10 @@ public final class InboxBuilder {
     Map<String, Object> consumer = consumerProperties();
     if (topics != null && topicPattern != null) {
       throw new IllegalArgumentException(
-          "topics and topicPattern are exclusive, both were given: " + topics + ", " + topicPattern);
+          "topics and topicPattern are exclusive, both were given: "
+              + topics
+              + ", "
+              + topicPattern);
     }
     if (topics == null && topicPattern == null) {
       throw new IllegalArgumentException("topics or topicPattern is required, neither was given");
@@ -346,7 +374,9 @@ public final class InboxBuilder {
     requirePositive("maxRetryBackoff", maxRetryBackoff);
     if (maxRetryBackoff.compareTo(retryBackoff) < 0) {
       throw new IllegalArgumentException(
-          "maxRetryBackoff must be at least retryBackoff (" + retryBackoff + "), was "
+          "maxRetryBackoff must be at least retryBackoff ("
+              + retryBackoff
+              + "), was "
               + maxRetryBackoff);
     }
     if (deadLetterTopic != null) {
@@ -370,6 +400,15 @@ public final class InboxBuilder {
               + maxPollInterval
               + " ms) so that a rebalance can finish, was "
               + revocationTimeout);
+    }
+    if (transactionIdleTimeout == null
+        || (!transactionIdleTimeout.isZero()
+            && (transactionIdleTimeout.compareTo(Duration.ofMillis(100)) < 0
+                || transactionIdleTimeout.compareTo(Duration.ofHours(24)) > 0))) {
+      throw new IllegalArgumentException(
+          "transactionIdleTimeout must be zero (leave the server's setting) or from 100 ms to"
+              + " 24 h, was "
+              + transactionIdleTimeout);
     }
     if (clock == null) {
       throw new IllegalArgumentException("clock must not be null");
@@ -398,6 +437,7 @@ public final class InboxBuilder {
             retentionInterval,
             closeTimeout,
             revocationTimeout,
+            transactionIdleTimeout,
             clock,
             meterRegistry,
             listener);
@@ -406,6 +446,15 @@ public final class InboxBuilder {
 
   private Map<String, Object> consumerProperties() {
     Map<String, Object> consumer = new HashMap<>(kafkaProperties);
+    for (Map.Entry<String, Object> property : consumer.entrySet()) {
+      if (property.getKey() == null || property.getValue() == null) {
+        throw new IllegalArgumentException(
+            "kafkaProperties must not hold null names or values, was "
+                + property.getKey()
+                + "="
+                + property.getValue());
+      }
+    }
     Object servers = consumer.get(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG);
     if (servers == null || String.valueOf(servers).isBlank()) {
       throw new IllegalArgumentException(
@@ -418,13 +467,17 @@ public final class InboxBuilder {
     Object propertyGroup = consumer.get(ConsumerConfig.GROUP_ID_CONFIG);
     if (propertyGroup != null && !groupId.equals(String.valueOf(propertyGroup))) {
       throw new IllegalArgumentException(
-          "kafkaProperties group.id ('" + propertyGroup + "') differs from groupId ('" + groupId
+          "kafkaProperties group.id ('"
+              + propertyGroup
+              + "') differs from groupId ('"
+              + groupId
               + "'): set the group with groupId only");
     }
     Object autoCommit = consumer.get(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG);
     if (autoCommit != null && !"false".equalsIgnoreCase(String.valueOf(autoCommit).trim())) {
       throw new IllegalArgumentException(
-          "kafkaProperties enable.auto.commit must be false, was " + autoCommit
+          "kafkaProperties enable.auto.commit must be false, was "
+              + autoCommit
               + ": the inbox stores offsets in PostgreSQL in the transaction of each batch and"
               + " mirrors them to Kafka only after the database committed; auto-commit would"
               + " commit offsets of records that are not applied yet");
@@ -460,8 +513,12 @@ public final class InboxBuilder {
     String className = value instanceof Class<?> type ? type.getName() : String.valueOf(value);
     if (!ByteArrayDeserializer.class.getName().equals(className)) {
       throw new IllegalArgumentException(
-          "kafkaProperties " + name + " must be " + ByteArrayDeserializer.class.getName()
-              + " (the inbox hands bytes to the handler), was " + className);
+          "kafkaProperties "
+              + name
+              + " must be "
+              + ByteArrayDeserializer.class.getName()
+              + " (the inbox hands bytes to the handler), was "
+              + className);
     }
   }
 
@@ -486,7 +543,8 @@ public final class InboxBuilder {
   private static void requireTopic(String setting, String topic) {
     if (topic == null || !LEGAL_TOPIC.matcher(topic).matches()) {
       throw new IllegalArgumentException(
-          setting + " must hold Kafka topic names ([a-zA-Z0-9._-], 1 to 249 characters), was "
+          setting
+              + " must hold Kafka topic names ([a-zA-Z0-9._-], 1 to 249 characters), was "
               + (topic == null ? "null" : "'" + topic + "'"));
     }
   }

@@ -9,11 +9,11 @@ package org.txkafka.inbox;
  * <p>Contract: never commit, roll back or close the connection or entity manager; never change
  * auto-commit. Throw to reject the record: the transaction rolls back and the record is retried
  * with backoff, then dead-lettered after {@link InboxBuilder#maxAttempts(int)} attempts. An
- * exception caused by a transient database error (connection lost, serialization failure,
- * deadlock) is retried without counting an attempt. The handler is called from worker threads,
- * at most one at a time per partition, but concurrently for different partitions: it must be
- * thread-safe. It may be called again for the same record after a rolled-back attempt, so effects
- * outside the transaction (HTTP calls, e-mails) are not covered by the inbox's guarantees.
+ * exception caused by a transient database error (connection lost, serialization failure, deadlock)
+ * is retried without counting an attempt. The handler is called from worker threads, at most one at
+ * a time per partition, but concurrently for different partitions: it must be thread-safe. It may
+ * be called again for the same record after a rolled-back attempt, so effects outside the
+ * transaction (HTTP calls, e-mails) are not covered by the inbox's guarantees.
  */
 @FunctionalInterface
 public interface InboxHandler {

@@ -5,8 +5,8 @@ import org.apache.kafka.common.TopicPartition;
 
 /**
  * Callbacks about the inbox's life, for logging, alerting and tests. Every method has a no-op
- * default. They run on the inbox's own threads (poll thread or workers) and must return quickly;
- * an exception they throw is logged and ignored.
+ * default. They run on the inbox's own threads (poll thread or workers) and must return quickly; an
+ * exception they throw is logged and ignored.
  */
 public interface InboxListener {
 

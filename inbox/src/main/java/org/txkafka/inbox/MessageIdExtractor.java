@@ -13,11 +13,11 @@ import org.txkafka.outbox.Outbox;
  * Finds the message id the inbox deduplicates on. Implementations must be thread-safe and
  * deterministic: the same record must always give the same id.
  *
- * <p>Return null when the record has no id: the inbox then uses an id derived from topic,
- * partition and offset, which removes redelivery of the same offset but not a producer's resend.
- * Throw {@link MalformedMessageIdException} when the record carries an id that cannot be used;
- * the record then goes straight to the dead-letter path with that reason. Ids that are empty,
- * longer than {@value #MAX_LENGTH} characters or contain a NUL character are malformed too.
+ * <p>Return null when the record has no id: the inbox then uses an id derived from topic, partition
+ * and offset, which removes redelivery of the same offset but not a producer's resend. Throw {@link
+ * MalformedMessageIdException} when the record carries an id that cannot be used; the record then
+ * goes straight to the dead-letter path with that reason. Ids that are empty, longer than {@value
+ * #MAX_LENGTH} characters or contain a NUL character are malformed too.
  */
 @FunctionalInterface
 public interface MessageIdExtractor {
@@ -41,8 +41,8 @@ public interface MessageIdExtractor {
   }
 
   /**
-   * The last header named {@code headerName}, decoded as strict UTF-8. A missing header gives
-   * null; a header with a null value or bytes that are not valid UTF-8 is malformed.
+   * The last header named {@code headerName}, decoded as strict UTF-8. A missing header gives null;
+   * a header with a null value or bytes that are not valid UTF-8 is malformed.
    */
   static MessageIdExtractor header(String headerName) {
     Objects.requireNonNull(headerName, "headerName");

@@ -63,7 +63,8 @@ public final class KafkaBroker implements AutoCloseable {
       Path base = Paths.get(System.getProperty("java.io.tmpdir"));
       Files.createDirectories(base);
       Path dir = Files.createTempDirectory(base, "kafka-");
-      KafkaBroker broker = new KafkaBroker(dir, freePort(), freePort());
+      int[] ports = freePorts(2);
+      KafkaBroker broker = new KafkaBroker(dir, ports[0], ports[1]);
       broker.format();
       broker.start();
       return broker;
@@ -212,10 +213,23 @@ public final class KafkaBroker implements AutoCloseable {
     }
   }
 
-  private static int freePort() throws IOException {
-    try (ServerSocket socket = new ServerSocket(0)) {
-      socket.setReuseAddress(true);
-      return socket.getLocalPort();
+  /** Distinct free ports: every socket stays open until all are chosen, so none repeats. */
+  private static int[] freePorts(int count) throws IOException {
+    ServerSocket[] sockets = new ServerSocket[count];
+    try {
+      int[] ports = new int[count];
+      for (int i = 0; i < count; i++) {
+        sockets[i] = new ServerSocket(0);
+        sockets[i].setReuseAddress(true);
+        ports[i] = sockets[i].getLocalPort();
+      }
+      return ports;
+    } finally {
+      for (ServerSocket socket : sockets) {
+        if (socket != null) {
+          socket.close();
+        }
+      }
     }
   }
 }

@@ -253,9 +253,7 @@ final class BatchProcessor {
                       // "Transaction aborted" in a later record is an earlier handler's fault
                       // (it swallowed an SQL error): the culprit is unknown, isolate it.
                       boolean earlierFault =
-                          i > 0
-                              && TransientErrors.hasSqlState(
-                                  e, InboxSql.IN_FAILED_TRANSACTION);
+                          i > 0 && TransientErrors.hasSqlState(e, InboxSql.IN_FAILED_TRANSACTION);
                       throw new HandlerException(earlierFault ? -1 : i, e);
                     }
                     counts[0]++;
@@ -326,7 +324,8 @@ final class BatchProcessor {
             -1,
             new IllegalStateException(
                 "the handler returned normally but left the transaction aborted (an SQL error"
-                    + " was caught and ignored): " + e.getMessage(),
+                    + " was caught and ignored): "
+                    + e.getMessage(),
                 e));
       }
       throw e;
@@ -419,8 +418,7 @@ final class BatchProcessor {
       }
     }
     message.header(DLT_MESSAGE_ID, record.messageId());
-    message.header(
-        DLT_SOURCE, record.topic() + "/" + record.partition() + "/" + record.offset());
+    message.header(DLT_SOURCE, record.topic() + "/" + record.partition() + "/" + record.offset());
     message.header(DLT_ERROR, reason.getBytes(StandardCharsets.UTF_8));
     return message.build();
   }

@@ -25,9 +25,9 @@ import org.txkafka.outbox.OutboxWriter;
  * partition claims, the retention job and the dead-letter API together.
  *
  * <p>Invariants: the consumer is created, used and closed only on the poll thread; a partition is
- * claimed (owner epoch bumped) before any of its records is processed; close() never returns
- * while a batch it waited for is half-committed (transactions are atomic; what is still running
- * after closeTimeout commits or rolls back as a whole).
+ * claimed (owner epoch bumped) before any of its records is processed; close() never returns while
+ * a batch it waited for is half-committed (transactions are atomic; what is still running after
+ * closeTimeout commits or rolls back as a whole).
  */
 public final class InboxRuntime implements Inbox {
   private static final Logger LOG = LoggerFactory.getLogger(InboxRuntime.class);
@@ -57,7 +57,7 @@ public final class InboxRuntime implements Inbox {
         settings.dataSource() != null
             ? new DataSourceTransactionOwner(settings.dataSource())
             : new JpaTransactionOwner((EntityManagerFactory) settings.entityManagerFactory());
-    this.sql = new InboxSql(settings.schema());
+    this.sql = new InboxSql(settings.schema(), settings.transactionIdleTimeout());
     this.writer = Outbox.writer(settings.schema());
     this.metrics = InboxMetrics.create(settings.meterRegistry(), settings.groupId());
     this.ownerId = ProcessHandle.current().pid() + "/" + UUID.randomUUID();
@@ -87,9 +87,11 @@ public final class InboxRuntime implements Inbox {
     pollThread = threads("txkafka-inbox-poll-" + group, false).newThread(loop);
     pollThread.start();
     retention =
-        Executors.newSingleThreadScheduledExecutor(threads("txkafka-inbox-retention-" + group, true));
+        Executors.newSingleThreadScheduledExecutor(
+            threads("txkafka-inbox-retention-" + group, true));
     long interval = settings.retentionInterval().toMillis();
-    retention.scheduleWithFixedDelay(this::removeExpired, interval, interval, TimeUnit.MILLISECONDS);
+    retention.scheduleWithFixedDelay(
+        this::removeExpired, interval, interval, TimeUnit.MILLISECONDS);
     LOG.info("inbox of group {} started as owner {}", group, ownerId);
   }
 
@@ -137,7 +139,10 @@ public final class InboxRuntime implements Inbox {
           continue;
         }
         LOG.warn(
-            "claiming {} failed (failure {}), retrying: {}", state.partition, failures, e.toString());
+            "claiming {} failed (failure {}), retrying: {}",
+            state.partition,
+            failures,
+            e.toString());
         try {
           Thread.sleep(backoffMillis(failures));
         } catch (InterruptedException interrupted) {
@@ -165,14 +170,22 @@ public final class InboxRuntime implements Inbox {
         deleted =
             transactions.inTransaction(
                 scope ->
-                    sql.deleteExpired(scope.connection(), settings.groupId(), cutoff, RETENTION_BATCH));
+                    sql.deleteExpired(
+                        scope.connection(), settings.groupId(), cutoff, RETENTION_BATCH));
         total += deleted;
       } while (deleted == RETENTION_BATCH && !closing);
       if (total > 0) {
-        LOG.debug("removed {} inbox rows of group {} received before {}", total, settings.groupId(), cutoff);
+        LOG.debug(
+            "removed {} inbox rows of group {} received before {}",
+            total,
+            settings.groupId(),
+            cutoff);
       }
     } catch (Exception e) {
-      LOG.warn("inbox retention of group {} failed; retrying at the next interval", settings.groupId(), e);
+      LOG.warn(
+          "inbox retention of group {} failed; retrying at the next interval",
+          settings.groupId(),
+          e);
     }
   }
 
@@ -191,7 +204,8 @@ public final class InboxRuntime implements Inbox {
     } catch (RuntimeException e) {
       throw e;
     } catch (Exception e) {
-      throw new TxKafkaException("could not list the dead letters of group " + settings.groupId(), e);
+      throw new TxKafkaException(
+          "could not list the dead letters of group " + settings.groupId(), e);
     }
   }
 
@@ -223,7 +237,9 @@ public final class InboxRuntime implements Inbox {
     } catch (HandlerException e) {
       throw new DeadLetterReplayException(
           deadLetterId,
-          "replay of dead letter " + deadLetterId + " failed, it stays pending: "
+          "replay of dead letter "
+              + deadLetterId
+              + " failed, it stays pending: "
               + Failures.describe(e.getCause()),
           e.getCause());
     } catch (RuntimeException e) {
@@ -259,8 +275,11 @@ public final class InboxRuntime implements Inbox {
       DeadLetterReplayException summary =
           new DeadLetterReplayException(
               first.deadLetterId(),
-              failures.size() + " dead letter(s) failed to replay (" + replayed
-                  + " replayed); first: " + first.getMessage(),
+              failures.size()
+                  + " dead letter(s) failed to replay ("
+                  + replayed
+                  + " replayed); first: "
+                  + first.getMessage(),
               first.getCause());
       for (int i = 1; i < failures.size(); i++) {
         summary.addSuppressed(failures.get(i));
@@ -284,7 +303,10 @@ public final class InboxRuntime implements Inbox {
     try {
       pollThread.join(waitMillis);
       if (pollThread.isAlive()) {
-        LOG.warn("the poll thread of group {} did not stop within {} ms", settings.groupId(), waitMillis);
+        LOG.warn(
+            "the poll thread of group {} did not stop within {} ms",
+            settings.groupId(),
+            waitMillis);
       }
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();

@@ -37,6 +37,7 @@ public record InboxSettings(
     Duration retentionInterval,
     Duration closeTimeout,
     Duration revocationTimeout,
+    Duration transactionIdleTimeout,
     Clock clock,
     Object meterRegistry,
     InboxListener listener) {}

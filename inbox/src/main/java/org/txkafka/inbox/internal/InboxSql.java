@@ -56,34 +56,57 @@ public final class InboxSql {
 
   /** Statements for the tables in {@code schema}. */
   public InboxSql(String schema) {
+    this(schema, java.time.Duration.ZERO);
+  }
+
+  /**
+   * Statements for the tables in {@code schema}; each batch transaction sets {@code
+   * idle_in_transaction_session_timeout} to {@code transactionIdleTimeout} (zero: not at all).
+   */
+  public InboxSql(String schema, java.time.Duration transactionIdleTimeout) {
     String s = SqlIdentifiers.quoted("schema", schema);
     String offsets = s + ".txkafka_inbox_offset";
     String inbox = s + ".txkafka_inbox";
     String deadLetters = s + ".txkafka_inbox_dead_letter";
     claim =
-        "INSERT INTO " + offsets
+        "INSERT INTO "
+            + offsets
             + " AS o (consumer_group, topic, kafka_partition, next_offset, owner_epoch, owner_id,"
             + " updated_at) VALUES (?, ?, ?, NULL, 1, ?, now())"
             + " ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE"
             + " SET owner_epoch = o.owner_epoch + 1, owner_id = EXCLUDED.owner_id,"
             + " updated_at = now() RETURNING next_offset, owner_epoch";
+    // The first statement of every batch transaction also bounds how long the transaction may sit
+    // idle (a frozen member holding this row's lock), in the same round trip.
+    String idleGuard =
+        transactionIdleTimeout.isZero()
+            ? ""
+            : " FROM (SELECT set_config('idle_in_transaction_session_timeout', '"
+                + transactionIdleTimeout.toMillis()
+                + "', true)) AS idle_guard";
     advance =
-        "UPDATE " + offsets + " SET next_offset = ?, updated_at = now()"
+        "UPDATE "
+            + offsets
+            + " SET next_offset = ?, updated_at = now()"
+            + idleGuard
             + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
             + " AND (next_offset IS NOT DISTINCT FROM ? OR next_offset = ?)";
     insertProcessed =
-        "INSERT INTO " + inbox
+        "INSERT INTO "
+            + inbox
             + " (consumer_group, message_id, topic, kafka_partition, kafka_offset, received_at)"
             + " SELECT ?, u.message_id, ?, ?, u.kafka_offset, ?"
             + " FROM unnest(?::text[], ?::bigint[]) AS u(message_id, kafka_offset)"
             + " ON CONFLICT (consumer_group, message_id) DO NOTHING RETURNING message_id";
     insertDeadLettered =
-        "INSERT INTO " + inbox
-            + " (consumer_group, message_id, topic, kafka_partition, kafka_offset, status, attempts,"
-            + " last_error, received_at) VALUES (?, ?, ?, ?, ?, 'DEAD_LETTERED', ?, ?, ?)"
+        "INSERT INTO "
+            + inbox
+            + " (consumer_group, message_id, topic, kafka_partition, kafka_offset, status,"
+            + " attempts, last_error, received_at) VALUES (?, ?, ?, ?, ?, 'DEAD_LETTERED', ?, ?, ?)"
             + " ON CONFLICT (consumer_group, message_id) DO NOTHING";
     insertDeadLetter =
-        "INSERT INTO " + deadLetters
+        "INSERT INTO "
+            + deadLetters
             + " (consumer_group, message_id, topic, kafka_partition, kafka_offset, record_key,"
             + " payload, header_names, header_values, attempts, last_error, dead_at)"
             + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -99,21 +122,27 @@ public final class InboxSql {
         columns + " WHERE consumer_group = ? AND id = ? AND replayed_at IS NULL FOR UPDATE";
     markDeadLetterReplayed = "UPDATE " + deadLetters + " SET replayed_at = ? WHERE id = ?";
     markInboxReplayed =
-        "UPDATE " + inbox + " SET status = 'REPLAYED', received_at = ?"
+        "UPDATE "
+            + inbox
+            + " SET status = 'REPLAYED', received_at = ?"
             + " WHERE consumer_group = ? AND message_id = ?";
     deleteExpired =
-        "DELETE FROM " + inbox + " WHERE (consumer_group, message_id) IN ("
-            + "SELECT consumer_group, message_id FROM " + inbox
+        "DELETE FROM "
+            + inbox
+            + " WHERE (consumer_group, message_id) IN ("
+            + "SELECT consumer_group, message_id FROM "
+            + inbox
             + " WHERE consumer_group = ? AND received_at < ? AND status <> 'DEAD_LETTERED'"
             + " LIMIT ? FOR UPDATE SKIP LOCKED)";
     storedOffset =
-        "SELECT next_offset FROM " + offsets
+        "SELECT next_offset FROM "
+            + offsets
             + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?";
   }
 
   /**
-   * Bumps the owner epoch of a partition (creating its row) and returns the stored offset. Waits
-   * at most {@value #CLAIM_LOCK_TIMEOUT_MILLIS} ms for the row lock (then SQLState 55P03).
+   * Bumps the owner epoch of a partition (creating its row) and returns the stored offset. Waits at
+   * most {@value #CLAIM_LOCK_TIMEOUT_MILLIS} ms for the row lock (then SQLState 55P03).
    */
   public Claim claim(
       Connection connection, String group, String topic, int partition, String ownerId)
@@ -286,8 +315,7 @@ public final class InboxSql {
    * Marks a dead letter and its inbox row replayed; the row's dedup window starts again at {@code
    * at}.
    */
-  public void markReplayed(
-      Connection connection, String group, DeadLetter deadLetter, Instant at)
+  public void markReplayed(Connection connection, String group, DeadLetter deadLetter, Instant at)
       throws SQLException {
     try (PreparedStatement statement = connection.prepareStatement(markDeadLetterReplayed)) {
       statement.setTimestamp(1, Timestamp.from(at));
@@ -303,8 +331,8 @@ public final class InboxSql {
   }
 
   /**
-   * Deletes at most {@code limit} inbox rows of {@code group} received before {@code cutoff},
-   * never rows of pending dead letters; skips rows locked by running transactions.
+   * Deletes at most {@code limit} inbox rows of {@code group} received before {@code cutoff}, never
+   * rows of pending dead letters; skips rows locked by running transactions.
    *
    * @return how many were deleted
    */

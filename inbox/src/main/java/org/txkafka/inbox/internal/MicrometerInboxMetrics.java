@@ -14,8 +14,8 @@ import org.apache.kafka.common.TopicPartition;
  * Micrometer metrics, tagged with the consumer group (and topic, partition where it applies):
  * {@code txkafka.inbox.records.processed}, {@code txkafka.inbox.records.duplicates}, {@code
  * txkafka.inbox.records.dead.lettered} (counters), {@code txkafka.inbox.batch.latency} (timer),
- * {@code txkafka.inbox.lag} (gauge: end offset minus stored offset). Loaded only when a registry
- * is configured.
+ * {@code txkafka.inbox.lag} (gauge: end offset minus stored offset). Loaded only when a registry is
+ * configured.
  */
 final class MicrometerInboxMetrics implements InboxMetrics {
   private final MeterRegistry registry;

@@ -11,8 +11,8 @@ import org.apache.kafka.common.TopicPartition;
 
 /**
  * One assigned partition of this member: its phase, its queue of fetched records and the offset
- * committed in the database. The poll thread appends records and changes the phase on
- * rebalances; at most one worker at a time (guarded by {@link #scheduled}) takes records.
+ * committed in the database. The poll thread appends records and changes the phase on rebalances;
+ * at most one worker at a time (guarded by {@link #scheduled}) takes records.
  *
  * <p>Phases: {@code CLAIMING} (assigned, paused, epoch being claimed in the database), {@code
  * CLAIMED} (claim done, the poll thread must seek), {@code READY} (records are processed), {@code
@@ -36,6 +36,7 @@ final class PartitionState {
 
   /** True while a claim task for this state is queued or running. */
   final AtomicBoolean claiming = new AtomicBoolean();
+
   private final ConcurrentLinkedQueue<ConsumerRecord<byte[], byte[]>> queue =
       new ConcurrentLinkedQueue<>();
   private final AtomicInteger queued = new AtomicInteger();
@@ -135,17 +136,23 @@ final class PartitionState {
     }
   }
 
-  /** Lag: end offset minus the offset stored in the database (or 0 when unknown). */
+  /** Offset of the first record fetched since the last seek, or -1 (poll thread writes). */
+  volatile long firstFetchedOffset = -1;
+
+  /**
+   * Lag: end offset minus the offset stored in the database; before the first commit, minus the
+   * claimed or first fetched offset. 0 while unknown.
+   */
   long lag() {
     long end = endOffset;
-    long committed = committedOffset;
     if (end < 0) {
       return 0;
     }
-    if (committed < 0) {
+    long start = committedOffset;
+    if (start < 0) {
       Long claimed = claimedOffset;
-      committed = claimed == null ? end : claimed;
+      start = claimed != null ? claimed : firstFetchedOffset >= 0 ? firstFetchedOffset : end;
     }
-    return Math.max(0, end - committed);
+    return Math.max(0, end - start);
   }
 }

@@ -10,8 +10,8 @@ import java.util.OptionalLong;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.TimeUnit;
-import org.apache.kafka.clients.consumer.Consumer;
 import org.apache.kafka.clients.consumer.CloseOptions;
+import org.apache.kafka.clients.consumer.Consumer;
 import org.apache.kafka.clients.consumer.ConsumerRebalanceListener;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.ConsumerRecords;
@@ -33,8 +33,8 @@ import org.txkafka.inbox.internal.PartitionState.Phase;
  *   <li>It never blocks on the database: partition claims run on workers, so a slow or absent
  *       database, or a zombie holding a row lock, never stops it from polling (no rebalance).
  *   <li>It keeps calling poll() while handlers run: a partition whose queue holds a full batch, or
- *       that is not ready, is paused, so buffered records are bounded by configuration
- *       (about maxBatchSize + max.poll.records per partition), never by the backlog.
+ *       that is not ready, is paused, so buffered records are bounded by configuration (about
+ *       maxBatchSize + max.poll.records per partition), never by the backlog.
  *   <li>No record of a partition is handed to a worker before its claim is done and the consumer
  *       seeked to the stored offset; records fetched from before the seek are dropped.
  *   <li>Revocation waits, at most revocationTimeout, for in-flight batches of the revoked
@@ -68,9 +68,9 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
    * A fenced partition that Kafka still assigns here after this long is claimed again. A member
    * that really lost the partition (a zombie) learns so from its first heartbeat after waking up,
    * well within one session timeout, and drops it; a member that still holds it after a whole
-   * session timeout of successful heartbeats is its owner in Kafka's eyes, so the claim that
-   * fenced it was a stale one (made by a member whose claim was still running when the partition
-   * was taken from it) and must not stall the partition.
+   * session timeout of successful heartbeats is its owner in Kafka's eyes, so the claim that fenced
+   * it was a stale one (made by a member whose claim was still running when the partition was taken
+   * from it) and must not stall the partition.
    */
   private final long reclaimAfterFencingNanos;
 
@@ -94,9 +94,10 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
     this.metrics = metrics;
     Object session = settings.consumerProperties().get("session.timeout.ms");
     long sessionMillis =
-        session == null ? DEFAULT_SESSION_TIMEOUT_MS : Long.parseLong(String.valueOf(session).trim());
-    this.reclaimAfterFencingNanos =
-        TimeUnit.MILLISECONDS.toNanos(sessionMillis + 1000);
+        session == null
+            ? DEFAULT_SESSION_TIMEOUT_MS
+            : Long.parseLong(String.valueOf(session).trim());
+    this.reclaimAfterFencingNanos = TimeUnit.MILLISECONDS.toNanos(sessionMillis + 1000);
   }
 
   /** Asks the loop to stop; it then finishes in-flight work within closeTimeout and closes. */
@@ -157,6 +158,9 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
       }
       List<ConsumerRecord<byte[], byte[]>> list = records.records(partition);
       state.enqueue(list);
+      if (state.firstFetchedOffset < 0) {
+        state.firstFetchedOffset = list.get(0).offset();
+      }
       state.fetchedOffset = list.get(list.size() - 1).offset() + 1;
       schedule(state);
     }
@@ -187,6 +191,7 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
         }
         state.clear();
         state.fetchedOffset = -1;
+        state.firstFetchedOffset = -1;
         consumer.seek(state.partition, start);
         state.streamPosition = start;
         LOG.info(

@@ -7,11 +7,17 @@ import org.txkafka.inbox.InboxContext;
 import org.txkafka.outbox.OutboxMessage;
 import org.txkafka.outbox.OutboxWriter;
 
-/** The {@link InboxContext} over a {@link TransactionScope}. */
+/**
+ * The {@link InboxContext} over a {@link TransactionScope}. The connection and entity manager it
+ * hands out refuse to commit, roll back or close ({@link TransactionGuards}).
+ */
 final class TransactionContext implements InboxContext {
   private final TransactionScope scope;
   private final OutboxWriter writer;
   private final String group;
+
+  private Connection guardedConnection;
+  private EntityManager guardedEntityManager;
 
   TransactionContext(TransactionScope scope, OutboxWriter writer, String group) {
     this.scope = scope;
@@ -21,7 +27,10 @@ final class TransactionContext implements InboxContext {
 
   @Override
   public Connection connection() {
-    return scope.connection();
+    if (guardedConnection == null) {
+      guardedConnection = TransactionGuards.connection(scope.connection());
+    }
+    return guardedConnection;
   }
 
   @Override
@@ -32,7 +41,10 @@ final class TransactionContext implements InboxContext {
           "this inbox was built with a DataSource: use connection(), or build it with an"
               + " EntityManagerFactory to get an EntityManager");
     }
-    return entityManager;
+    if (guardedEntityManager == null) {
+      guardedEntityManager = TransactionGuards.entityManager(entityManager);
+    }
+    return guardedEntityManager;
   }
 
   @Override

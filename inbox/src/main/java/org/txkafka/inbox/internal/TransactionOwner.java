@@ -5,8 +5,8 @@ package org.txkafka.inbox.internal;
  * manager in later. An implementation begins a transaction, hands the work a {@link
  * TransactionScope} whose connection is the transaction's own connection (every SQL statement of
  * the inbox runs on it), commits if the work returns (unless it asked for rollback) and rolls back
- * if the work throws, then rethrows. Implementations are thread-safe; each call is one
- * transaction on the calling thread.
+ * if the work throws, then rethrows. Implementations are thread-safe; each call is one transaction
+ * on the calling thread.
  *
  * <p>Two defaults: {@link DataSourceTransactionOwner} (JDBC) and {@link JpaTransactionOwner}
  * (resource-local JPA).

@@ -12,7 +12,8 @@ class TransientErrorsTest {
 
   @Test
   void connectionLossSerializationFailureDeadlockAndShutdownAreTransient() {
-    for (String state : new String[] {"08006", "08001", "40001", "40P01", "57P01", "57P02", "57P03"}) {
+    for (String state :
+        new String[] {"08006", "08001", "40001", "40P01", "57P01", "57P02", "57P03"}) {
       assertTrue(TransientErrors.isTransient(new SQLException("x", state)), state);
     }
     assertTrue(TransientErrors.isTransient(new SQLTransientConnectionException("pool timeout")));

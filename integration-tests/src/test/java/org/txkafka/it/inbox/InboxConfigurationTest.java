@@ -1,6 +1,5 @@
 package org.txkafka.it.inbox;
 
-import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -57,24 +56,36 @@ class InboxConfigurationTest {
   @Test
   void kafkaPropertiesAreValidated() {
     assertRefused(
-        b -> Inbox.builder().groupId("g").topics("t").dataSource(new PGSimpleDataSource())
-            .handler((r, c) -> {}),
+        b ->
+            Inbox.builder()
+                .groupId("g")
+                .topics("t")
+                .dataSource(new PGSimpleDataSource())
+                .handler((r, c) -> {}),
         "bootstrap.servers");
     assertRefused(b -> b.kafkaProperty("group.id", "other"), "group.id", "'other'", "'orders'");
-    assertRefused(b -> b.kafkaProperty("auto.offset.reset", "none"),
+    assertRefused(
+        b -> b.kafkaProperty("auto.offset.reset", "none"),
         "auto.offset.reset must be earliest or latest, was none");
     assertRefused(
-        b -> b.kafkaProperty("value.deserializer",
-            "org.apache.kafka.common.serialization.StringDeserializer"),
-        "value.deserializer", "StringDeserializer");
-    assertRefused(b -> b.kafkaProperty("max.poll.records", "many"),
-        "kafkaProperties are invalid", "max.poll.records", "many");
-    assertRefused(b -> b.kafkaProperty("max.poll.interval.ms", "soon"),
-        "max.poll.interval.ms", "soon");
+        b ->
+            b.kafkaProperty(
+                "value.deserializer", "org.apache.kafka.common.serialization.StringDeserializer"),
+        "value.deserializer",
+        "StringDeserializer");
     assertRefused(
-        b -> b.kafkaProperty("max.poll.interval.ms", "10000")
-            .revocationTimeout(Duration.ofSeconds(10)),
-        "revocationTimeout must be shorter than max.poll.interval.ms (10000 ms)", "PT10S");
+        b -> b.kafkaProperty("max.poll.records", "many"),
+        "kafkaProperties are invalid",
+        "max.poll.records",
+        "many");
+    assertRefused(
+        b -> b.kafkaProperty("max.poll.interval.ms", "soon"), "max.poll.interval.ms", "soon");
+    assertRefused(
+        b ->
+            b.kafkaProperty("max.poll.interval.ms", "10000")
+                .revocationTimeout(Duration.ofSeconds(10)),
+        "revocationTimeout must be shorter than max.poll.interval.ms (10000 ms)",
+        "PT10S");
   }
 
   @Test
@@ -84,8 +95,8 @@ class InboxConfigurationTest {
     assertRefused(b -> b.topicPattern(Pattern.compile("orders\\..*")), "exclusive");
     assertRefused(b -> b.topics("bad topic!"), "topics", "'bad topic!'");
     assertRefused(b -> b.topics(new String[0]), "topics must not be empty");
-    assertRefused(b -> b.dataSource(null), "exactly one of dataSource and entityManagerFactory",
-        "neither");
+    assertRefused(
+        b -> b.dataSource(null), "exactly one of dataSource and entityManagerFactory", "neither");
     assertRefused(b -> b.handler(null), "handler is required");
     assertRefused(b -> b.schema("Bad;Schema"), "schema", "'Bad;Schema'");
     assertRefused(b -> b.messageIdExtractor(null), "messageIdExtractor");

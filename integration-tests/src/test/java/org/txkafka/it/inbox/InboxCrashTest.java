@@ -20,8 +20,8 @@ import org.txkafka.testkit.TestDatabase;
 import org.txkafka.testkit.TestPostgres;
 
 /**
- * The consumer JVM is killed with SIGKILL at random moments while thousands of records flow;
- * after the last restart every record's business effect is present exactly once.
+ * The consumer JVM is killed with SIGKILL at random moments while thousands of records flow; after
+ * the last restart every record's business effect is present exactly once.
  */
 @Timeout(value = 5, unit = TimeUnit.MINUTES)
 class InboxCrashTest {
@@ -53,7 +53,10 @@ class InboxCrashTest {
     }
     String group = "crash-" + topic;
     Random random = new Random();
-    Thread producer = InboxTestSupport.produceSlowly(broker, topic, all, Duration.ofSeconds(30));
+    // All records up front; a member applies at most about 500 per second (4 ms each, 2 workers),
+    // so the backlog outlasts the six lives below (each killed at most ~1.7 s after its first
+    // commit) and every kill lands while records are being applied.
+    InboxTestSupport.produce(broker, topic, all);
     List<Long> appliedAtKill = new ArrayList<>();
     long applied = 0;
     for (int kill = 0; kill < KILLS; kill++) {
@@ -62,7 +65,9 @@ class InboxCrashTest {
         // Kill it while it is applying records: after it made progress, at a random moment.
         long before = applied;
         try {
-          await("the restarted member to apply records", Duration.ofSeconds(90),
+          await(
+              "the restarted member to apply records",
+              Duration.ofSeconds(90),
               () -> db.queryLong("SELECT count(*) FROM ledger") > before);
         } catch (AssertionError e) {
           System.out.println("member output:\n" + member.output());
@@ -74,16 +79,17 @@ class InboxCrashTest {
         appliedAtKill.add(applied);
       }
     }
-    producer.join(60_000);
     try (ChildJvm member = start(broker, topic, group)) {
       member.awaitLine("READY", Duration.ofSeconds(60));
       await(
           "every record to be applied after the last restart",
-          Duration.ofSeconds(120),
-          () -> db.queryLong(
-                  "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic = ?",
-                  topic)
-              == all.size());
+          Duration.ofSeconds(150),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic ="
+                          + " ?",
+                      topic)
+                  == all.size());
       member.kill();
     }
     System.out.println("ledger rows at each SIGKILL: " + appliedAtKill);
@@ -114,6 +120,7 @@ class InboxCrashTest {
         .systemProperty("label", "crash")
         .systemProperty("instanceId", "crash-member")
         .systemProperty("maxBatchSize", "40")
+        .systemProperty("handlerDelayMillis", "4")
         .maxHeap("192m")
         .start();
   }

@@ -80,7 +80,8 @@ class InboxDatabaseOutageTest {
     Matcher url = Pattern.compile("jdbc:postgresql://([^:/]+)(?::(\\d+))?/").matcher(db.jdbcUrl());
     assertTrue(url.lookingAt(), db.jdbcUrl());
     try (TcpProxy proxy =
-            new TcpProxy(url.group(1), url.group(2) == null ? 5432 : Integer.parseInt(url.group(2)));
+            new TcpProxy(
+                url.group(1), url.group(2) == null ? 5432 : Integer.parseInt(url.group(2)));
         HikariDataSource dataSource = proxiedDataSource(proxy, url.end());
         Inbox inbox =
             Inbox.builder()
@@ -98,7 +99,9 @@ class InboxDatabaseOutageTest {
       inbox.start();
       Thread producer =
           InboxTestSupport.produceSlowly(broker, topic, messages, Duration.ofSeconds(10));
-      await("the first records to be applied", Duration.ofSeconds(60),
+      await(
+          "the first records to be applied",
+          Duration.ofSeconds(60),
           () -> db.queryLong("SELECT count(*) FROM ledger") > 0);
       List<Integer> terminated = new ArrayList<>();
       // Flapping: every session of the database killed (pg_terminate_backend) every 400 ms.
@@ -114,14 +117,20 @@ class InboxDatabaseOutageTest {
       long appliedWhileDown = db.queryLong("SELECT count(*) FROM ledger") - appliedAtOutage;
       proxy.restore();
       producer.join(60_000);
-      await("every record to be applied", Duration.ofSeconds(120),
+      await(
+          "every record to be applied",
+          Duration.ofSeconds(120),
           () -> db.queryLong("SELECT count(DISTINCT message_id) FROM ledger") == messages.size());
       // Let anything still in flight settle before counting duplicates.
-      await("every offset to be stored", Duration.ofSeconds(30),
-          () -> db.queryLong(
-                  "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic = ?",
-                  topic)
-              == messages.size());
+      await(
+          "every offset to be stored",
+          Duration.ofSeconds(30),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic ="
+                          + " ?",
+                      topic)
+                  == messages.size());
       assertEquals(0, appliedWhileDown, "nothing can be applied while the database is unreachable");
       assertTrue(appliedAtOutage < messages.size(), "the outage hit mid-run");
       assertTrue(
@@ -132,8 +141,10 @@ class InboxDatabaseOutageTest {
       assertEquals(messages.size(), db.queryLong("SELECT count(*) FROM txkafka_inbox"));
       assertTrue(inbox.isRunning(), "the inbox kept running");
       System.out.println(
-          "sessions terminated: " + terminated.stream().mapToInt(Integer::intValue).sum()
-              + ", records applied before the outage: " + appliedAtOutage);
+          "sessions terminated: "
+              + terminated.stream().mapToInt(Integer::intValue).sum()
+              + ", records applied before the outage: "
+              + appliedAtOutage);
       assertEquals(0, revokedOrLost.get(), "the consumer stayed in its group while PG was down");
     }
   }

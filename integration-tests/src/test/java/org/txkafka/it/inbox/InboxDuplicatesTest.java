@@ -4,12 +4,17 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.txkafka.it.inbox.InboxTestSupport.await;
 
-import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
 import com.zaxxer.hikari.HikariDataSource;
+import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
+import java.util.regex.Pattern;
+import org.apache.kafka.clients.consumer.OffsetAndMetadata;
+import org.apache.kafka.common.TopicPartition;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -20,7 +25,10 @@ import org.txkafka.testkit.KafkaBroker;
 import org.txkafka.testkit.TestDatabase;
 import org.txkafka.testkit.TestPostgres;
 
-/** The same message id at different offsets (and partitions) is applied once. */
+/**
+ * The same message id at different offsets (and partitions) is applied once; also shows the
+ * metrics, the offset mirror in Kafka and a pattern subscription.
+ */
 @Timeout(value = 3, unit = TimeUnit.MINUTES)
 class InboxDuplicatesTest {
   private static TestDatabase db;
@@ -69,7 +77,7 @@ class InboxDuplicatesTest {
             Inbox.builder()
                 .kafkaProperties(InboxTestSupport.consumerProperties(broker))
                 .groupId("dups-" + topic)
-                .topics(topic)
+                .topicPattern(Pattern.compile(Pattern.quote(topic)))
                 .dataSource(dataSource)
                 .handler(InboxTestSupport.ledgerHandler("single"))
                 .maxBatchSize(50)
@@ -96,20 +104,40 @@ class InboxDuplicatesTest {
           expectedRows,
           db.queryLong("SELECT count(DISTINCT message_id) FROM ledger"),
           "distinct ids in the ledger");
-      assertEquals(
-          expectedRows, db.queryLong("SELECT count(*) FROM txkafka_inbox"), "inbox rows");
-      double duplicates =
-          registry.get("txkafka.inbox.records.duplicates").counter().count();
+      assertEquals(expectedRows, db.queryLong("SELECT count(*) FROM txkafka_inbox"), "inbox rows");
+      double duplicates = registry.get("txkafka.inbox.records.duplicates").counter().count();
       double processed = registry.get("txkafka.inbox.records.processed").counter().count();
       assertEquals(all.size() - expectedRows, (long) duplicates, "duplicates metric");
       assertEquals(expectedRows, (long) processed, "processed metric");
-      assertEquals(2, registry.get("txkafka.inbox.lag").gauges().size(), "a lag gauge per partition");
-      await("the lag gauges to show everything consumed", Duration.ofSeconds(30),
-          () -> registry.get("txkafka.inbox.lag").gauges().stream()
-              .allMatch(gauge -> gauge.value() == 0));
+      assertEquals(
+          2, registry.get("txkafka.inbox.lag").gauges().size(), "a lag gauge per partition");
+      // The database's offsets are mirrored to Kafka, so that kafka-consumer-groups shows lag.
+      await(
+          "the Kafka-committed offsets to mirror the stored ones",
+          Duration.ofSeconds(30),
+          () -> kafkaCommitted(broker, "dups-" + topic) == all.size());
+      await(
+          "the lag gauges to show everything consumed",
+          Duration.ofSeconds(30),
+          () ->
+              registry.get("txkafka.inbox.lag").gauges().stream()
+                  .allMatch(gauge -> gauge.value() == 0));
       assertTrue(
           registry.get("txkafka.inbox.batch.latency").timer().count() > 0,
           "batch latency recorded");
+    }
+  }
+
+  private static long kafkaCommitted(KafkaBroker broker, String group) {
+    try {
+      Map<TopicPartition, OffsetAndMetadata> offsets =
+          broker.admin().listConsumerGroupOffsets(group).partitionsToOffsetAndMetadata().get();
+      return offsets.values().stream().mapToLong(OffsetAndMetadata::offset).sum();
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new AssertionError(e);
+    } catch (ExecutionException e) {
+      throw new AssertionError(e);
     }
   }
 }

@@ -106,18 +106,24 @@ class InboxFencingTest {
         // The zombie's session expires (6 s) and the successor gets its partition.
         assertTrue(takenOver.await(60, TimeUnit.SECONDS), "the successor got the partition");
         zombie.resume();
-        await("every record to be applied", Duration.ofSeconds(90),
-            () -> db.queryLong("SELECT count(DISTINCT message_id) FROM ledger")
-                == messages.size());
-        await("the stored offset to reach the end", Duration.ofSeconds(30),
-            () -> db.queryLong(
-                    "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
-                        + " WHERE consumer_group = ?", group)
-                == messages.size());
+        await(
+            "every record to be applied",
+            Duration.ofSeconds(90),
+            () -> db.queryLong("SELECT count(DISTINCT message_id) FROM ledger") == messages.size());
+        await(
+            "the stored offset to reach the end",
+            Duration.ofSeconds(30),
+            () ->
+                db.queryLong(
+                        "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
+                            + " WHERE consumer_group = ?",
+                        group)
+                    == messages.size());
         // Give the woken zombie time to try (and fail) to commit more.
         Thread.sleep(3000);
         assertEquals(messages.size(), db.queryLong("SELECT count(*) FROM ledger"), "no doubles");
-        assertEquals(InboxTestSupport.sum(messages), db.queryLong("SELECT sum(amount) FROM ledger"));
+        assertEquals(
+            InboxTestSupport.sum(messages), db.queryLong("SELECT sum(amount) FROM ledger"));
         long zombieMax =
             db.queryLong("SELECT max(kafka_offset) FROM ledger WHERE applied_by = 'zombie'");
         long successorMin =
@@ -125,7 +131,9 @@ class InboxFencingTest {
         assertTrue(
             zombieMax < successorMin,
             "the zombie applied nothing after the successor's start: zombie max offset "
-                + zombieMax + ", successor min offset " + successorMin);
+                + zombieMax
+                + ", successor min offset "
+                + successorMin);
         assertTrue(
             db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'zombie'")
                 >= zombieAppliedBeforeTakeover,
@@ -142,10 +150,17 @@ class InboxFencingTest {
             db.queryLong("SELECT max(new_epoch) FROM offset_audit") >= 2,
             "the successor claimed a new epoch");
         System.out.println(
-            "zombie output after resume:\n" + zombie.output().lines()
-                .filter(line -> line.contains("FENCED") || line.contains("LOST")
-                    || line.contains("STALL") || line.contains("fenced"))
-                .reduce("", (a, b) -> a + b + "\n"));
+            "zombie output after resume:\n"
+                + zombie
+                    .output()
+                    .lines()
+                    .filter(
+                        line ->
+                            line.contains("FENCED")
+                                || line.contains("LOST")
+                                || line.contains("STALL")
+                                || line.contains("fenced"))
+                    .reduce("", (a, b) -> a + b + "\n"));
       }
     }
   }

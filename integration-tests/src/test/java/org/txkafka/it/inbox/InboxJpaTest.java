@@ -65,7 +65,8 @@ class InboxJpaTest {
                 .handler(
                     (record, context) -> {
                       EntityManager em = context.entityManager();
-                      em.persist(new Payment(record.messageId(), Long.parseLong(record.valueAsString())));
+                      em.persist(
+                          new Payment(record.messageId(), Long.parseLong(record.valueAsString())));
                       context.send(
                           OutboxMessage.to("payments.requested")
                               .key(record.messageId())
@@ -79,11 +80,15 @@ class InboxJpaTest {
                 .retryBackoff(Duration.ofMillis(10))
                 .build()) {
       inbox.start();
-      await("every order to be consumed", Duration.ofSeconds(90),
-          () -> db.queryLong(
-                  "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic = ?",
-                  topic)
-              == orders.size());
+      await(
+          "every order to be consumed",
+          Duration.ofSeconds(90),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic ="
+                          + " ?",
+                      topic)
+                  == orders.size());
       assertEquals(orders.size() - 1, db.queryLong("SELECT count(*) FROM jpa_payment"));
       assertEquals(
           orders.size() - 1,
@@ -94,18 +99,19 @@ class InboxJpaTest {
           db.queryLong("SELECT count(*) FROM txkafka_outbox WHERE topic = 'payments.requested'"),
           "one outbox message per applied order");
       assertEquals(
-          0, db.queryLong("SELECT count(*) FROM jpa_payment WHERE order_id = ?", failing),
+          0,
+          db.queryLong("SELECT count(*) FROM jpa_payment WHERE order_id = ?", failing),
           "the failing order's entity was rolled back");
       assertEquals(
           0,
           db.queryLong(
               "SELECT count(*) FROM txkafka_outbox WHERE topic = 'payments.requested'"
-                  + " AND record_key = convert_to(?, 'UTF8')", failing),
+                  + " AND record_key = convert_to(?, 'UTF8')",
+              failing),
           "the failing order's outbox message was rolled back");
       assertEquals(1, inbox.deadLetters(10).size(), "the failing order is a dead letter");
       assertEquals(
-          InboxTestSupport.sum(orders) - 14,
-          db.queryLong("SELECT sum(amount) FROM jpa_payment"));
+          InboxTestSupport.sum(orders) - 14, db.queryLong("SELECT sum(amount) FROM jpa_payment"));
     }
   }
 }

@@ -14,11 +14,12 @@ import org.txkafka.inbox.InboxHandler;
 import org.txkafka.inbox.InboxListener;
 
 /**
- * An inbox member in a child JVM, for the crash and fencing tests. Configured by system
- * properties: {@code bootstrap}, {@code jdbcUrl}, {@code jdbcUser}, {@code jdbcPassword}, {@code
- * topic}, {@code group}, {@code label} (written to ledger.applied_by), optional {@code instanceId}
- * (static membership), optional {@code stallMessageId} (the handler prints "STALL id" and sleeps
- * {@code stallMillis} in the transaction when it meets that id, once). Prints "READY" once started,
+ * An inbox member in a child JVM, for the crash and fencing tests. Configured by system properties:
+ * {@code bootstrap}, {@code jdbcUrl}, {@code jdbcUser}, {@code jdbcPassword}, {@code topic}, {@code
+ * group}, {@code label} (written to ledger.applied_by), optional {@code instanceId} (static
+ * membership), optional {@code stallMessageId} (the handler prints "STALL id" and sleeps {@code
+ * stallMillis} in the transaction when it meets that id, once), optional {@code
+ * transactionIdleTimeoutMillis} (0: the server's setting). Prints "READY" once started,
  * "ASSIGNED", "LOST", "REVOKED", "FENCED" lines; runs until killed or terminated.
  */
 public final class InboxMemberMain {
@@ -36,9 +37,13 @@ public final class InboxMemberMain {
     long stallMillis = Long.getLong("stallMillis", 4000);
     AtomicBoolean stalled = new AtomicBoolean();
     InboxHandler ledger = InboxTestSupport.ledgerHandler(label);
+    long delayMillis = Long.getLong("handlerDelayMillis", 0);
     InboxHandler handler =
         (record, context) -> {
           ledger.handle(record, context);
+          if (delayMillis > 0) {
+            Thread.sleep(delayMillis);
+          }
           if (record.messageId().equals(stallId) && stalled.compareAndSet(false, true)) {
             System.out.println("STALL " + record.messageId() + " offset " + record.offset());
             Thread.sleep(stallMillis);
@@ -91,6 +96,8 @@ public final class InboxMemberMain {
                 .maxRetryBackoff(Duration.ofSeconds(1))
                 .closeTimeout(Duration.ofSeconds(5))
                 .revocationTimeout(Duration.ofSeconds(5))
+                .transactionIdleTimeout(
+                    Duration.ofMillis(Long.getLong("transactionIdleTimeoutMillis", 60_000)))
                 .listener(listener)
                 .build()) {
       Runtime.getRuntime().addShutdownHook(new Thread(stop::countDown));

@@ -87,18 +87,21 @@ class InboxPoisonTest {
                           + " WHERE consumer_group = ?",
                       group)
                   == messages.size());
-      assertEquals(messages.size() - 1, db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'poison'"));
       assertEquals(
-          0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", poisonId));
+          messages.size() - 1,
+          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'poison'"));
+      assertEquals(0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", poisonId));
       assertEquals(
-          InboxTestSupport.sum(messages) - 18, db.queryLong("SELECT sum(amount) FROM ledger WHERE applied_by = 'poison'"));
+          InboxTestSupport.sum(messages) - 18,
+          db.queryLong("SELECT sum(amount) FROM ledger WHERE applied_by = 'poison'"));
 
       List<DeadLetter> deadLetters = inbox.deadLetters(10);
       assertEquals(1, deadLetters.size(), "dead letters");
       DeadLetter deadLetter = deadLetters.get(0);
       assertEquals(poisonId, deadLetter.record().messageId());
       assertEquals(3, deadLetter.attempts(), "attempts before dead-lettering");
-      assertTrue(deadLetter.lastError().contains("cannot apply " + poisonId), deadLetter.lastError());
+      assertTrue(
+          deadLetter.lastError().contains("cannot apply " + poisonId), deadLetter.lastError());
       assertEquals("18", deadLetter.record().valueAsString(), "stored payload");
       assertEquals(poisonId, deadLetter.record().header(Outbox.MESSAGE_ID_HEADER));
       assertEquals(
@@ -122,7 +125,8 @@ class InboxPoisonTest {
       assertEquals(1, inbox.replayAll(), "replayed after the fix");
       assertEquals(1, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", poisonId));
       assertEquals(0, inbox.deadLetters(10).size(), "nothing pending after replay");
-      assertEquals(false, inbox.replay(deadLetter.id()), "a replayed dead letter is not replayed again");
+      assertEquals(
+          false, inbox.replay(deadLetter.id()), "a replayed dead letter is not replayed again");
       assertEquals(
           1,
           db.queryLong(
@@ -132,7 +136,9 @@ class InboxPoisonTest {
           1,
           db.queryLong(
               "SELECT count(*) FROM txkafka_inbox_dead_letter WHERE replayed_at IS NOT NULL"));
-      assertEquals(InboxTestSupport.sum(messages), db.queryLong("SELECT sum(amount) FROM ledger WHERE applied_by = 'poison'"));
+      assertEquals(
+          InboxTestSupport.sum(messages),
+          db.queryLong("SELECT sum(amount) FROM ledger WHERE applied_by = 'poison'"));
     }
   }
 
@@ -181,8 +187,7 @@ class InboxPoisonTest {
                           + " WHERE consumer_group = ?",
                       group)
                   == records.size());
-      assertEquals(
-          2, db.queryLong("SELECT count(*) FROM ledger WHERE applied_by LIKE 'good-%'"));
+      assertEquals(2, db.queryLong("SELECT count(*) FROM ledger WHERE applied_by LIKE 'good-%'"));
       List<DeadLetter> deadLetters = inbox.deadLetters(10);
       assertEquals(3, deadLetters.size());
       assertReason(deadLetters.get(0), "empty", "empty");
@@ -240,11 +245,66 @@ class InboxPoisonTest {
           "every other record applied once, none lost with the aborted batch");
       assertEquals(
           messages.size() - 1,
-          db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'swallow'"));
+          db.queryLong(
+              "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'swallow'"));
       List<DeadLetter> deadLetters = inbox.deadLetters(10);
       assertEquals(1, deadLetters.size());
       assertEquals(sloppyId, deadLetters.get(0).record().messageId());
-      assertTrue(deadLetters.get(0).lastError().contains("aborted"), deadLetters.get(0).lastError());
+      assertTrue(
+          deadLetters.get(0).lastError().contains("aborted"), deadLetters.get(0).lastError());
+    }
+  }
+
+  @Test
+  void handlerThatTriesToCommitItselfIsRefusedAndNothingIsCommittedEarly() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-selfcommit");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("selfcommit-", 30);
+    InboxTestSupport.produce(broker, topic, messages);
+    String eagerId = "selfcommit-12";
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("selfcommit");
+    InboxHandler eager =
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.messageId().equals(eagerId)) {
+            context.connection().commit();
+          }
+        };
+    String group = "selfcommit-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(2);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(eager)
+                .maxAttempts(1)
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(60),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
+                          + " WHERE consumer_group = ?",
+                      group)
+                  == messages.size());
+      assertEquals(
+          messages.size() - 1,
+          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'selfcommit'"));
+      assertEquals(
+          0,
+          db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", eagerId),
+          "the refused commit committed nothing");
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size());
+      assertTrue(
+          deadLetters.get(0).lastError().contains("Connection.commit is not allowed"),
+          deadLetters.get(0).lastError());
+      assertEquals(1, deadLetters.get(0).attempts());
     }
   }
 

@@ -80,13 +80,19 @@ class InboxRebalanceTest {
         }
       }
       producer.join(60_000);
-      await("every record to be applied", Duration.ofSeconds(120),
+      await(
+          "every record to be applied",
+          Duration.ofSeconds(120),
           () -> db.queryLong("SELECT count(DISTINCT message_id) FROM ledger") == messages.size());
-      await("every offset to be stored", Duration.ofSeconds(60),
-          () -> db.queryLong(
-                  "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic = ?",
-                  topic)
-              == messages.size());
+      await(
+          "every offset to be stored",
+          Duration.ofSeconds(60),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE topic ="
+                          + " ?",
+                      topic)
+                  == messages.size());
       for (Inbox member : members) {
         member.close();
       }

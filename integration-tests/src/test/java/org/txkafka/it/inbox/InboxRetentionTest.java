@@ -99,11 +99,15 @@ class InboxRetentionTest {
                 .retentionInterval(Duration.ofMillis(200))
                 .build()) {
       inbox.start();
-      await("every record to be consumed", Duration.ofSeconds(90),
-          () -> db.queryLong(
-                  "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
-                      + " WHERE consumer_group = ?", group)
-              == messages.size());
+      await(
+          "every record to be consumed",
+          Duration.ofSeconds(90),
+          () ->
+              db.queryLong(
+                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
+                          + " WHERE consumer_group = ?",
+                      group)
+                  == messages.size());
       assertEquals(messages.size(), db.queryLong("SELECT count(*) FROM txkafka_inbox"));
       clock.advance(Duration.ofMinutes(59));
       sleep(1000);
@@ -113,7 +117,9 @@ class InboxRetentionTest {
           "rows inside the window are kept");
 
       clock.advance(Duration.ofMinutes(2));
-      await("expired rows to be removed (in batches of 1000)", Duration.ofSeconds(30),
+      await(
+          "expired rows to be removed (in batches of 1000)",
+          Duration.ofSeconds(30),
           () -> db.queryLong("SELECT count(*) FROM txkafka_inbox") == 1);
       assertEquals(
           1,
@@ -130,7 +136,9 @@ class InboxRetentionTest {
           db.queryLong("SELECT count(*) FROM txkafka_inbox WHERE status = 'REPLAYED'"),
           "a replayed row starts a new dedup window");
       clock.advance(Duration.ofMinutes(61));
-      await("the replayed row to expire too", Duration.ofSeconds(30),
+      await(
+          "the replayed row to expire too",
+          Duration.ofSeconds(30),
           () -> db.queryLong("SELECT count(*) FROM txkafka_inbox") == 0);
       assertEquals(messages.size(), db.queryLong("SELECT count(*) FROM ledger"));
     }

@@ -89,9 +89,12 @@ class InboxSlowHandlerTest {
                 .listener(listener)
                 .build()) {
       inbox.start();
-      await("every record to be applied", Duration.ofSeconds(90),
-          () -> db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'slow'")
-              == messages.size());
+      await(
+          "every record to be applied",
+          Duration.ofSeconds(90),
+          () ->
+              db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'slow'")
+                  == messages.size());
       assertEquals(1, assigned.get(), "assigned once");
       assertEquals(0, revoked.get(), "never revoked");
       assertEquals(0, lost.get(), "never lost (max.poll.interval.ms exceeded would lose it)");
@@ -99,7 +102,8 @@ class InboxSlowHandlerTest {
           1,
           db.queryLong("SELECT max(owner_epoch) FROM txkafka_inbox_offset WHERE topic = ?", topic),
           "claimed once");
-      assertEquals(InboxTestSupport.sum(messages),
+      assertEquals(
+          InboxTestSupport.sum(messages),
           db.queryLong("SELECT sum(amount) FROM ledger WHERE applied_by = 'slow'"));
     }
   }

@@ -76,7 +76,8 @@ final class TcpProxy implements AutoCloseable {
         new Thread(
             () -> {
               byte[] buffer = new byte[16384];
-              try (InputStream in = from.getInputStream(); OutputStream out = to.getOutputStream()) {
+              try (InputStream in = from.getInputStream();
+                  OutputStream out = to.getOutputStream()) {
                 int read;
                 while ((read = in.read(buffer)) >= 0) {
                   out.write(buffer, 0, read);
