@@ -44,6 +44,16 @@ CREATE INDEX txkafka_outbox_unsealed_idx
     ON ${schema}.txkafka_outbox (tx_id) WHERE commit_seq IS NULL;
 
 CREATE SEQUENCE ${schema}.txkafka_outbox_commit_seq;
+
+-- A queue table: rows come and go all the time. Vacuum and analyze it after a small share of
+-- changes, so that dead rows do not pile up and the planner knows when a backlog is there (the
+-- relay's read then walks the pending index instead of sorting a share).
+ALTER TABLE ${schema}.txkafka_outbox SET (
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_analyze_threshold = 1000
+);
 -- Operators and the replay API: parked rows.
 CREATE INDEX txkafka_outbox_parked_idx ON ${schema}.txkafka_outbox (parked_at) WHERE parked_at IS NOT NULL;
 

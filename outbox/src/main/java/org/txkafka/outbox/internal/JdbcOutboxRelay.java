@@ -407,6 +407,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   // ---------------------------------------------------------------- one batch
 
+  /** Relay thread only: which share the next read starts with. */
+  private int readRound;
+
   private BatchOutcome publishBatch(Session current) throws SQLException {
     Set<Integer> shares = sendableShares(current.leases.held());
     if (shares.isEmpty()) {
@@ -540,14 +543,49 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   }
 
   private List<OutboxRow> readPending(Session current, Set<Integer> shares) throws SQLException {
+    // Shares are read one after the other until the batch is full; the first share changes every
+    // round, so a busy share never starves the ones after it.
+    Integer[] ordered = shares.toArray(new Integer[0]);
+    int first = Math.floorMod(readRound++, ordered.length);
+    Integer[] rotated = new Integer[ordered.length];
+    for (int i = 0; i < ordered.length; i++) {
+      rotated[i] = ordered[(first + i) % ordered.length];
+    }
+    List<OutboxRow> rows = read(current, sql.selectPending(), rotated, true);
+    if (rows == null) {
+      LOG.warn("{}: rows of a share did not arrive in commit order; reading sorted", config.name());
+      rows = read(current, sql.selectPendingSorted(), rotated, false);
+    }
+    return rows;
+  }
+
+  /**
+   * Runs a pending-rows query. With {@code checkOrder}, returns null if the rows of some share do
+   * not arrive in strictly increasing (commit_seq, id) order (a share's rows must be published in
+   * that order, and only a prefix of them may be taken).
+   */
+  private List<OutboxRow> read(
+      Session current, String query, Integer[] shares, boolean checkOrder) throws SQLException {
     List<OutboxRow> rows = new ArrayList<>();
-    try (PreparedStatement select = current.connection.prepareStatement(sql.selectPending())) {
-      select.setArray(1, current.connection.createArrayOf("int4", shares.toArray(new Integer[0])));
+    Map<Integer, long[]> lastOfShare = new HashMap<>();
+    try (PreparedStatement select = current.connection.prepareStatement(query)) {
+      select.setArray(1, current.connection.createArrayOf("int4", shares));
       select.setInt(2, config.batchSize());
       select.setInt(3, config.batchSize());
       try (ResultSet rs = select.executeQuery()) {
         while (rs.next()) {
-          rows.add(OutboxRow.read(rs));
+          OutboxRow row = OutboxRow.read(rs);
+          long commitSeq = rs.getLong("commit_seq");
+          if (rs.wasNull()) {
+            commitSeq = Long.MAX_VALUE; // unsealed (trigger disabled): sorts last, as in SQL
+          }
+          long[] last = lastOfShare.put(row.share(), new long[] {commitSeq, row.id()});
+          if (checkOrder
+              && last != null
+              && (last[0] > commitSeq || (last[0] == commitSeq && last[1] >= row.id()))) {
+            return null;
+          }
+          rows.add(row);
         }
       }
     }

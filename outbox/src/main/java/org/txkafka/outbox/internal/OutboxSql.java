@@ -12,7 +12,7 @@ final class OutboxSql {
 
   private static final String COLUMNS =
       "id, message_id, share, topic, kafka_partition, record_key, payload, header_names,"
-          + " header_values, attempts";
+          + " header_values, attempts, commit_seq";
 
   final String schema;
   final String table;
@@ -28,12 +28,32 @@ final class OutboxSql {
   /**
    * The rows pending now in the given shares, each share in commit order (commit_seq, set at
    * commit by the seal trigger; for one key that is the order in which rows became visible). No
-   * cursor: a row that committed late is simply found by the next round. Each share is read through
-   * its own range of txkafka_outbox_pending_idx (LATERAL, at most limit rows each), so a batch
-   * costs the same with a backlog of millions as with a few rows.
-   * Parameters: shares (int[]), limit per share, limit in all.
+   * cursor: a row that committed late is simply found by the next round. Shares are read in the
+   * order of the array, each through its own range of txkafka_outbox_pending_idx, and reading
+   * stops as soon as the batch is full, so a batch costs about the batch size in index reads
+   * whatever the backlog. Order across shares does not matter (a key lives in one share).
+   *
+   * <p>There is deliberately no outer ORDER BY (it would sort every share's rows again): the
+   * LATERAL with its own LIMIT is a nested loop that streams each share's rows in index order. The
+   * relay checks that order on every row and falls back to {@link #selectPendingSorted()} if a
+   * share's rows ever arrive out of order.
+   * Parameters: shares in reading order (int[]), limit per share, limit in all.
    */
   String selectPending() {
+    return "SELECT "
+        + COLUMNS
+        + " FROM unnest(?::int[]) AS wanted(wanted_share) CROSS JOIN LATERAL (SELECT * FROM "
+        + table
+        + " WHERE share = wanted.wanted_share AND parked_at IS NULL"
+        + " ORDER BY commit_seq, id LIMIT ?) pending LIMIT ?";
+  }
+
+  /**
+   * Like {@link #selectPending()}, with the order spelled out in SQL: slower with a large backlog
+   * (every share's first rows are sorted), used only if the streamed order was ever not kept.
+   * Parameters: shares (int[]), limit per share, limit in all.
+   */
+  String selectPendingSorted() {
     return "SELECT "
         + COLUMNS
         + " FROM unnest(?::int[]) AS wanted(wanted_share) CROSS JOIN LATERAL (SELECT * FROM "
