@@ -8,6 +8,7 @@ import static org.txkafka.it.inbox.InboxTestSupport.await;
 import com.zaxxer.hikari.HikariDataSource;
 import java.sql.Connection;
 import java.sql.PreparedStatement;
+import java.sql.SQLException;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collections;
@@ -32,8 +33,9 @@ import org.txkafka.testkit.TestDatabase;
 import org.txkafka.testkit.TestPostgres;
 
 /**
- * A batch handler applies the new records of a batch with one statement, each exactly once, and a
- * failing call falls back to one record at a time, so a poison record is dead-lettered alone.
+ * A batch handler applies the new records of a batch with one statement, each exactly once; a
+ * failing call falls back to one record at a time, so a poison record is dead-lettered alone, while
+ * a transient database error retries the same batch without counting an attempt.
  */
 @Timeout(value = 3, unit = TimeUnit.MINUTES)
 class InboxBatchHandlerTest {
@@ -259,6 +261,70 @@ class InboxBatchHandlerTest {
             + " times for "
             + messages.size()
             + " records");
+  }
+
+  @Test
+  void transientDatabaseErrorInTheBatchHandlerRetriesTheSameBatchWithoutCountingAttempts() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-batch-transient");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("btransient-", 200);
+    InboxTestSupport.produce(broker, topic, messages);
+
+    String group = "batch-transient-" + topic;
+    int injected = 3;
+    AtomicInteger failures = new AtomicInteger();
+    // The offsets of each call, in call order: a failed call must be followed by the same list.
+    List<List<Long>> callOffsets = Collections.synchronizedList(new ArrayList<>());
+    List<Integer> failedCalls = Collections.synchronizedList(new ArrayList<>());
+    InboxBatchHandler handler =
+        (records, context) -> {
+          callOffsets.add(records.stream().map(InboxRecord::offset).toList());
+          insertLedgerRows(context.connection(), records, "batch-transient");
+          if (records.size() > 1 && failures.get() < injected) {
+            failures.incrementAndGet();
+            failedCalls.add(callOffsets.size() - 1);
+            throw new SQLException("simulated serialization failure", "40001");
+          }
+        };
+    try (HikariDataSource dataSource = db.newDataSource(3);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .batchHandler(handler)
+                .maxBatchSize(50)
+                // One counted failure would dead-letter a record at once.
+                .maxAttempts(1)
+                .retryBackoff(Duration.ofMillis(20))
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(90),
+          () -> storedOffsets(group) == messages.size());
+      assertEquals(List.of(), inbox.deadLetters(10), "a transient error counts no attempt");
+    }
+    assertEquals(injected, failedCalls.size(), "injected failures");
+    for (int failed : failedCalls) {
+      assertTrue(failed + 1 < callOffsets.size(), "a call after failed call " + failed);
+      assertEquals(
+          callOffsets.get(failed),
+          callOffsets.get(failed + 1),
+          "a transient failure retries the same records as one batch (call " + failed + ")");
+    }
+    assertEquals(
+        messages.size(),
+        db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'batch-transient'"));
+    assertEquals(
+        messages.size(),
+        db.queryLong(
+            "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'batch-transient'"));
+    assertEquals(
+        InboxTestSupport.sum(messages),
+        db.queryLong("SELECT sum(amount) FROM ledger WHERE applied_by = 'batch-transient'"));
   }
 
   @Test
