@@ -53,7 +53,7 @@ public final class InboxDrainProcess {
       collector.start();
       long start = System.nanoTime();
       try (Inbox inbox =
-          InboxSide.inbox(bootstrap, group, topic, pool, concurrency, InboxSide.businessRowHandler(table))) {
+          InboxSide.inbox(bootstrap, group, topic, pool, concurrency, InboxSide.businessRowsHandler(table))) {
         inbox.start();
         if (!InboxSide.awaitApplied(pool, group, topic, expected, Duration.ofMinutes(30))) {
           throw new IllegalStateException("inbox did not apply " + expected + " records");

@@ -27,7 +27,7 @@ import org.txkafka.outbox.Outbox;
  *
  * <p>Required: {@link #kafkaProperties} (at least {@code bootstrap.servers}), {@link #groupId},
  * {@link #topics} or {@link #topicPattern}, {@link #dataSource} or {@link #entityManagerFactory},
- * and {@link #handler}.
+ * and {@link #handler} or {@link #batchHandler}.
  *
  * <p><b>Where a new partition starts.</b> On assignment the inbox seeks to the offset stored in
  * {@code txkafka_inbox_offset}. With none stored (the group never committed that partition through
@@ -98,6 +98,7 @@ public final class InboxBuilder {
   private DataSource dataSource;
   private EntityManagerFactory entityManagerFactory;
   private InboxHandler handler;
+  private InboxBatchHandler batchHandler;
   private String schema = DEFAULT_SCHEMA;
   private int maxBatchSize = DEFAULT_MAX_BATCH_SIZE;
   private int concurrency = DEFAULT_CONCURRENCY;
@@ -191,9 +192,23 @@ public final class InboxBuilder {
     return this;
   }
 
-  /** The code that applies each record. Required. */
+  /**
+   * The code that applies each record, called once per new record. Exactly one of this and {@link
+   * #batchHandler} is required.
+   */
   public InboxBuilder handler(InboxHandler handler) {
     this.handler = handler;
+    return this;
+  }
+
+  /**
+   * The code that applies the new records of a batch in one call (for example with one multi-row
+   * statement), instead of {@link #handler}; when a call fails, the records are retried one at a
+   * time, so attempts and dead-lettering stay per record (see {@link InboxBatchHandler}). Exactly
+   * one of this and {@link #handler} is required.
+   */
+  public InboxBuilder batchHandler(InboxBatchHandler batchHandler) {
+    this.batchHandler = batchHandler;
     return this;
   }
 
@@ -363,8 +378,10 @@ public final class InboxBuilder {
           "exactly one of dataSource and entityManagerFactory is required, "
               + (dataSource == null ? "neither was given" : "both were given"));
     }
-    if (handler == null) {
-      throw new IllegalArgumentException("handler is required, was null");
+    if ((handler == null) == (batchHandler == null)) {
+      throw new IllegalArgumentException(
+          "exactly one of batchHandler and handler is required, "
+              + (handler == null ? "neither was given" : "both were given"));
     }
     SqlIdentifiers.requireIdentifier("schema", schema);
     requireRange("maxBatchSize", maxBatchSize, 1, MAX_MAX_BATCH_SIZE);
@@ -425,6 +442,7 @@ public final class InboxBuilder {
             dataSource,
             entityManagerFactory,
             handler,
+            batchHandler,
             schema,
             maxBatchSize,
             concurrency,

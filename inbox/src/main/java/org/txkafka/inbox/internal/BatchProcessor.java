@@ -6,6 +6,7 @@ import java.sql.SQLException;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -17,6 +18,7 @@ import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.header.internals.RecordHeaders;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+import org.txkafka.inbox.InboxBatchHandler;
 import org.txkafka.inbox.InboxHandler;
 import org.txkafka.inbox.InboxListener;
 import org.txkafka.inbox.InboxRecord;
@@ -42,7 +44,11 @@ import org.txkafka.outbox.OutboxWriter;
  *       claimed again from the stored offset. So a batch lost in memory (a worker that died, an
  *       interrupt) can never be jumped over.
  *   <li>The handler runs for a message id already in the inbox (the multi-row insert returns only
- *       new ids; a duplicate within one batch runs once).
+ *       new ids; a duplicate within one batch runs once). A batch handler gets exactly the new
+ *       records of the unit, in offset order, and is not called when there are none.
+ *   <li>A batch handler's failure counts against records it may not concern: a failed call of a
+ *       unit of several records counts nothing and makes the unit be applied one record at a time;
+ *       only the failure of a one-record unit is that record's attempt.
  *   <li>Records are applied out of offset order, or a record is skipped: units are consecutive
  *       records from the front; a failed unit is retried from its first record; a record is only
  *       passed over after it was dead-lettered in a committed transaction.
@@ -238,6 +244,33 @@ final class BatchProcessor {
                           settings.clock().instant());
                   TransactionContext context =
                       new TransactionContext(scope, writer, settings.groupId());
+                  InboxBatchHandler batchHandler = settings.batchHandler();
+                  if (batchHandler != null) {
+                    List<InboxRecord> freshRecords = new ArrayList<>(unit.size());
+                    for (Item item : unit) {
+                      if (fresh.remove(item.record().messageId())) {
+                        freshRecords.add(item.record());
+                      } else {
+                        counts[1]++;
+                      }
+                    }
+                    if (!freshRecords.isEmpty()) {
+                      try {
+                        batchHandler.handle(Collections.unmodifiableList(freshRecords), context);
+                      } catch (OutOfMemoryError | InternalError | UnknownError e) {
+                        throw e;
+                      } catch (Throwable e) {
+                        // Which record the batch handler failed on is unknown: process() then
+                        // applies the unit one record at a time, and a single-record unit's
+                        // failure is that record's attempt.
+                        throw new HandlerException(unit.size() == 1 ? 0 : -1, e);
+                      }
+                      counts[0] += freshRecords.size();
+                    }
+                    requireUsableTransaction(connection);
+                    workDone[0] = true;
+                    return Boolean.TRUE;
+                  }
                   InboxHandler handler = settings.handler();
                   for (int i = 0; i < unit.size(); i++) {
                     InboxRecord record = unit.get(i).record();

@@ -220,11 +220,12 @@ public final class InboxRuntime implements Inbox {
               return false;
             }
             try {
-              settings
-                  .handler()
-                  .handle(
-                      deadLetter.record(),
-                      new TransactionContext(scope, writer, settings.groupId()));
+              TransactionContext context = new TransactionContext(scope, writer, settings.groupId());
+              if (settings.batchHandler() != null) {
+                settings.batchHandler().handle(List.of(deadLetter.record()), context);
+              } else {
+                settings.handler().handle(deadLetter.record(), context);
+              }
             } catch (VirtualMachineError e) {
               throw e;
             } catch (Throwable e) {

@@ -6,6 +6,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.regex.Pattern;
 import javax.sql.DataSource;
+import org.txkafka.inbox.InboxBatchHandler;
 import org.txkafka.inbox.InboxHandler;
 import org.txkafka.inbox.InboxListener;
 import org.txkafka.inbox.MessageIdExtractor;
@@ -13,7 +14,7 @@ import org.txkafka.inbox.MessageIdExtractor;
 /**
  * The validated, immutable configuration of one inbox (validation is in {@code InboxBuilder}).
  * Exactly one of {@code topics} / {@code topicPattern} and one of {@code dataSource} / {@code
- * entityManagerFactory} is set. {@code entityManagerFactory} (a JPA {@code EntityManagerFactory})
+ * entityManagerFactory} is set, and one of {@code handler} / {@code batchHandler}. {@code entityManagerFactory} (a JPA {@code EntityManagerFactory})
  * and {@code meterRegistry} (a Micrometer {@code MeterRegistry}) are typed Object so that those
  * optional classes are never loaded when they are absent.
  */
@@ -25,6 +26,7 @@ public record InboxSettings(
     DataSource dataSource,
     Object entityManagerFactory,
     InboxHandler handler,
+    InboxBatchHandler batchHandler,
     String schema,
     int maxBatchSize,
     int concurrency,
