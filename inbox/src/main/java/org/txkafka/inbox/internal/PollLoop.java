@@ -46,6 +46,13 @@ import org.txkafka.inbox.internal.PartitionState.Phase;
 final class PollLoop implements Runnable, ConsumerRebalanceListener {
   private static final Logger LOG = LoggerFactory.getLogger(PollLoop.class);
   private static final Duration POLL_TIMEOUT = Duration.ofMillis(100);
+
+  /**
+   * Poll timeout while a ready partition is paused because its queue is full: a worker may take
+   * that queue any moment, and the partition is only resumed by this thread between polls, so a
+   * long poll (with nothing else to fetch) would leave the worker idle for the whole timeout.
+   */
+  private static final Duration BACKPRESSURE_POLL_TIMEOUT = Duration.ofMillis(2);
   private static final long MIRROR_INTERVAL_NANOS = 1_000_000_000L;
   private static final long WAIT_SLICE_MILLIS = 5;
   private static final Duration ORIGIN_TIMEOUT = Duration.ofSeconds(5);
@@ -140,13 +147,14 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
 
   private void step() {
     advancePhases();
-    adjustPause();
+    boolean backpressure = adjustPause();
     if (System.nanoTime() - lastMirror >= MIRROR_INTERVAL_NANOS) {
       lastMirror = System.nanoTime();
       mirror(states.values(), false);
       updateLag();
     }
-    ConsumerRecords<byte[], byte[]> records = consumer.poll(POLL_TIMEOUT);
+    ConsumerRecords<byte[], byte[]> records =
+        consumer.poll(backpressure ? BACKPRESSURE_POLL_TIMEOUT : POLL_TIMEOUT);
     for (TopicPartition partition : records.partitions()) {
       PartitionState state = states.get(partition);
       if (state == null) {
@@ -214,11 +222,18 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
     }
   }
 
-  private void adjustPause() {
+  /**
+   * Pauses partitions that are not ready or whose queue holds a full batch, resumes the others.
+   * Returns whether some ready partition is paused because its queue is full (back-pressure).
+   */
+  private boolean adjustPause() {
     List<TopicPartition> pause = new ArrayList<>();
     List<TopicPartition> resume = new ArrayList<>();
+    boolean backpressure = false;
     for (PartitionState state : states.values()) {
-      boolean shouldPause = !state.isReady() || state.queued() >= settings.maxBatchSize();
+      boolean full = state.queued() >= settings.maxBatchSize();
+      backpressure |= full && state.isReady();
+      boolean shouldPause = !state.isReady() || full;
       if (shouldPause != state.paused) {
         (shouldPause ? pause : resume).add(state.partition);
         state.paused = shouldPause;
@@ -230,6 +245,7 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
     if (!resume.isEmpty()) {
       consumer.resume(resume);
     }
+    return backpressure;
   }
 
   private void updateLag() {
