@@ -83,16 +83,44 @@ public final class KafkaBroker implements AutoCloseable {
     return "127.0.0.1:" + port;
   }
 
-  /** Creates a topic with replication factor 1 and waits until it exists. */
+  /**
+   * Creates a topic with replication factor 1 and waits until every partition has a leader: a
+   * producer that sends before that gets NOT_LEADER_OR_FOLLOWER, and its idempotent sequence can
+   * then be stuck in OUT_OF_ORDER_SEQUENCE_NUMBER retries for minutes.
+   */
   public void createTopic(String name, int partitions) {
     try {
       admin().createTopics(List.of(new NewTopic(name, partitions, (short) 1)))
           .all().get(60, TimeUnit.SECONDS);
+      long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+      while (!allPartitionsLed(name, partitions)) {
+        if (System.nanoTime() > deadline) {
+          throw new IllegalStateException("partitions of " + name + " have no leader after 60 s");
+        }
+        Thread.sleep(50);
+      }
     } catch (ExecutionException | java.util.concurrent.TimeoutException e) {
       throw new IllegalStateException("could not create topic " + name, e);
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();
       throw new IllegalStateException("interrupted creating topic " + name, e);
+    }
+  }
+
+  private boolean allPartitionsLed(String topic, int partitions)
+      throws ExecutionException, InterruptedException, java.util.concurrent.TimeoutException {
+    try {
+      org.apache.kafka.clients.admin.TopicDescription description =
+          admin().describeTopics(List.of(topic)).allTopicNames().get(10, TimeUnit.SECONDS)
+              .get(topic);
+      return description.partitions().size() == partitions
+          && description.partitions().stream()
+              .allMatch(partition -> partition.leader() != null && !partition.isr().isEmpty());
+    } catch (ExecutionException e) {
+      if (e.getCause() instanceof org.apache.kafka.common.errors.UnknownTopicOrPartitionException) {
+        return false; // not yet in the metadata of the broker that answered
+      }
+      throw e;
     }
   }
 
