@@ -327,14 +327,13 @@ public interface OutboxRelay extends AutoCloseable {
     }
 
     /**
-     * A Micrometer {@code io.micrometer.core.instrument.MeterRegistry} to publish meters to (typed
-     * Object so that Micrometer stays an optional dependency; no Micrometer class is loaded unless
-     * this is set). Meters, tagged {@code schema} and {@code relay}: {@code txkafka.outbox.published}
+     * A Micrometer registry to publish meters to (Micrometer is an optional dependency: no
+     * Micrometer class is loaded unless this is called). Meters, tagged {@code schema} and {@code relay}: {@code txkafka.outbox.published}
      * and {@code txkafka.outbox.failures} (counters), {@code txkafka.outbox.pending}, {@code
      * txkafka.outbox.parked}, {@code txkafka.outbox.oldest.pending.age} (seconds) and {@code
      * txkafka.outbox.shares.owned} (gauges over the shares this relay holds). Defaults to none.
      */
-    public Builder meterRegistry(Object meterRegistry) {
+    public Builder meterRegistry(io.micrometer.core.instrument.MeterRegistry meterRegistry) {
       this.meterRegistry = meterRegistry;
       return this;
     }

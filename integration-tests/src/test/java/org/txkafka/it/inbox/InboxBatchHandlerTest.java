@@ -110,12 +110,6 @@ class InboxBatchHandlerTest {
     }
   }
 
-  private static long storedOffsets(String group) {
-    return db.queryLong(
-        "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE consumer_group = ?",
-        group);
-  }
-
   @Test
   void batchHandlerAppliesEachRecordOnceWithOneStatementPerBatch() {
     KafkaBroker broker = KafkaBroker.shared();
@@ -160,7 +154,7 @@ class InboxBatchHandlerTest {
       await(
           "every record to be committed",
           Duration.ofSeconds(120),
-          () -> storedOffsets(group) == all.size());
+          () -> InboxTestSupport.storedOffsetSum(db, group) == all.size());
     }
     assertEquals(List.of(), violations, "calls that broke the batch handler's contract");
     assertEquals(
@@ -228,7 +222,7 @@ class InboxBatchHandlerTest {
       await(
           "the partition to move past every record",
           Duration.ofSeconds(90),
-          () -> storedOffsets(group) == messages.size());
+          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
 
       List<DeadLetter> deadLetters = inbox.deadLetters(10);
       assertEquals(1, deadLetters.size(), "dead letters");
@@ -304,7 +298,7 @@ class InboxBatchHandlerTest {
       await(
           "the partition to move past every record",
           Duration.ofSeconds(90),
-          () -> storedOffsets(group) == messages.size());
+          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
       assertEquals(List.of(), inbox.deadLetters(10), "a transient error counts no attempt");
     }
     assertEquals(injected, failedCalls.size(), "injected failures");

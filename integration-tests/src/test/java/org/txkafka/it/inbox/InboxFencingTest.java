@@ -114,10 +114,7 @@ class InboxFencingTest {
             "the stored offset to reach the end",
             Duration.ofSeconds(30),
             () ->
-                db.queryLong(
-                        "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
-                            + " WHERE consumer_group = ?",
-                        group)
+                InboxTestSupport.storedOffsetSum(db, group)
                     == messages.size());
         // Give the woken zombie time to try (and fail) to commit more.
         Thread.sleep(3000);

@@ -82,10 +82,7 @@ class InboxPoisonTest {
           "the partition to move past every record",
           Duration.ofSeconds(90),
           () ->
-              db.queryLong(
-                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
-                          + " WHERE consumer_group = ?",
-                      group)
+              InboxTestSupport.storedOffsetSum(db, group)
                   == messages.size());
       assertEquals(
           messages.size() - 1,
@@ -182,10 +179,7 @@ class InboxPoisonTest {
           "every record to be consumed",
           Duration.ofSeconds(60),
           () ->
-              db.queryLong(
-                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
-                          + " WHERE consumer_group = ?",
-                      group)
+              InboxTestSupport.storedOffsetSum(db, group)
                   == records.size());
       assertEquals(2, db.queryLong("SELECT count(*) FROM ledger WHERE applied_by LIKE 'good-%'"));
       List<DeadLetter> deadLetters = inbox.deadLetters(10);
@@ -234,10 +228,7 @@ class InboxPoisonTest {
           "the partition to move past every record",
           Duration.ofSeconds(60),
           () ->
-              db.queryLong(
-                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
-                          + " WHERE consumer_group = ?",
-                      group)
+              InboxTestSupport.storedOffsetSum(db, group)
                   == messages.size());
       assertEquals(
           messages.size() - 1,
@@ -287,10 +278,7 @@ class InboxPoisonTest {
           "the partition to move past every record",
           Duration.ofSeconds(60),
           () ->
-              db.queryLong(
-                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
-                          + " WHERE consumer_group = ?",
-                      group)
+              InboxTestSupport.storedOffsetSum(db, group)
                   == messages.size());
       assertEquals(
           messages.size() - 1,

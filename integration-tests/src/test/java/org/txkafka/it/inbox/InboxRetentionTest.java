@@ -103,10 +103,7 @@ class InboxRetentionTest {
           "every record to be consumed",
           Duration.ofSeconds(90),
           () ->
-              db.queryLong(
-                      "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
-                          + " WHERE consumer_group = ?",
-                      group)
+              InboxTestSupport.storedOffsetSum(db, group)
                   == messages.size());
       assertEquals(messages.size(), db.queryLong("SELECT count(*) FROM txkafka_inbox"));
       clock.advance(Duration.ofMinutes(59));

@@ -78,10 +78,7 @@ class InboxShutdownTest {
             "the next inbox to apply the rest",
             Duration.ofSeconds(60),
             () ->
-                db.queryLong(
-                        "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset"
-                            + " WHERE consumer_group = ?",
-                        group)
+                InboxTestSupport.storedOffsetSum(db, group)
                     == messages.size());
       }
       assertEquals(messages.size(), db.queryLong("SELECT count(*) FROM ledger"));

@@ -147,6 +147,16 @@ final class InboxTestSupport {
     }
   }
 
+  /**
+   * The sum of the next offsets stored for {@code group} over all its partitions: equal to the
+   * number of records produced once every record of a fresh topic is committed.
+   */
+  static long storedOffsetSum(TestDatabase db, String group) {
+    return db.queryLong(
+        "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE consumer_group = ?",
+        group);
+  }
+
   /** Kafka consumer properties for tests: quick to notice dead members. */
   static Map<String, Object> consumerProperties(KafkaBroker broker) {
     return Map.of(

@@ -88,10 +88,6 @@ class OutboxRelayConfigTest {
         b -> b.schema("Public; DROP TABLE x"));
     assertRefused(
         "name must be 1 to 100 letters, digits, '.', '_' or '-', was 'a b'", b -> b.name("a b"));
-    assertRefused(
-        "meterRegistry must be a io.micrometer.core.instrument.MeterRegistry, was a"
-            + " java.lang.String",
-        b -> b.meterRegistry("registry"));
   }
 
   @Test

@@ -43,7 +43,6 @@ public record RelayConfig(
   public static final int DEFAULT_MAX_BLOCK_MS = 10_000;
 
   private static final Pattern NAME = Pattern.compile("[A-Za-z0-9._-]{1,100}");
-  private static final String METER_REGISTRY_CLASS = "io.micrometer.core.instrument.MeterRegistry";
 
   /** Checks every setting and applies the defaults. */
   public static RelayConfig validate(
@@ -91,13 +90,6 @@ public record RelayConfig(
     if (clock == null) {
       throw new IllegalArgumentException("clock must be set, was null");
     }
-    if (meterRegistry != null && !isMeterRegistry(meterRegistry)) {
-      throw new IllegalArgumentException(
-          "meterRegistry must be a "
-              + METER_REGISTRY_CLASS
-              + ", was a "
-              + meterRegistry.getClass().getName());
-    }
     Map<String, Object> producer = producerProperties(producerProperties, validName);
     return new RelayConfig(
         dataSource,
@@ -125,16 +117,6 @@ public record RelayConfig(
     if (value.compareTo(min) < 0 || value.compareTo(max) > 0) {
       throw new IllegalArgumentException(
           setting + " must be between " + min + " and " + max + ", was " + value);
-    }
-  }
-
-  private static boolean isMeterRegistry(Object candidate) {
-    try {
-      Class<?> type =
-          Class.forName(METER_REGISTRY_CLASS, false, candidate.getClass().getClassLoader());
-      return type.isInstance(candidate);
-    } catch (ClassNotFoundException | LinkageError e) {
-      return false;
     }
   }
 
