@@ -12,16 +12,21 @@ import org.txkafka.outbox.OutboxWriter;
  * Row 6: the cost of the outbox to the business transaction. The same transaction (insert one
  * order row, commit) on one connection, with and without one {@link OutboxWriter#send} of the same
  * message. The two sides run interleaved in blocks, after a warm-up, so that both see the same
- * noise of the shared machine. Latency is one transaction, begin to commit. A third side, for the
- * profile only (no ratio), runs the outbox send with the outbox's NOTIFY trigger disabled, to show
- * what the wake-up notification costs the writer.
+ * noise of the shared machine. Latency is one transaction, begin to commit. Two more sides, for
+ * diagnosis only (no target): the outbox send with the outbox's NOTIFY trigger disabled (what the
+ * wake-up notification costs the writer), and the same INSERT with every trigger of the outbox
+ * disabled (no NOTIFY, no commit-time order trigger): the floor of any outbox that writes a row in
+ * the business transaction, one more statement and its index entries.
  */
 final class WriterOverhead {
   private static final int BLOCK = 200;
 
   private WriterOverhead() {}
 
-  /** Returns {with outbox, without outbox, with outbox but without the NOTIFY trigger}. */
+  /**
+   * Returns {with outbox, without outbox, with outbox but without the NOTIFY trigger, the insert
+   * alone without any trigger}.
+   */
   static Outcome[] run(BenchContext ctx, MessageSet set, String topic) throws SQLException {
     int transactions = ctx.config.writerTransactions();
     ctx.execute(
@@ -32,9 +37,11 @@ final class WriterOverhead {
     Latencies with = new Latencies();
     Latencies without = new Latencies();
     Latencies withoutNotify = new Latencies();
+    Latencies insertOnly = new Latencies();
     long withNanos = 0;
     long withoutNanos = 0;
     long withoutNotifyNanos = 0;
+    long insertOnlyNanos = 0;
     long nextId = 0;
     HeapMonitor heap = HeapMonitor.start();
     try (var pool = ctx.pool(1, "writer");
@@ -50,10 +57,12 @@ final class WriterOverhead {
       int done = 0;
       while (done < transactions) {
         int block = Math.min(BLOCK, transactions - done);
-        for (int side = 0; side < 3; side++) {
+        for (int side = 0; side < 4; side++) {
           boolean withOutbox = side != 1;
           if (side == 2) {
-            setNotifyTrigger(connection, false);
+            setTriggers(connection, "txkafka_outbox_notify", false);
+          } else if (side == 3) {
+            setTriggers(connection, "USER", false);
           }
           for (int i = 0; i < block; i++) {
             long nanos =
@@ -64,13 +73,18 @@ final class WriterOverhead {
             } else if (side == 1) {
               without.add(nanos);
               withoutNanos += nanos;
-            } else {
+            } else if (side == 2) {
               withoutNotify.add(nanos);
               withoutNotifyNanos += nanos;
+            } else {
+              insertOnly.add(nanos);
+              insertOnlyNanos += nanos;
             }
           }
           if (side == 2) {
-            setNotifyTrigger(connection, true);
+            setTriggers(connection, "txkafka_outbox_notify", true);
+          } else if (side == 3) {
+            setTriggers(connection, "USER", true);
           }
         }
         done += block;
@@ -88,14 +102,22 @@ final class WriterOverhead {
           withoutNotify.count(),
           Duration.ofNanos(withoutNotifyNanos),
           withoutNotify,
+          peak),
+      new Outcome.Measured(
+          "(insert, no trigger)",
+          insertOnly.count(),
+          Duration.ofNanos(insertOnlyNanos),
+          insertOnly,
           peak)
     };
   }
 
-  private static void setNotifyTrigger(Connection connection, boolean enabled) throws SQLException {
+  /** {@code which}: a trigger's name, or USER for every trigger of the outbox table. */
+  private static void setTriggers(Connection connection, String which, boolean enabled)
+      throws SQLException {
     try (var statement = connection.createStatement()) {
       statement.execute(
-          "ALTER TABLE txkafka_outbox " + (enabled ? "ENABLE" : "DISABLE") + " TRIGGER txkafka_outbox_notify");
+          "ALTER TABLE txkafka_outbox " + (enabled ? "ENABLE" : "DISABLE") + " TRIGGER " + which);
     }
     connection.commit();
   }

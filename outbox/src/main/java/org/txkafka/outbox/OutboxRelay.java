@@ -37,9 +37,10 @@ import org.txkafka.outbox.internal.RelayConfig;
  *       pending now, so a transaction that took a lower id and committed later is simply found by a
  *       later round.
  *   <li>Per-key order follows the order in which rows became visible (commit order), whatever
- *       order their ids were taken in: rows are sealed at commit with a commit sequence, under
- *       transaction-scoped per-key locks taken in a fixed order, and each share is read in that
- *       sequence. Duplicates are possible only across a failure (a relay killed, or its database
+ *       order their ids were taken in: each share is read in id order, and at commit, under
+ *       transaction-scoped per-key locks taken in a fixed order, a transaction that a higher id of
+ *       one of its keys overtook gets new, higher ids (the order trigger of the migrations).
+ *       Duplicates are possible only across a failure (a relay killed, or its database
  *       session lost, between Kafka's acknowledgement and the delete); then the resent rows follow
  *       their first copies in the same order, so a receiver that removes duplicates by message id
  *       (the txkafka inbox) sees every key in order.

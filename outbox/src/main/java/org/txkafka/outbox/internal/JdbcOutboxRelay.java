@@ -52,8 +52,9 @@ import org.txkafka.outbox.OutboxRelay;
  *       while the locks are held; if the session ends, PostgreSQL frees the locks and the next
  *       statement fails, so a relay that lost its session can neither read nor remove rows. Shares
  *       are given back only between batches.
- *   <li><b>Per-key order.</b> Rows of one key live in one share, read in commit order
- *       (commit_seq, assigned at commit by the seal trigger of the migrations). Within a batch,
+ *   <li><b>Per-key order.</b> Rows of one key live in one share, read in id order, which for one
+ *       key is the order in which its rows became visible (the commit-time order trigger of the
+ *       migrations renumbers a transaction that a later row of its key overtook). Within a batch,
  *       once a row of a share could not be handed to the producer (metadata timeout, topic in
  *       backoff), no later row of that share is sent in that batch, and the share is paused (not
  *       read) until that topic's backoff has passed, so it cannot starve the other shares either.
@@ -553,7 +554,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     }
     List<OutboxRow> rows = read(current, sql.selectPending(), rotated, true);
     if (rows == null) {
-      LOG.warn("{}: rows of a share did not arrive in commit order; reading sorted", config.name());
+      LOG.warn("{}: rows of a share did not arrive in id order; reading sorted", config.name());
       rows = read(current, sql.selectPendingSorted(), rotated, false);
     }
     return rows;
@@ -561,13 +562,13 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   /**
    * Runs a pending-rows query. With {@code checkOrder}, returns null if the rows of some share do
-   * not arrive in strictly increasing (commit_seq, id) order (a share's rows must be published in
-   * that order, and only a prefix of them may be taken).
+   * not arrive in strictly increasing id order (a share's rows must be published in that order,
+   * and only a prefix of them may be taken).
    */
   private List<OutboxRow> read(
       Session current, String query, Integer[] shares, boolean checkOrder) throws SQLException {
     List<OutboxRow> rows = new ArrayList<>();
-    Map<Integer, long[]> lastOfShare = new HashMap<>();
+    Map<Integer, Long> lastOfShare = new HashMap<>();
     try (PreparedStatement select = current.connection.prepareStatement(query)) {
       select.setArray(1, current.connection.createArrayOf("int4", shares));
       select.setInt(2, config.batchSize());
@@ -575,14 +576,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       try (ResultSet rs = select.executeQuery()) {
         while (rs.next()) {
           OutboxRow row = OutboxRow.read(rs);
-          long commitSeq = rs.getLong("commit_seq");
-          if (rs.wasNull()) {
-            commitSeq = Long.MAX_VALUE; // unsealed (trigger disabled): sorts last, as in SQL
-          }
-          long[] last = lastOfShare.put(row.share(), new long[] {commitSeq, row.id()});
-          if (checkOrder
-              && last != null
-              && (last[0] > commitSeq || (last[0] == commitSeq && last[1] >= row.id()))) {
+          Long last = lastOfShare.put(row.share(), row.id());
+          if (checkOrder && last != null && last >= row.id()) {
             return null;
           }
           rows.add(row);

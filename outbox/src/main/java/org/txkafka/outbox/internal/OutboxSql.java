@@ -12,7 +12,7 @@ final class OutboxSql {
 
   private static final String COLUMNS =
       "id, message_id, share, topic, kafka_partition, record_key, payload, header_names,"
-          + " header_values, attempts, commit_seq";
+          + " header_values, attempts";
 
   final String schema;
   final String table;
@@ -26,12 +26,13 @@ final class OutboxSql {
   }
 
   /**
-   * The rows pending now in the given shares, each share in commit order (commit_seq, set at
-   * commit by the seal trigger; for one key that is the order in which rows became visible). No
+   * The rows pending now in the given shares, each share in id order. For one key, id order is the
+   * order in which its rows became visible: the commit-time trigger of the migrations gives a
+   * transaction's rows new ids if a row of one of its keys with a higher id committed first. No
    * cursor: a row that committed late is simply found by the next round. Shares are read in the
-   * order of the array, each through its own range of txkafka_outbox_pending_idx, and reading
-   * stops as soon as the batch is full, so a batch costs about the batch size in index reads
-   * whatever the backlog. Order across shares does not matter (a key lives in one share).
+   * order of the array, each through its own range of txkafka_outbox_pending_idx (share, id), and
+   * reading stops as soon as the batch is full, so a batch costs about the batch size in index
+   * reads whatever the backlog. Order across shares does not matter (a key lives in one share).
    *
    * <p>There is deliberately no outer ORDER BY (it would sort every share's rows again): the
    * LATERAL with its own LIMIT is a nested loop that streams each share's rows in index order. The
@@ -45,7 +46,7 @@ final class OutboxSql {
         + " FROM unnest(?::int[]) AS wanted(wanted_share) CROSS JOIN LATERAL (SELECT * FROM "
         + table
         + " WHERE share = wanted.wanted_share AND parked_at IS NULL"
-        + " ORDER BY commit_seq, id LIMIT ?) pending LIMIT ?";
+        + " ORDER BY id LIMIT ?) pending LIMIT ?";
   }
 
   /**
@@ -59,7 +60,7 @@ final class OutboxSql {
         + " FROM unnest(?::int[]) AS wanted(wanted_share) CROSS JOIN LATERAL (SELECT * FROM "
         + table
         + " WHERE share = wanted.wanted_share AND parked_at IS NULL"
-        + " ORDER BY commit_seq, id LIMIT ?) pending ORDER BY commit_seq, id LIMIT ?";
+        + " ORDER BY id LIMIT ?) pending ORDER BY id LIMIT ?";
   }
 
   /** Removes published rows (ids as a bigint array). */

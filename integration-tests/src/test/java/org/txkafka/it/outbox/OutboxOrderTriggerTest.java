@@ -1,0 +1,283 @@
+package org.txkafka.it.outbox;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.txkafka.it.outbox.OutboxFixtures.WRITER;
+
+import java.sql.Connection;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.sql.Statement;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.UUID;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.txkafka.migrations.TxKafkaMigrations;
+import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxMessage;
+import org.txkafka.outbox.OutboxWriter;
+import org.txkafka.testkit.TestDatabase;
+import org.txkafka.testkit.TestPostgres;
+
+/**
+ * The commit-time order trigger of the migrations, on a real PostgreSQL: the relay publishes each
+ * share in id order, so for one key the id order of pending rows must be the order in which they
+ * became visible. A transaction that took its id first but committed after a later id of the same
+ * key (under JPA: the outbox row is inserted at send(), the entity update blocks at the flush) must
+ * come out of its commit with ids above that row's; a transaction nobody overtook keeps its ids
+ * (the cheap path: no second write).
+ *
+ * <p>The relay's side of the same contract, through a real broker, is {@link
+ * OutboxCommitOrderTest}.
+ */
+@Timeout(value = 2, unit = TimeUnit.MINUTES)
+class OutboxOrderTriggerTest {
+  private static final String TOPIC = "orders";
+  private static TestDatabase db;
+
+  private ExecutorService thread;
+
+  @BeforeAll
+  static void setUp() {
+    db = TestPostgres.shared().createDatabase().migrate();
+    db.execute("CREATE TABLE account (id TEXT PRIMARY KEY, version BIGINT NOT NULL)");
+  }
+
+  @AfterAll
+  static void tearDown() {
+    db.close();
+  }
+
+  @BeforeEach
+  void freshRows() {
+    db.execute("TRUNCATE txkafka_outbox", "DELETE FROM account",
+        "INSERT INTO account VALUES ('acc-1', 0), ('acc-2', 0)");
+    thread = Executors.newSingleThreadExecutor();
+  }
+
+  @AfterEach
+  void stopThread() {
+    thread.shutdownNow();
+  }
+
+  @Test
+  void transactionOvertakenByALaterIdOfItsKeyIsRenumberedAboveIt() throws Exception {
+    try (Connection first = transaction(); Connection second = transaction()) {
+      lockAccount(second, "acc-1");
+      UUID early = send(first, "acc-1");
+      long earlyIdAtInsert = idOf(first, early);
+      Future<?> firstCommit = commitAfterLock(first, "acc-1");
+      UUID late = send(second, "acc-1");
+      second.commit(); // the higher id of acc-1 becomes visible first
+      firstCommit.get(30, TimeUnit.SECONDS);
+
+      long lateId = idOf(late);
+      long earlyId = idOf(early);
+      assertTrue(earlyIdAtInsert < lateId, "setup: the first transaction took the lower id");
+      assertTrue(earlyId > lateId,
+          "the row that became visible last must sort last: " + earlyId + " vs " + lateId);
+    }
+  }
+
+  @Test
+  void transactionNobodyOvertookKeepsItsIds() throws Exception {
+    try (Connection writer = transaction(); Connection other = transaction()) {
+      UUID own = send(writer, "acc-1");
+      UUID ownSecond = send(writer, "acc-1");
+      long idAtInsert = idOf(writer, own);
+      long secondAtInsert = idOf(writer, ownSecond);
+      // Another key committed meanwhile with a higher id: no order between keys, no renumbering.
+      send(other, "acc-2");
+      other.commit();
+      writer.commit();
+      assertEquals(idAtInsert, idOf(own));
+      assertEquals(secondAtInsert, idOf(ownSecond));
+    }
+  }
+
+  @Test
+  void repeatableReadTransactionIsOrderedAfterRowsThatCommittedBeforeIt() throws Exception {
+    try (Connection first = transaction(); Connection second = transaction()) {
+      first.setTransactionIsolation(Connection.TRANSACTION_REPEATABLE_READ);
+      UUID early = send(first, "acc-1"); // first's snapshot is taken here, before second commits
+      UUID late = send(second, "acc-1");
+      second.commit();
+      first.commit();
+      assertTrue(idOf(early) > idOf(late),
+          "a repeatable-read transaction cannot see the row that overtook it, yet must sort after it");
+    }
+  }
+
+  @Test
+  void severalRowsOfAnOvertakenTransactionKeepTheirOwnOrder() throws Exception {
+    try (Connection first = transaction(); Connection second = transaction()) {
+      lockAccount(second, "acc-1");
+      UUID a = send(first, "acc-1");
+      UUID b = send(first, "acc-2");
+      UUID c = send(first, "acc-1");
+      Future<?> firstCommit = commitAfterLock(first, "acc-1");
+      UUID overtaker = send(second, "acc-1");
+      second.commit();
+      firstCommit.get(30, TimeUnit.SECONDS);
+
+      long overtakerId = idOf(overtaker);
+      assertTrue(idOf(a) > overtakerId && idOf(c) > overtakerId,
+          "both acc-1 rows of the first transaction sort after the row that overtook them");
+      assertTrue(idOf(a) < idOf(b) && idOf(b) < idOf(c),
+          "the transaction's own rows keep the order they were sent in");
+    }
+  }
+
+  @Test
+  void rowsSentAfterAnEarlyConstraintCheckAreOrderedToo() throws Exception {
+    try (Connection first = transaction(); Connection second = transaction()) {
+      UUID a = send(first, "acc-1");
+      UUID b = send(first, "acc-2");
+      try (Statement statement = first.createStatement()) {
+        // Fires the deferred trigger now: it takes the locks of acc-1 and acc-2 until commit.
+        statement.execute("SET CONSTRAINTS ALL IMMEDIATE");
+      }
+      UUID secondRow = send(second, "acc-1");
+      Future<?> secondCommit = thread.submit(() -> {
+        second.commit(); // waits for the first transaction's lock of acc-1
+        return null;
+      });
+      UUID c = send(first, "acc-1");
+      first.commit();
+      secondCommit.get(30, TimeUnit.SECONDS);
+
+      assertTrue(idOf(a) < idOf(b) && idOf(b) < idOf(c), "the first transaction keeps its order");
+      assertTrue(idOf(secondRow) > idOf(c),
+          "the second transaction committed last, so its acc-1 row sorts after both of the first's");
+      assertEquals(4L, db.queryLong("SELECT count(*) FROM txkafka_outbox"));
+    }
+  }
+
+  @Test
+  void transactionWritingTheOutboxesOfTwoSchemasOrdersEachOfThem() throws Exception {
+    TxKafkaMigrations.migrate(db.dataSource(), "billing");
+    OutboxWriter billing = Outbox.writer("billing");
+    try (Connection first = transaction(); Connection second = transaction()) {
+      lockAccount(second, "acc-1");
+      send(first, "acc-1");
+      send(first, "acc-2");
+      send(first, "acc-1");
+      List<UUID> firstBilling = new ArrayList<>();
+      for (int i = 0; i < 3; i++) {
+        firstBilling.add(
+            billing.send(first, OutboxMessage.to(TOPIC).key("acc-1").payload("b" + i).build()));
+      }
+      Future<?> firstCommit = commitAfterLock(first, "acc-1");
+      UUID overtaker =
+          billing.send(second, OutboxMessage.to(TOPIC).key("acc-1").payload("late").build());
+      second.commit();
+      firstCommit.get(30, TimeUnit.SECONDS);
+
+      long overtakerId = billingId(overtaker);
+      for (UUID row : firstBilling) {
+        assertTrue(billingId(row) > overtakerId,
+            "every acc-1 row of the first transaction in billing's outbox sorts after the row"
+                + " that overtook it, whatever the first transaction wrote to another schema");
+      }
+    } finally {
+      db.execute("DROP SCHEMA billing CASCADE");
+    }
+  }
+
+  @Test
+  void upgradeFromTheSealedOutboxKeepsPendingRowsInCommitOrder() throws Exception {
+    TestDatabase old = TestPostgres.shared().createDatabase();
+    try {
+      TxKafkaMigrations.configure(old.dataSource(), "public").target("1.0.2").load().migrate();
+      old.execute("CREATE TABLE account (id TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+          "INSERT INTO account VALUES ('acc-1', 0)");
+      UUID early;
+      UUID late;
+      try (Connection first = old.connect(); Connection second = old.connect()) {
+        first.setAutoCommit(false);
+        second.setAutoCommit(false);
+        lockAccount(second, "acc-1");
+        early = send(first, "acc-1");
+        Future<?> firstCommit = commitAfterLock(first, "acc-1");
+        late = send(second, "acc-1");
+        second.commit();
+        firstCommit.get(30, TimeUnit.SECONDS);
+      }
+      assertTrue(
+          old.queryLong("SELECT id FROM txkafka_outbox WHERE message_id = ?", early)
+              < old.queryLong("SELECT id FROM txkafka_outbox WHERE message_id = ?", late),
+          "setup: before the upgrade, ids disagree with commit order");
+
+      TxKafkaMigrations.migrate(old.dataSource(), "public");
+
+      assertTrue(
+          old.queryLong("SELECT id FROM txkafka_outbox WHERE message_id = ?", early)
+              > old.queryLong("SELECT id FROM txkafka_outbox WHERE message_id = ?", late),
+          "after the upgrade the relay's id order is the rows' commit order");
+      assertEquals(2L, old.queryLong("SELECT count(*) FROM txkafka_outbox"));
+    } finally {
+      old.close();
+    }
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  private static Connection transaction() throws SQLException {
+    Connection connection = db.connect();
+    connection.setAutoCommit(false);
+    return connection;
+  }
+
+  private static UUID send(Connection connection, String key) {
+    return WRITER.send(connection, OutboxMessage.to(TOPIC).key(key).payload(key).build());
+  }
+
+  /** Locks the account row in another thread, then commits: the JPA flush at commit. */
+  private Future<?> commitAfterLock(Connection connection, String account) throws Exception {
+    Future<?> commit = thread.submit(() -> {
+      lockAccount(connection, account);
+      connection.commit();
+      return null;
+    });
+    Thread.sleep(200); // it is now blocked on the row lock
+    assertTrue(!commit.isDone(), "setup: the commit waits for the account row");
+    return commit;
+  }
+
+  private static void lockAccount(Connection connection, String account) throws SQLException {
+    try (PreparedStatement update =
+        connection.prepareStatement("UPDATE account SET version = version + 1 WHERE id = ?")) {
+      update.setString(1, account);
+      update.executeUpdate();
+    }
+  }
+
+  private static long billingId(UUID messageId) {
+    return db.queryLong("SELECT id FROM billing.txkafka_outbox WHERE message_id = ?", messageId);
+  }
+
+  private static long idOf(UUID messageId) {
+    return db.queryLong("SELECT id FROM txkafka_outbox WHERE message_id = ?", messageId);
+  }
+
+  private static long idOf(Connection connection, UUID messageId) throws SQLException {
+    try (PreparedStatement query =
+        connection.prepareStatement("SELECT id FROM txkafka_outbox WHERE message_id = ?")) {
+      query.setObject(1, messageId);
+      try (ResultSet rows = query.executeQuery()) {
+        assertTrue(rows.next(), "row " + messageId + " not found");
+        return rows.getLong(1);
+      }
+    }
+  }
+}
