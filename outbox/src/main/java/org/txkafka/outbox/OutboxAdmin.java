@@ -7,8 +7,9 @@ import java.util.List;
  * authorised). Obtain one with {@link Outbox#admin(javax.sql.DataSource)}. Every method runs in
  * its own short transaction on a connection of the data source. Thread-safe.
  *
- * <p>Replaying a row makes it pending again: the relay publishes it in its next round, after rows
- * of its key that were written before it was replayed (a parked row has left per-key order).
+ * <p>Replaying a row makes it pending again under a new id: the relay publishes it in its next
+ * round, after rows of its key that were written before it was replayed (a parked row has left
+ * per-key order).
  * Replaying a row that still cannot be sent parks it again.
  */
 public interface OutboxAdmin {
@@ -27,7 +28,8 @@ public interface OutboxAdmin {
   List<ParkedMessage> parked(int limit);
 
   /**
-   * Makes the parked row {@code id} pending again and wakes the relays.
+   * Makes the parked row {@code id} pending again and wakes the relays. The row gets a new id (its
+   * message id stays): the old one is no longer valid for {@link #discard(long)}.
    *
    * @return false if there is no parked row with that id
    */

@@ -1,6 +1,7 @@
 package org.txkafka.it.outbox;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.txkafka.it.outbox.OutboxFixtures.WRITER;
 
@@ -24,6 +25,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.txkafka.migrations.TxKafkaMigrations;
 import org.txkafka.outbox.Outbox;
+import org.txkafka.outbox.OutboxAdmin;
 import org.txkafka.outbox.OutboxMessage;
 import org.txkafka.outbox.OutboxWriter;
 import org.txkafka.testkit.TestDatabase;
@@ -103,6 +105,40 @@ class OutboxOrderTriggerTest {
       assertEquals(idAtInsert, idOf(own));
       assertEquals(secondAtInsert, idOf(ownSecond));
     }
+  }
+
+  @Test
+  void replayedRowComesAfterTheRowsOfItsKeyPendingAtTheReplay() throws Exception {
+    OutboxAdmin admin = Outbox.admin(db.dataSource());
+    try (Connection first = transaction(); Connection second = transaction()) {
+      UUID early = send(first, "acc-1");
+      UUID late = send(second, "acc-1");
+      second.commit();
+      // The relay parked the later row (say, too large); the first commits while it is parked.
+      db.execute("UPDATE txkafka_outbox SET parked_at = now() WHERE message_id = '" + late + "'");
+      first.commit();
+      UUID afterwards = sendAndCommit("acc-1");
+      assertEquals(1, admin.replayAll());
+      long replayed = idOf(late);
+      assertTrue(replayed > idOf(early) && replayed > idOf(afterwards),
+          "the replayed row sorts after every row of its key pending at the replay");
+    }
+  }
+
+  @Test
+  void rowWithAnExplicitIdIsRefusedAtCommit() throws Exception {
+    try (Connection writer = transaction()) {
+      send(writer, "acc-1");
+      try (Statement statement = writer.createStatement()) {
+        statement.executeUpdate("INSERT INTO txkafka_outbox (id, message_id, share, topic, record_key)"
+            + " VALUES (currval('txkafka_outbox_id_seq') + 1000, gen_random_uuid(), 0, 'orders',"
+            + " 'acc-1'::bytea)");
+      }
+      SQLException refused = assertThrows(SQLException.class, writer::commit);
+      assertEquals("0A000", refused.getSQLState());
+      assertTrue(refused.getMessage().contains("identity sequence"), refused.getMessage());
+    }
+    assertEquals(0L, db.queryLong("SELECT count(*) FROM txkafka_outbox"), "nothing committed");
   }
 
   @Test
@@ -240,6 +276,15 @@ class OutboxOrderTriggerTest {
 
   private static UUID send(Connection connection, String key) {
     return WRITER.send(connection, OutboxMessage.to(TOPIC).key(key).payload(key).build());
+  }
+
+  /** One message in its own committed transaction. */
+  private static UUID sendAndCommit(String key) throws SQLException {
+    try (Connection connection = transaction()) {
+      UUID id = send(connection, key);
+      connection.commit();
+      return id;
+    }
   }
 
   /** Locks the account row in another thread, then commits: the JPA flush at commit. */

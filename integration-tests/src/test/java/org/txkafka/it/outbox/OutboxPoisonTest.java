@@ -152,8 +152,12 @@ class OutboxPoisonTest {
             List<ParkedMessage> again = admin.parked(10);
             return again.size() == 1 && again.get(0).attempts() == 2;
           });
-      assertTrue(admin.discard(parked.id()));
-      assertFalse(admin.discard(parked.id()), "already gone");
+      ParkedMessage again = admin.parked(10).get(0);
+      assertEquals(bad, again.messageId(), "the same message, parked again");
+      assertTrue(again.id() > parked.id(), "a replay gives the row a new id, behind its key's rows");
+      assertFalse(admin.discard(parked.id()), "the old id is gone with the replay");
+      assertTrue(admin.discard(again.id()));
+      assertFalse(admin.discard(again.id()), "already gone");
       assertTrue(admin.parked(10).isEmpty());
       assertEquals(0, admin.pendingCount());
     }

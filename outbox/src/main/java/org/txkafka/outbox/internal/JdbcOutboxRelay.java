@@ -294,6 +294,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     Connection connection = config.dataSource().getConnection();
     try {
       connection.setAutoCommit(true);
+      // Every session, not once: the schema may be migrated (or broken) while the relay runs.
+      OutboxSchema.verify(connection, config.schema());
       PGConnection notifications = null;
       if (config.listenNotify()) {
         if (connection.isWrapperFor(PGConnection.class)) {

@@ -17,12 +17,14 @@ final class OutboxSql {
   final String schema;
   final String table;
   final String archiveTable;
+  final String idSequence;
 
   OutboxSql(String schema) {
     this.schema = SqlIdentifiers.requireIdentifier("schema", schema);
     String quoted = SqlIdentifiers.quoted("schema", schema);
     this.table = quoted + ".txkafka_outbox";
     this.archiveTable = quoted + ".txkafka_outbox_archive";
+    this.idSequence = quoted + ".txkafka_outbox_id_seq";
   }
 
   /**
@@ -116,12 +118,29 @@ final class OutboxSql {
         + " WHERE parked_at IS NOT NULL ORDER BY id LIMIT ?";
   }
 
+  /**
+   * Makes one parked row pending again with a new id from the identity sequence (id): a parked row
+   * has left its key's order, and the relay publishes each share in id order, so the replayed row
+   * comes after every row of its key pending at the replay. A writer transaction of that key that
+   * took a lower id and commits later is renumbered behind it by the commit-time order trigger.
+   */
   String replayOne() {
-    return "UPDATE " + table + " SET parked_at = NULL WHERE id = ? AND parked_at IS NOT NULL";
+    return "UPDATE "
+        + table
+        + " SET parked_at = NULL, id = nextval('"
+        + idSequence
+        + "') WHERE id = ? AND parked_at IS NOT NULL";
   }
 
+  /** Like {@link #replayOne()} for every parked row; new ids in the order of the old ones. */
   String replayAll() {
-    return "UPDATE " + table + " SET parked_at = NULL WHERE parked_at IS NOT NULL";
+    return "UPDATE "
+        + table
+        + " o SET parked_at = NULL, id = replayed.new_id FROM (SELECT ordered.id, nextval('"
+        + idSequence
+        + "') AS new_id FROM (SELECT id FROM "
+        + table
+        + " WHERE parked_at IS NOT NULL ORDER BY id) ordered) replayed WHERE o.id = replayed.id";
   }
 
   String discardOne() {

@@ -1,0 +1,89 @@
+package org.txkafka.it.outbox;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.txkafka.it.outbox.OutboxFixtures.commit;
+import static org.txkafka.it.outbox.OutboxFixtures.numbered;
+import static org.txkafka.it.outbox.OutboxFixtures.pendingRows;
+import static org.txkafka.it.outbox.OutboxFixtures.relay;
+
+import com.zaxxer.hikari.HikariDataSource;
+import java.sql.Connection;
+import java.sql.SQLException;
+import java.time.Duration;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.txkafka.it.outbox.OutboxFixtures.TopicReader;
+import org.txkafka.migrations.TxKafkaMigrations;
+import org.txkafka.outbox.OutboxRelay;
+import org.txkafka.outbox.internal.OutboxSchema;
+import org.txkafka.testkit.KafkaBroker;
+import org.txkafka.testkit.TestDatabase;
+import org.txkafka.testkit.TestPostgres;
+
+/**
+ * A relay reads each share in id order, which is per-key commit order only with the order trigger
+ * of migration 1.0.3 and an id sequence without per-session caches. A relay facing an outbox that
+ * does not give that guarantee publishes nothing (and says what to fix), then goes on by itself
+ * once it is fixed.
+ */
+@Timeout(value = 2, unit = TimeUnit.MINUTES)
+class OutboxSchemaCheckTest {
+  private static final Duration WAIT = Duration.ofSeconds(60);
+
+  @Test
+  void relayPublishesNothingWhileTheIdSequenceHasACacheAndEverythingOnceItIsFixed()
+      throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("schema-check");
+    broker.createTopic(topic, 1);
+    TestDatabase db = TestPostgres.shared().createDatabase().migrate();
+    try (HikariDataSource relayPool = db.newDataSource(2);
+        TopicReader reader = new TopicReader(broker, topic)) {
+      db.execute("ALTER SEQUENCE txkafka_outbox_id_seq CACHE 20");
+      commit(db.dataSource(), List.of(numbered(topic, "k", 0), numbered(topic, "k", 1)));
+      try (OutboxRelay relay = relay(relayPool, broker).build()) {
+        relay.start();
+        // Long enough for several session attempts (backoff from 100 ms).
+        reader.poll(3000);
+        assertEquals(0, reader.records().size(), "nothing is published from a cached sequence");
+        assertEquals(2L, pendingRows(db));
+        assertTrue(relay.ownedShares().isEmpty(), "no share is taken either");
+
+        db.execute("ALTER SEQUENCE txkafka_outbox_id_seq CACHE 1");
+        reader.pollUntil(WAIT, "both rows published after the fix", r -> r.records().size() >= 2);
+      }
+    } finally {
+      db.close();
+    }
+  }
+
+  @Test
+  void checkNamesWhatToFixForAnOutboxOlderThanTheOrderTriggerOrMissing() throws Exception {
+    TestDatabase db = TestPostgres.shared().createDatabase();
+    try {
+      try (Connection connection = db.connect()) {
+        SQLException missing =
+            assertThrows(SQLException.class, () -> OutboxSchema.verify(connection, "public"));
+        assertEquals(OutboxSchema.NOT_READY, missing.getSQLState());
+        assertTrue(missing.getMessage().contains("does not exist"), missing.getMessage());
+      }
+      TxKafkaMigrations.configure(db.dataSource(), "public").target("1.0.2").load().migrate();
+      try (Connection connection = db.connect()) {
+        SQLException old =
+            assertThrows(SQLException.class, () -> OutboxSchema.verify(connection, "public"));
+        assertEquals(OutboxSchema.NOT_READY, old.getSQLState());
+        assertTrue(old.getMessage().contains("1.0.3"), old.getMessage());
+      }
+      TxKafkaMigrations.migrate(db.dataSource(), "public");
+      try (Connection connection = db.connect()) {
+        OutboxSchema.verify(connection, "public"); // does not throw once migrated
+      }
+    } finally {
+      db.close();
+    }
+  }
+}
