@@ -52,7 +52,7 @@ public final class InboxBuilder {
   public static final String DEFAULT_SCHEMA = "public";
 
   /** Default {@link #maxBatchSize}: {@value}. */
-  public static final int DEFAULT_MAX_BATCH_SIZE = 500;
+  public static final int DEFAULT_MAX_BATCH_SIZE = 2000;
 
   /** Largest allowed {@link #maxBatchSize}: {@value}. */
   public static final int MAX_MAX_BATCH_SIZE = 10_000;
@@ -231,7 +231,11 @@ public final class InboxBuilder {
 
   /**
    * Most records of one partition applied in one transaction, 1 to {@value #MAX_MAX_BATCH_SIZE}.
-   * Defaults to {@value #DEFAULT_MAX_BATCH_SIZE}. Correctness never depends on it.
+   * Defaults to {@value #DEFAULT_MAX_BATCH_SIZE}. Correctness never depends on it. Larger batches
+   * mean fewer commits (each one a WAL flush) and round trips per record; smaller ones mean less
+   * work repeated when a batch is rolled back (a failed batch handler call is then applied one
+   * record at a time) and shorter waits on a rebalance: lower it when the handler is slow per
+   * record, so that a batch stays well within {@link #revocationTimeout}.
    */
   public InboxBuilder maxBatchSize(int maxBatchSize) {
     this.maxBatchSize = maxBatchSize;
