@@ -38,8 +38,9 @@ import org.txkafka.outbox.Outbox;
  * <p><b>Limits.</b> Duplicates are recognised only within {@link #dedupRetention}; a message id
  * seen again after its inbox row was removed is applied again. Message ids are unique per consumer
  * group across all its topics. Handler attempts are counted in memory: a crash restarts the count.
- * Memory: at most about {@code maxBatchSize + max.poll.records} records are buffered per assigned
- * partition. A member frozen inside a batch transaction (a long GC pause) holds its partition's
+ * Memory: at most about {@code maxBatchSize * (queuedBatches + 1) + max.poll.records} records are
+ * buffered per assigned partition (the batch in its transaction, the queued ones, one poll's
+ * overshoot), besides the Kafka consumer's own fetch buffer ({@code max.partition.fetch.bytes}). A member frozen inside a batch transaction (a long GC pause) holds its partition's
  * offset row lock, so the member that takes the partition over waits until the frozen one resumes
  * (its batch commits first, then the new owner continues after it) or dies; bound this with the
  * server's {@code idle_in_transaction_session_timeout} and TCP keepalives. Effects outside the
@@ -51,10 +52,19 @@ public final class InboxBuilder {
   public static final String DEFAULT_SCHEMA = "public";
 
   /** Default {@link #maxBatchSize}: {@value}. */
-  public static final int DEFAULT_MAX_BATCH_SIZE = 500;
+  public static final int DEFAULT_MAX_BATCH_SIZE = 2000;
 
   /** Largest allowed {@link #maxBatchSize}: {@value}. */
   public static final int MAX_MAX_BATCH_SIZE = 10_000;
+
+  /** Default {@link #queuedBatches}: {@value}. */
+  public static final int DEFAULT_QUEUED_BATCHES = 3;
+
+  /** Largest allowed {@link #queuedBatches}: {@value}. */
+  public static final int MAX_QUEUED_BATCHES = 16;
+
+  /** Largest allowed {@link #maxBatchSize} times {@link #queuedBatches}: {@value} records. */
+  public static final int MAX_QUEUED_RECORDS = 50_000;
 
   /** Default {@link #concurrency}: {@value}. */
   public static final int DEFAULT_CONCURRENCY = 4;
@@ -101,6 +111,7 @@ public final class InboxBuilder {
   private InboxBatchHandler batchHandler;
   private String schema = DEFAULT_SCHEMA;
   private int maxBatchSize = DEFAULT_MAX_BATCH_SIZE;
+  private int queuedBatches = DEFAULT_QUEUED_BATCHES;
   private int concurrency = DEFAULT_CONCURRENCY;
   private int maxAttempts = DEFAULT_MAX_ATTEMPTS;
   private Duration retryBackoff = DEFAULT_RETRY_BACKOFF;
@@ -220,10 +231,29 @@ public final class InboxBuilder {
 
   /**
    * Most records of one partition applied in one transaction, 1 to {@value #MAX_MAX_BATCH_SIZE}.
-   * Defaults to {@value #DEFAULT_MAX_BATCH_SIZE}. Correctness never depends on it.
+   * Defaults to {@value #DEFAULT_MAX_BATCH_SIZE}. Correctness never depends on it. Larger batches
+   * mean fewer commits (each one a WAL flush) and round trips per record; smaller ones mean less
+   * work repeated when a batch is rolled back (a failed batch handler call is then applied one
+   * record at a time) and shorter waits on a rebalance: lower it when the handler is slow per
+   * record, so that a batch stays well within {@link #revocationTimeout}.
    */
   public InboxBuilder maxBatchSize(int maxBatchSize) {
     this.maxBatchSize = maxBatchSize;
+    return this;
+  }
+
+  /**
+   * Fetch-ahead per partition, in batches, 1 to {@value #MAX_QUEUED_BATCHES}: a partition is
+   * paused once {@code queuedBatches * maxBatchSize} of its records are fetched and waiting
+   * (besides the batch in its transaction), and resumed when a worker took them. More lets the
+   * next batches be fetched while one is applied, so a worker rarely waits for a fetch; it costs
+   * memory (see the class comment) and, on a rebalance, queued records that are dropped and
+   * fetched again by the next owner. {@code maxBatchSize * queuedBatches} must not exceed {@value
+   * #MAX_QUEUED_RECORDS}. Defaults to {@value #DEFAULT_QUEUED_BATCHES}. Correctness never depends
+   * on it.
+   */
+  public InboxBuilder queuedBatches(int queuedBatches) {
+    this.queuedBatches = queuedBatches;
     return this;
   }
 
@@ -385,6 +415,18 @@ public final class InboxBuilder {
     }
     SqlIdentifiers.requireIdentifier("schema", schema);
     requireRange("maxBatchSize", maxBatchSize, 1, MAX_MAX_BATCH_SIZE);
+    requireRange("queuedBatches", queuedBatches, 1, MAX_QUEUED_BATCHES);
+    if ((long) maxBatchSize * queuedBatches > MAX_QUEUED_RECORDS) {
+      throw new IllegalArgumentException(
+          "maxBatchSize * queuedBatches must be at most "
+              + MAX_QUEUED_RECORDS
+              + " records (what a partition may hold queued), was "
+              + maxBatchSize
+              + " * "
+              + queuedBatches
+              + " = "
+              + (long) maxBatchSize * queuedBatches);
+    }
     requireRange("concurrency", concurrency, 1, MAX_CONCURRENCY);
     requireRange("maxAttempts", maxAttempts, 1, 1000);
     requirePositive("retryBackoff", retryBackoff);
@@ -445,6 +487,7 @@ public final class InboxBuilder {
             batchHandler,
             schema,
             maxBatchSize,
+            queuedBatches,
             concurrency,
             maxAttempts,
             retryBackoff,

@@ -29,6 +29,7 @@ public record InboxSettings(
     InboxBatchHandler batchHandler,
     String schema,
     int maxBatchSize,
+    int queuedBatches,
     int concurrency,
     int maxAttempts,
     Duration retryBackoff,

@@ -32,9 +32,10 @@ import org.txkafka.inbox.internal.PartitionState.Phase;
  * <ul>
  *   <li>It never blocks on the database: partition claims run on workers, so a slow or absent
  *       database, or a zombie holding a row lock, never stops it from polling (no rebalance).
- *   <li>It keeps calling poll() while handlers run: a partition whose queue holds a full batch, or
- *       that is not ready, is paused, so buffered records are bounded by configuration (about
- *       maxBatchSize + max.poll.records per partition), never by the backlog.
+ *   <li>It keeps calling poll() while handlers run: a partition whose queue holds queuedBatches
+ *       full batches, or that is not ready, is paused, so buffered records are bounded by
+ *       configuration (about maxBatchSize * (queuedBatches + 1) + max.poll.records per partition,
+ *       counting the batch in its transaction), never by the backlog.
  *   <li>No record of a partition is handed to a worker before its claim is done and the consumer
  *       seeked to the stored offset; records fetched from before the seek are dropped.
  *   <li>Revocation waits, at most revocationTimeout, for in-flight batches of the revoked
@@ -42,6 +43,14 @@ import org.txkafka.inbox.internal.PartitionState.Phase;
  *   <li>Kafka-committed offsets are only ever offsets the database committed (a mirror for lag
  *       tools); the database wins on assignment.
  * </ul>
+ *
+ * <p>Fetch-ahead (several batches queued per partition) changes none of this: a queued record is
+ * only memory until the partition's one scheduled worker takes it and its transaction passes the
+ * compare-and-set on epoch and stored offset. Revocation, loss, fencing and a restart clear the
+ * queue and wait (revocation, close) only for the batch in its transaction; the records dropped
+ * were never committed, so the next owner, or this member after its claim, fetches them again from
+ * the stored offset. A batch taken after records were dropped behind its back cannot commit
+ * either: its expected offset is not the stored one.
  */
 final class PollLoop implements Runnable, ConsumerRebalanceListener {
   private static final Logger LOG = LoggerFactory.getLogger(PollLoop.class);
@@ -223,7 +232,8 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
   }
 
   /**
-   * Pauses partitions that are not ready or whose queue holds a full batch, resumes the others.
+   * Pauses partitions that are not ready or whose queue holds queuedBatches full batches, resumes
+   * the others.
    * Returns whether some ready partition is paused because its queue is full (back-pressure).
    */
   private boolean adjustPause() {
@@ -231,7 +241,8 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
     List<TopicPartition> resume = new ArrayList<>();
     boolean backpressure = false;
     for (PartitionState state : states.values()) {
-      boolean full = state.queued() >= settings.maxBatchSize();
+      boolean full =
+          state.queued() >= (long) settings.maxBatchSize() * settings.queuedBatches();
       backpressure |= full && state.isReady();
       boolean shouldPause = !state.isReady() || full;
       if (shouldPause != state.paused) {

@@ -109,6 +109,12 @@ class InboxConfigurationTest {
   void numbersAndDurationsAreRangeChecked() {
     assertRefused(b -> b.maxBatchSize(0), "maxBatchSize must be between 1 and 10000, was 0");
     assertRefused(b -> b.maxBatchSize(10_001), "maxBatchSize", "10001");
+    assertRefused(b -> b.queuedBatches(0), "queuedBatches must be between 1 and 16, was 0");
+    assertRefused(b -> b.queuedBatches(17), "queuedBatches", "17");
+    assertRefused(
+        b -> b.maxBatchSize(10_000).queuedBatches(6),
+        "maxBatchSize * queuedBatches must be at most 50000",
+        "10000 * 6 = 60000");
     assertRefused(b -> b.concurrency(0), "concurrency must be between 1 and 256, was 0");
     assertRefused(b -> b.maxAttempts(0), "maxAttempts must be between 1 and 1000, was 0");
     assertRefused(b -> b.retryBackoff(Duration.ZERO), "retryBackoff must be a positive duration");
