@@ -40,7 +40,8 @@ import org.txkafka.outbox.Outbox;
  * group across all its topics. Handler attempts are counted in memory: a crash restarts the count.
  * Memory: at most about {@code maxBatchSize * (queuedBatches + 1) + max.poll.records} records are
  * buffered per assigned partition (the batch in its transaction, the queued ones, one poll's
- * overshoot), besides the Kafka consumer's own fetch buffer ({@code max.partition.fetch.bytes}). A member frozen inside a batch transaction (a long GC pause) holds its partition's
+ * overshoot), besides the Kafka consumer's own fetch buffer ({@code max.partition.fetch.bytes}).
+ * A member frozen inside a batch transaction (a long GC pause) holds its partition's
  * offset row lock, so the member that takes the partition over waits until the frozen one resumes
  * (its batch commits first, then the new owner continues after it) or dies; bound this with the
  * server's {@code idle_in_transaction_session_timeout} and TCP keepalives. Effects outside the
