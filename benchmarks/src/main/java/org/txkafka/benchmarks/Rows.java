@@ -178,7 +178,7 @@ final class Rows {
       e.printStackTrace();
       sides[0] = new Outcome.NotRun("tx + outbox send", "failed: " + e);
       sides[1] = new Outcome.NotRun("tx without outbox", "failed: " + e);
-      sides[2] = new Outcome.NotRun("(outbox, no NOTIFY)", "failed: " + e);
+      sides[2] = new Outcome.NotRun("(outbox, relay waits)", "failed: " + e);
       sides[3] = new Outcome.NotRun("(insert, no trigger)", "failed: " + e);
     }
     double ratio = meanTimeRatio(sides[0], sides[1]);
@@ -192,8 +192,9 @@ final class Rows {
         .note(
             "one connection, tx = insert one order row (+ one OutboxWriter.send), commit;"
                 + " sides interleaved in blocks of 200; ratio of mean tx time (first two sides);"
-                + " the last two sides are diagnosis only: the send with its NOTIFY trigger"
-                + " disabled, and the same INSERT with every outbox trigger disabled")
+                + " no relay runs, so no NOTIFY is sent; the last two sides are diagnosis only:"
+                + " the send while a relay waits (NOTIFY at commit), and the same INSERT with"
+                + " every outbox trigger disabled")
         .note(
             Double.isNaN(floor)
                 ? "floor: not run"

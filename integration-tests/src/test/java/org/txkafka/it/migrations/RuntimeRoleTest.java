@@ -115,15 +115,20 @@ class RuntimeRoleTest {
   @Test
   void dmlOnlyRoleCanRunEveryRuntimeStatementKindButNotCreateTables() throws SQLException {
     try (Connection runtime = db.connectAs(ROLE, PASSWORD);
-        Statement statement = runtime.createStatement()) {
+        Statement statement = runtime.createStatement();
+        Connection waitingRelay = db.connectAs(ROLE, PASSWORD);
+        Statement relayStatement = waitingRelay.createStatement()) {
       runtime.setAutoCommit(false);
-      // Writer: the real outbox writer (its insert also fires the NOTIFY trigger).
+      // A relay waiting for work holds a wake-up slot, so the writer's commit notifies.
+      relayStatement.executeQuery("SELECT pg_advisory_lock(hashtextextended('public/wake/0', 0))")
+          .close();
+      // Writer: the real outbox writer (its commit runs the order trigger, which notifies).
       statement.execute("LISTEN txkafka_outbox");
       UUID id = Outbox.writer().send(runtime,
           OutboxMessage.to("orders").key("o-1").payload("{}").header("h", "v").build());
       runtime.commit();
       assertTrue(runtime.unwrap(PGConnection.class).getNotifications(5_000).length > 0,
-          "the insert trigger notified at commit");
+          "the order trigger notified the waiting relay at commit");
 
       // Relay: read pending in a share, lease by advisory lock, park, archive, delete.
       statement.executeQuery("SELECT pg_try_advisory_lock(1, 2)").close();

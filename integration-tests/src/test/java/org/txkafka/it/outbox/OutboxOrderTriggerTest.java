@@ -23,6 +23,8 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
+import org.postgresql.PGConnection;
+import org.postgresql.PGNotification;
 import org.txkafka.migrations.TxKafkaMigrations;
 import org.txkafka.outbox.Outbox;
 import org.txkafka.outbox.OutboxAdmin;
@@ -122,6 +124,27 @@ class OutboxOrderTriggerTest {
       long replayed = idOf(late);
       assertTrue(replayed > idOf(early) && replayed > idOf(afterwards),
           "the replayed row sorts after every row of its key pending at the replay");
+    }
+  }
+
+  @Test
+  void commitNotifiesOnlyWhileARelayWaitsForWork() throws Exception {
+    try (Connection listener = db.connect(); Connection waitingRelay = db.connect()) {
+      try (Statement listen = listener.createStatement()) {
+        listen.execute("LISTEN txkafka_outbox");
+      }
+      PGConnection notifications = listener.unwrap(PGConnection.class);
+      sendAndCommit("acc-1");
+      assertEquals(0, received(notifications),
+          "no relay waits: no NOTIFY, whose commit lock would serialise every writer");
+
+      wakeSlot(waitingRelay, 2, true);
+      sendAndCommit("acc-2");
+      assertEquals(1, received(notifications), "a waiting relay is woken by the commit");
+
+      wakeSlot(waitingRelay, 2, false);
+      sendAndCommit("acc-1");
+      assertEquals(0, received(notifications), "the relay is busy again: no NOTIFY");
     }
   }
 
@@ -305,6 +328,26 @@ class OutboxOrderTriggerTest {
       update.setString(1, account);
       update.executeUpdate();
     }
+  }
+
+  /** Holds or gives back wake-up slot {@code slot} of schema public, as a waiting relay does. */
+  private static void wakeSlot(Connection session, int slot, boolean hold) throws SQLException {
+    try (Statement statement = session.createStatement()) {
+      statement.execute("SELECT pg_advisory_" + (hold ? "lock" : "unlock")
+          + "(hashtextextended('public/wake/" + slot + "', 0))");
+    }
+  }
+
+  /** Notifications of the outbox channel that arrive within half a second. */
+  private static int received(PGConnection listener) throws SQLException {
+    PGNotification[] arrived = listener.getNotifications(500);
+    int count = 0;
+    for (PGNotification notification : arrived == null ? new PGNotification[0] : arrived) {
+      if ("txkafka_outbox".equals(notification.getName())) {
+        count++;
+      }
+    }
+    return count;
   }
 
   private static long billingId(UUID messageId) {

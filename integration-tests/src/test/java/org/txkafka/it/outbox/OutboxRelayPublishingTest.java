@@ -259,6 +259,27 @@ class OutboxRelayPublishingTest {
   }
 
   @Test
+  void idleRelayIsWokenByTheCommitLongBeforeItsNextPoll() {
+    String topic = topic(1);
+    try (OutboxRelay relay =
+            relay(relayPool, broker).pollInterval(Duration.ofMinutes(10)).build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      await(WAIT, "relay took all shares", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
+      await(WAIT, "relay waits for work (holds a wake-up slot)", () -> db.queryLong(
+          "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
+              + " AND objsubid = 1 AND granted AND ((classid::bigint << 32) | objid::bigint)"
+              + " IN (SELECT hashtextextended('public/wake/' || n, 0) FROM generate_series(0, 3) n)")
+          == 1);
+      for (int i = 0; i < 3; i++) {
+        List<UUID> ids = commit(db.dataSource(), List.of(numbered(topic, "idle", i)));
+        // Polling alone would take ten minutes: only the commit's notification can wake it.
+        reader.awaitIds(WAIT, asStrings(ids));
+      }
+    }
+  }
+
+  @Test
   void pollingOnlyRelayPublishesWithoutNotifications() {
     String topic = topic(2);
     try (OutboxRelay relay =

@@ -77,6 +77,16 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private static final Duration CLOSE_GRACE = Duration.ofSeconds(5);
 
   /**
+   * Wake-up slots per schema: a relay waiting for notifications holds one (exclusive, session
+   * advisory lock); the commit-time order trigger of the migrations sends NOTIFY only when it
+   * cannot take all of them shared. Must match the trigger.
+   */
+  static final int WAKE_SLOTS = 4;
+
+  /** How soon a relay that could not take a wake-up slot tries again. */
+  private static final long WAKE_SLOT_RETRY_NANOS = TimeUnit.MILLISECONDS.toNanos(10);
+
+  /**
    * Longest wait before a topic whose sends could not start (no metadata: missing topic, broker
    * unreachable) is tried again. Each try can block the relay thread for the producer's
    * max.block.ms, so a topic that stays missing must not be tried often: it would starve the rest.
@@ -102,6 +112,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private volatile Producer<byte[], byte[]> producer;
   private volatile Session session;
   private volatile Set<Integer> owned = Set.of();
+
+  /** Relay thread only: the wake-up slot this session holds, -1 if none ({@link #takeWakeSlot}). */
+  private int heldWakeSlot = -1;
 
   /** A relay for {@code config}; nothing connects before {@link #start()}. */
   public JdbcOutboxRelay(RelayConfig config) {
@@ -234,6 +247,12 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           if (work || now - nextPoll >= 0) {
             nextPoll = now + config.pollInterval().toNanos();
             BatchOutcome outcome = publishBatch(session);
+            if (outcome.full()) {
+              // Busy (a full batch: it reads again at once): writers need not wake this relay,
+              // and skip NOTIFY while no relay waits. A partial batch keeps the slot, so that a
+              // relay keeping up with the writers is not woken by an extra round.
+              releaseWakeSlot(session);
+            }
             if (outcome.troubled()) {
               sleep(backoffNanos);
               backoffNanos = Math.min(backoffNanos * 2, config.maxBackoff().toNanos());
@@ -366,6 +385,15 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * @return whether a notification arrived
    */
   private boolean awaitWork(Session current, long nanos) throws SQLException {
+    if (current.notifications != null && heldWakeSlot < 0) {
+      if (takeWakeSlot(current)) {
+        // Rows committed before the slot was ours sent no notification: read once more first.
+        return true;
+      }
+      // Every slot is held: by writers committing right now (rows are coming), or by other waiting
+      // relays (then writers notify anyway). Wait briefly, then try again.
+      nanos = Math.min(nanos, WAKE_SLOT_RETRY_NANOS);
+    }
     long deadline = System.nanoTime() + Math.max(0, nanos);
     while (!stopping) {
       long remaining = deadline - System.nanoTime();
@@ -388,6 +416,52 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       }
     }
     return false;
+  }
+
+  /**
+   * Takes a wake-up slot before this relay waits for notifications. A writer's commit sends NOTIFY
+   * only while some relay holds a slot (NOTIFY takes a lock at commit that serialises every
+   * committing transaction of the cluster that sent one, so writers skip it while relays are busy).
+   * No wake-up is lost: a writer that committed before the slot was taken is read by the round that
+   * follows, one committing meanwhile holds every slot shared so that taking one fails and the
+   * relay tries again shortly, and one that commits later finds the slot held and notifies.
+   *
+   * <p>Slots are tried from this relay's own ({@code presence id mod} {@value #WAKE_SLOTS}) on, so
+   * that up to {@value #WAKE_SLOTS} relays each find one.
+   *
+   * @return false if every slot was held (by committing writers or other waiting relays)
+   */
+  private boolean takeWakeSlot(Session current) throws SQLException {
+    int first = Math.floorMod(current.leases.presenceId(), WAKE_SLOTS);
+    try (PreparedStatement take = current.connection.prepareStatement(sql.takeWakeSlot())) {
+      for (int i = 0; i < WAKE_SLOTS; i++) {
+        int slot = (first + i) % WAKE_SLOTS;
+        take.setString(1, wakeSlotKey(slot));
+        try (ResultSet rs = take.executeQuery()) {
+          rs.next();
+          if (rs.getBoolean(1)) {
+            heldWakeSlot = slot;
+            return true;
+          }
+        }
+      }
+    }
+    return false;
+  }
+
+  private void releaseWakeSlot(Session current) throws SQLException {
+    if (heldWakeSlot < 0) {
+      return;
+    }
+    try (PreparedStatement release = current.connection.prepareStatement(sql.releaseWakeSlot())) {
+      release.setString(1, wakeSlotKey(heldWakeSlot));
+      release.execute();
+    }
+    heldWakeSlot = -1;
+  }
+
+  private String wakeSlotKey(int slot) {
+    return config.schema() + "/wake/" + slot;
   }
 
   private void refreshStats(Session current) throws SQLException {
@@ -692,6 +766,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private void loseSession() {
     Session lost = session;
     session = null;
+    heldWakeSlot = -1;
     if (lost == null) {
       return;
     }
@@ -720,6 +795,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         }
       }
       session = null;
+      heldWakeSlot = -1;
       owned = Set.of();
       current.connection.close();
       LOG.info("relay {}: stopped, shares {} released", config.name(), describe(shares));

@@ -151,7 +151,20 @@ final class OutboxSql {
     return "SELECT count(*) FROM " + table + " WHERE parked_at IS NULL";
   }
 
-  /** Wakes the relays after a replay, as the insert trigger does at commit. */
+  /**
+   * Takes a wake-up slot (session advisory lock, exclusive) without waiting; parameter: the slot's
+   * key text, {@code schema/wake/n}, hashed as the order trigger of the migrations hashes it.
+   */
+  String takeWakeSlot() {
+    return "SELECT pg_try_advisory_lock(hashtextextended(?, 0))";
+  }
+
+  /** Gives a wake-up slot back (parameter as for {@link #takeWakeSlot()}). */
+  String releaseWakeSlot() {
+    return "SELECT pg_advisory_unlock(hashtextextended(?, 0))";
+  }
+
+  /** Wakes the relays after a replay, as the order trigger does at commit while one waits. */
   String notifyRelays() {
     return "SELECT pg_notify('" + CHANNEL + "', ?)";
   }
