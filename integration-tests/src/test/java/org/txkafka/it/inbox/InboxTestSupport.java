@@ -88,12 +88,31 @@ final class InboxTestSupport {
   }
 
   /** Sends all messages and waits for the broker's acknowledgements. */
+  /**
+   * Sends the messages and checks that Kafka acknowledged every one. A send that failed (a batch
+   * that expired while the broker did not answer) fails the test here, with its cause, instead of
+   * leaving it to wait for records that were never written.
+   */
   static void produce(KafkaBroker broker, String topic, List<Message> messages) {
     try (KafkaProducer<byte[], byte[]> producer = producer(broker)) {
+      List<java.util.concurrent.Future<org.apache.kafka.clients.producer.RecordMetadata>> sent =
+          new java.util.ArrayList<>(messages.size());
       for (Message message : messages) {
-        producer.send(record(topic, message));
+        sent.add(producer.send(record(topic, message)));
       }
       producer.flush();
+      for (int i = 0; i < sent.size(); i++) {
+        try {
+          sent.get(i).get();
+        } catch (java.util.concurrent.ExecutionException e) {
+          throw new IllegalStateException(
+              "test setup: Kafka did not take record " + i + " of " + sent.size() + " on " + topic,
+              e.getCause());
+        } catch (InterruptedException e) {
+          Thread.currentThread().interrupt();
+          throw new IllegalStateException("interrupted while producing to " + topic, e);
+        }
+      }
     }
   }
 
