@@ -280,6 +280,35 @@ class OutboxRelayPublishingTest {
   }
 
   @Test
+  void moreIdleRelaysThanWakeUpSlotsAreAllWokenByCommits() {
+    String topic = topic(1);
+    int relays = 6; // four wake-up slots: two relays wait without one
+    List<OutboxRelay> started = new ArrayList<>();
+    try (HikariDataSource pool = db.newDataSource(relays + 1);
+        TopicReader reader = new TopicReader(broker, topic)) {
+      try {
+        for (int i = 0; i < relays; i++) {
+          OutboxRelay relay = relay(pool, broker).pollInterval(Duration.ofMinutes(10)).build();
+          started.add(relay);
+          relay.start();
+        }
+        await(WAIT, "every share held by one of the relays", () -> started.stream()
+            .mapToInt(relay -> relay.ownedShares().size()).sum() == Outbox.SHARE_COUNT);
+        List<UUID> ids = new ArrayList<>();
+        for (int i = 0; i < 64; i++) {
+          // Many keys, so that every relay (slot or not) has rows to publish.
+          ids.addAll(commit(db.dataSource(), List.of(numbered(topic, "many-" + i, i))));
+        }
+        // Polling alone would take ten minutes: each relay is woken by a notification.
+        reader.awaitIds(WAIT, asStrings(ids));
+        assertEquals(0, assertPerKeyOrderAfterDedup(reader.records()));
+      } finally {
+        started.forEach(OutboxRelay::close);
+      }
+    }
+  }
+
+  @Test
   void pollingOnlyRelayPublishesWithoutNotifications() {
     String topic = topic(2);
     try (OutboxRelay relay =

@@ -7,7 +7,10 @@ import org.txkafka.SqlIdentifiers;
  * quoted; all values are bound parameters.
  */
 final class OutboxSql {
-  /** The channel of the notification the insert trigger sends at commit (payload: the schema). */
+  /**
+   * The channel of the notification the order trigger sends at commit while a relay waits
+   * (payload: the schema).
+   */
   static final String CHANNEL = "txkafka_outbox";
 
   private static final String COLUMNS =
