@@ -2,11 +2,15 @@ package org.txkafka.benchmarks;
 
 import java.time.Duration;
 import java.util.concurrent.atomic.AtomicReference;
+import java.util.Properties;
 import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.txkafka.outbox.internal.RelayConfig;
 
 /**
- * Baseline of row 3: a raw {@link KafkaProducer}, with the producer settings the relay is given,
- * sending the same messages (key, payload, message-id header) straight from memory. The time runs
+ * Baseline of row 3: a raw {@link KafkaProducer}, with the producer settings the relay is given
+ * and the relay's own {@code batch.size} default (so that both sides send the same request
+ * sizes), sending the same messages (key, payload, message-id header) straight from memory. The time runs
  * from the first send to the last acknowledgement; the latency is send to acknowledgement.
  */
 final class RawProducer {
@@ -18,7 +22,9 @@ final class RawProducer {
     Latencies latencies = new Latencies();
     long start;
     long end;
-    try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(ctx.producerProperties())) {
+    Properties props = ctx.producerProperties();
+    props.put(ProducerConfig.BATCH_SIZE_CONFIG, RelayConfig.DEFAULT_PRODUCER_BATCH_BYTES);
+    try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(props)) {
       // Connect and fetch metadata before the clock starts, as a running relay would have.
       producer.partitionsFor(topic);
       start = System.nanoTime();
