@@ -308,6 +308,49 @@ class OutboxRelayPublishingTest {
     }
   }
 
+  /**
+   * The relay's producer allocates a whole {@code batch.size} (256 KB by default) for each partition
+   * a batch of rows touches. A batch spread over more partitions than {@code buffer.memory} holds
+   * such buffers makes sends wait for memory; they must all still go out, once each, with no send
+   * timing out into a failure.
+   */
+  @Test
+  void batchSpreadOverMorePartitionsThanTheProducerBufferHoldsIsPublishedOnce() {
+    int partitions = 120;
+    String topic = topic(partitions);
+    List<OutboxMessage> messages = new ArrayList<>();
+    for (int i = 0; i < 2 * partitions; i++) {
+      messages.add(
+          OutboxMessage.to(topic).key("key-" + i).payload("row " + i).partition(i % partitions).build());
+    }
+    List<UUID> ids = commit(db.dataSource(), messages);
+    SimpleMeterRegistry registry = new SimpleMeterRegistry();
+    // 2 MB: room for 8 buffers of 256 KB while one batch of rows needs 120.
+    try (OutboxRelay relay =
+            relay(relayPool, broker)
+                .producerProperty("buffer.memory", 2 * 1024 * 1024)
+                .meterRegistry(registry)
+                .build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      reader.awaitIds(WAIT, asStrings(ids));
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+
+      assertEquals(ids.size(), reader.records().size(), "each row exactly once");
+      Set<Integer> partitionsSeen = new HashSet<>();
+      for (ConsumerRecord<byte[], byte[]> record : reader.records()) {
+        partitionsSeen.add(record.partition());
+      }
+      assertEquals(partitions, partitionsSeen.size(), "every partition got its rows");
+      assertEquals(
+          0.0,
+          registry.get("txkafka.outbox.failures").counter().count(),
+          "no send failed while waiting for memory");
+      assertEquals(
+          (double) ids.size(), registry.get("txkafka.outbox.published").counter().count());
+    }
+  }
+
   @Test
   void pollingOnlyRelayPublishesWithoutNotifications() {
     String topic = topic(2);
