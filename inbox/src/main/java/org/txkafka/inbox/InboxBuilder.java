@@ -273,7 +273,9 @@ public final class InboxBuilder {
 
   /**
    * Handler failures of one record before it is dead-lettered, 1 to 1000. Defaults to {@value
-   * #DEFAULT_MAX_ATTEMPTS}. Transient database errors never count.
+   * #DEFAULT_MAX_ATTEMPTS}. Transient database errors never count. Starts of a record that ended
+   * the process (counted in the database, after a batch was lost) count too: such a record is
+   * dead-lettered without running the handler after this many.
    */
   public InboxBuilder maxAttempts(int maxAttempts) {
     this.maxAttempts = maxAttempts;

@@ -54,6 +54,12 @@ import org.txkafka.outbox.OutboxWriter;
  *       passed over after it was dead-lettered in a committed transaction.
  *   <li>A transient database error counts as a handler attempt or dead-letters anything: it is
  *       retried with backoff for as long as the partition is owned.
+ *   <li>A record that ends the process every time it is handled blocks its partition for ever:
+ *       every batch is announced by a mark committed before it runs ({@link InboxSql#markBatch});
+ *       a claim that finds a marked batch never committed ({@link InboxSql#claim}) makes the new
+ *       owner apply its records one per transaction, each after a start mark of its own ({@link
+ *       InboxSql#markStarted}); a record whose mark shows {@code maxAttempts} earlier starts is
+ *       dead-lettered without running the handler. No handler runs before its mark committed.
  * </ul>
  */
 final class BatchProcessor {
@@ -126,6 +132,7 @@ final class BatchProcessor {
     int limit = Integer.MAX_VALUE;
     int isolateUntil = 0;
     int position = 0;
+    boolean batchMarked = false;
     while (position < items.size()) {
       if (!active(state, epoch)) {
         return;
@@ -137,16 +144,41 @@ final class BatchProcessor {
       if (deadReason == null && tried >= settings.maxAttempts()) {
         deadReason = Failures.describe(lastFailure.get(firstOffset));
       }
+      boolean guarded = state.guardedRecords > 0;
+      if (guarded && deadReason == null) {
+        int starts = markStarted(state, epoch, firstOffset);
+        if (starts < 0) {
+          return;
+        }
+        if (starts - 1 >= settings.maxAttempts()) {
+          tried = starts - 1;
+          deadReason =
+              "started "
+                  + tried
+                  + " times without completing: the process died or lost the partition each time"
+                  + " while handling it";
+        }
+      }
       if (deadReason != null) {
         Outcome outcome = deadLetter(state, epoch, expected, first, tried, deadReason);
         if (!(outcome instanceof Committed)) {
           return;
         }
+        if (guarded) {
+          state.guardedRecords--;
+        }
         position++;
         limit = Integer.MAX_VALUE;
         continue;
       }
-      int unitLimit = position < isolateUntil ? 1 : limit;
+      if (!guarded && !batchMarked) {
+        // The records from here on run as batches: announce them (a lost one is then known).
+        if (!markBatch(state, epoch, firstOffset, items.size() - position)) {
+          return;
+        }
+        batchMarked = true;
+      }
+      int unitLimit = guarded || position < isolateUntil ? 1 : limit;
       int end = position;
       while (end < items.size()
           && end - position < unitLimit
@@ -156,6 +188,9 @@ final class BatchProcessor {
       List<Item> unit = items.subList(position, end);
       Outcome outcome = apply(state, epoch, expected, unit);
       if (outcome instanceof Committed) {
+        if (guarded) {
+          state.guardedRecords--;
+        }
         position = end;
         limit = Integer.MAX_VALUE;
         continue;
@@ -195,6 +230,91 @@ final class BatchProcessor {
       }
       limit = 1;
     }
+  }
+
+  /**
+   * Commits, in a transaction of its own, that a batch of {@code records} records from {@code
+   * offset} is being started (retried while the database fails).
+   *
+   * @return false if the batch must stop (fenced: then the partition is marked so; revoked;
+   *     closing)
+   */
+  private boolean markBatch(PartitionState state, long epoch, long offset, int records)
+      throws InterruptedException {
+    TopicPartition partition = state.partition;
+    return mark(
+        state,
+        epoch,
+        offset,
+        connection ->
+            sql.markBatch(
+                    connection,
+                    settings.groupId(),
+                    partition.topic(),
+                    partition.partition(),
+                    epoch,
+                    offset,
+                    records)
+                ? 1
+                : -1) > 0;
+  }
+
+  /**
+   * Commits, in a transaction of its own, that the record at {@code offset} is being started one at
+   * a time after a lost batch, so that a start that ends the process is counted (retried while the
+   * database fails).
+   *
+   * @return the starts of that record so far, this one included; -1 if the batch must stop
+   *     (fenced: then the partition is marked so; revoked; closing)
+   */
+  private int markStarted(PartitionState state, long epoch, long offset)
+      throws InterruptedException {
+    TopicPartition partition = state.partition;
+    return mark(
+        state,
+        epoch,
+        offset,
+        connection ->
+            sql.markStarted(
+                connection,
+                settings.groupId(),
+                partition.topic(),
+                partition.partition(),
+                epoch,
+                offset));
+  }
+
+  /** A mark statement: a positive result, or -1 when the epoch is no longer the owner's. */
+  private interface Mark {
+    int run(Connection connection) throws SQLException;
+  }
+
+  private int mark(PartitionState state, long epoch, long offset, Mark mark)
+      throws InterruptedException {
+    int failures = 0;
+    while (active(state, epoch)) {
+      try {
+        int result = transactions.inTransaction(scope -> mark.run(scope.connection()));
+        if (result < 0) {
+          fenced(state, epoch);
+        }
+        return result;
+      } catch (InterruptedException e) {
+        throw e;
+      } catch (Exception e) {
+        failures++;
+        LOG.warn(
+            "could not mark the start of {} offset {} (failure {}), retrying: {}",
+            state.partition,
+            offset,
+            failures,
+            e.toString());
+        if (!sleep(state, epoch, backoff(failures))) {
+          return -1;
+        }
+      }
+    }
+    return -1;
   }
 
   /** One transaction for {@code unit}, retried while the database fails transiently. */

@@ -121,6 +121,16 @@ public final class InboxRuntime implements Inbox {
                         ownerId));
         state.epoch = claim.epoch();
         state.claimedOffset = claim.nextOffset();
+        state.guardedRecords = claim.guardedRecords();
+        if (claim.guardedRecords() > 0) {
+          LOG.warn(
+              "claimed {}: a batch (or record) started at offset {} was never committed, its owner"
+                  + " died or lost the partition; applying the next {} records one at a time, each"
+                  + " after a committed start mark",
+              state.partition,
+              claim.nextOffset() == null ? "(first)" : claim.nextOffset(),
+              claim.guardedRecords());
+        }
         if (claim.nextOffset() != null) {
           state.committedOffset = claim.nextOffset();
         }

@@ -44,9 +44,15 @@ public final class InboxSql {
   static final long CLAIM_LOCK_TIMEOUT_MILLIS = 5000;
 
   /** A claim of a partition: the stored next offset (null if none yet) and the new epoch. */
-  public record Claim(Long nextOffset, long epoch) {}
+  /**
+   * A claim's result: the stored offset (null: none), the new owner epoch, and how many records
+   * the new owner must apply one at a time (see {@link #claim}).
+   */
+  public record Claim(Long nextOffset, long epoch, int guardedRecords) {}
 
   private final String claim;
+  private final String markBatch;
+  private final String markStarted;
   private final String advance;
   private final String insertProcessed;
   private final String insertProcessedAllNew;
@@ -80,7 +86,33 @@ public final class InboxSql {
             + " updated_at) VALUES (?, ?, ?, NULL, 1, ?, now())"
             + " ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE"
             + " SET owner_epoch = o.owner_epoch + 1, owner_id = EXCLUDED.owner_id,"
-            + " updated_at = now() RETURNING next_offset, owner_epoch";
+            + " updated_at = now()"
+            // How many records the new owner applies one at a time (migration 1.0.4): those of a
+            // batch that was started at the stored offset and never committed (the stored offset
+            // is null until the first commit), else the record started that way at the stored
+            // offset that never completed, else none.
+            + " RETURNING next_offset, owner_epoch,"
+            + " CASE WHEN batch_records IS NOT NULL"
+            + " AND (next_offset IS NULL OR batch_offset = next_offset) THEN batch_records"
+            + " WHEN started_offset IS NOT NULL"
+            + " AND (next_offset IS NULL OR started_offset = next_offset) THEN 1 ELSE 0 END";
+    // Marks are committed before the work they announce, asynchronously: they must outlive the
+    // consumer process, not a crash of PostgreSQL.
+    String asyncCommit = " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async";
+    markBatch =
+        "UPDATE "
+            + offsets
+            + " SET batch_offset = ?, batch_records = ?"
+            + asyncCommit
+            + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?";
+    markStarted =
+        "UPDATE "
+            + offsets
+            + " SET started_count = CASE WHEN started_offset = ? THEN started_count + 1 ELSE 1 END,"
+            + " started_offset = ?"
+            + asyncCommit
+            + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
+            + " RETURNING started_count";
     // The first statement of every batch transaction also bounds how long the transaction may sit
     // idle (a frozen member holding this row's lock), in the same round trip.
     String idleGuard =
@@ -149,7 +181,11 @@ public final class InboxSql {
 
   /**
    * Bumps the owner epoch of a partition (creating its row) and returns the stored offset. Waits at
-   * most {@value #CLAIM_LOCK_TIMEOUT_MILLIS} ms for the row lock (then SQLState 55P03).
+   * most {@value #CLAIM_LOCK_TIMEOUT_MILLIS} ms for the row lock (then SQLState 55P03). If a batch
+   * was marked ({@link #markBatch}) at the stored offset and never committed, its previous owner
+   * died or lost the partition while applying it: the claim returns that batch's number of records,
+   * which the new owner applies one at a time, each after {@link #markStarted}; if a record so
+   * started at the stored offset never completed, it returns 1.
    */
   public Claim claim(
       Connection connection, String group, String topic, int partition, String ownerId)
@@ -169,7 +205,56 @@ public final class InboxSql {
         rows.next();
         long next = rows.getLong(1);
         Long nextOffset = rows.wasNull() ? null : next;
-        return new Claim(nextOffset, rows.getLong(2));
+        return new Claim(nextOffset, rows.getLong(2), rows.getInt(3));
+      }
+    }
+  }
+
+  /**
+   * Records, in the caller's transaction (which must commit before the batch runs), that a batch
+   * of {@code records} records from {@code offset} is being started.
+   *
+   * @return false if {@code epoch} is no longer the owner epoch (fenced)
+   */
+  public boolean markBatch(
+      Connection connection,
+      String group,
+      String topic,
+      int partition,
+      long epoch,
+      long offset,
+      int records)
+      throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(markBatch)) {
+      statement.setLong(1, offset);
+      statement.setInt(2, records);
+      statement.setString(3, group);
+      statement.setString(4, topic);
+      statement.setInt(5, partition);
+      statement.setLong(6, epoch);
+      return statement.executeUpdate() == 1;
+    }
+  }
+
+  /**
+   * Records, in the caller's transaction (which must commit before the handler runs), that the
+   * record at {@code offset} is being started one at a time, after a lost batch.
+   *
+   * @return how many times that record has now been started so, this time included; -1
+   *     if {@code epoch} is no longer the owner epoch (fenced)
+   */
+  public int markStarted(
+      Connection connection, String group, String topic, int partition, long epoch, long offset)
+      throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(markStarted)) {
+      statement.setLong(1, offset);
+      statement.setLong(2, offset);
+      statement.setString(3, group);
+      statement.setString(4, topic);
+      statement.setInt(5, partition);
+      statement.setLong(6, epoch);
+      try (ResultSet rows = statement.executeQuery()) {
+        return rows.next() ? rows.getInt(1) : -1;
       }
     }
   }

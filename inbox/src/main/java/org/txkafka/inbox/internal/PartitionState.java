@@ -48,6 +48,13 @@ final class PartitionState {
   volatile Long claimedOffset;
 
   /**
+   * Records still to be applied one at a time, each after a committed start mark, because the
+   * claim found a lost batch ({@link InboxSql#claim}); written by the claim task before CLAIMED,
+   * then only by the worker applying this partition's batch (one at a time).
+   */
+  volatile int guardedRecords;
+
+  /**
    * Where this assignment began when nothing was stored in the database (the Kafka-committed
    * offset or the reset policy, resolved once by the poll thread), else -1. A re-claim that still
    * finds nothing stored restarts here.

@@ -10,6 +10,7 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.atomic.AtomicBoolean;
 import org.apache.kafka.common.TopicPartition;
 import org.txkafka.inbox.Inbox;
+import org.txkafka.inbox.InboxBuilder;
 import org.txkafka.inbox.InboxHandler;
 import org.txkafka.inbox.InboxListener;
 
@@ -19,7 +20,9 @@ import org.txkafka.inbox.InboxListener;
  * group}, {@code label} (written to ledger.applied_by), optional {@code instanceId} (static
  * membership), optional {@code stallMessageId} (the handler prints "STALL id" and sleeps {@code
  * stallMillis} in the transaction when it meets that id, once), optional {@code
- * transactionIdleTimeoutMillis} (0: the server's setting). Prints "READY" once started,
+ * transactionIdleTimeoutMillis} (0: the server's setting), optional {@code haltMessageId} (the
+ * handler prints "HALT id" and ends the process with {@code Runtime.halt} whenever it meets that
+ * id, after writing its ledger row), optional {@code maxAttempts}. Prints "READY" once started,
  * "ASSIGNED", "LOST", "REVOKED", "FENCED" lines; runs until killed or terminated.
  */
 public final class InboxMemberMain {
@@ -34,6 +37,7 @@ public final class InboxMemberMain {
     config.setMaximumPoolSize(3);
     String label = System.getProperty("label");
     String stallId = System.getProperty("stallMessageId");
+    String haltId = System.getProperty("haltMessageId");
     long stallMillis = Long.getLong("stallMillis", 4000);
     AtomicBoolean stalled = new AtomicBoolean();
     InboxHandler ledger = InboxTestSupport.ledgerHandler(label);
@@ -43,6 +47,12 @@ public final class InboxMemberMain {
           ledger.handle(record, context);
           if (delayMillis > 0) {
             Thread.sleep(delayMillis);
+          }
+          if (record.messageId().equals(haltId)) {
+            // The business row is written but not committed: the process ends mid-transaction.
+            System.out.println("HALT " + record.messageId() + " offset " + record.offset());
+            System.out.flush();
+            Runtime.getRuntime().halt(137);
           }
           if (record.messageId().equals(stallId) && stalled.compareAndSet(false, true)) {
             System.out.println("STALL " + record.messageId() + " offset " + record.offset());
@@ -91,6 +101,7 @@ public final class InboxMemberMain {
                 .dataSource(dataSource)
                 .handler(handler)
                 .maxBatchSize(Integer.getInteger("maxBatchSize", 50))
+                .maxAttempts(Integer.getInteger("maxAttempts", InboxBuilder.DEFAULT_MAX_ATTEMPTS))
                 .concurrency(2)
                 .retryBackoff(Duration.ofMillis(50))
                 .maxRetryBackoff(Duration.ofSeconds(1))
