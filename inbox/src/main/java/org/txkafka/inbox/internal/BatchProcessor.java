@@ -10,7 +10,13 @@ import java.util.Collections;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Objects;
 import java.util.Set;
+import java.util.UUID;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.Lock;
+import java.util.concurrent.locks.ReadWriteLock;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
 import java.util.function.BooleanSupplier;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.common.TopicPartition;
@@ -55,11 +61,15 @@ import org.txkafka.outbox.OutboxWriter;
  *   <li>A transient database error counts as a handler attempt or dead-letters anything: it is
  *       retried with backoff for as long as the partition is owned.
  *   <li>A record that ends the process every time it is handled blocks its partition for ever:
- *       every batch is announced by a mark committed before it runs ({@link InboxSql#markBatch});
- *       a claim that finds a marked batch never committed ({@link InboxSql#claim}) makes the new
+ *       every run of records as a batch is announced by a mark committed before it runs ({@link
+ *       InboxSql#markBatch}), naming the stored offset it continues from (offsets have gaps); a
+ *       claim that finds a marked batch never committed ({@link InboxSql#claim}) makes the new
  *       owner apply its records one per transaction, each after a start mark of its own ({@link
  *       InboxSql#markStarted}); a record whose mark shows {@code maxAttempts} earlier starts is
  *       dead-lettered without running the handler. No handler runs before its mark committed.
+ *   <li>A death is charged to a record that did not cause it: a record applied one at a time runs
+ *       alone in this process ({@link #isolation}), so the only record whose start can be counted
+ *       at a death is the one that was running.
  * </ul>
  */
 final class BatchProcessor {
@@ -78,6 +88,12 @@ final class BatchProcessor {
   private final OutboxWriter writer;
   private final InboxMetrics metrics;
   private final BooleanSupplier closing;
+
+  /**
+   * Records applied one at a time after a lost batch hold it exclusively, batches hold it shared:
+   * while such a record runs, nothing else of this process applies records.
+   */
+  private final ReadWriteLock isolation = new ReentrantReadWriteLock(true);
 
   BatchProcessor(
       InboxSettings settings,
@@ -133,6 +149,7 @@ final class BatchProcessor {
     int isolateUntil = 0;
     int position = 0;
     boolean batchMarked = false;
+    Long markedFrom = null;
     while (position < items.size()) {
       if (!active(state, epoch)) {
         return;
@@ -145,22 +162,59 @@ final class BatchProcessor {
         deadReason = Failures.describe(lastFailure.get(firstOffset));
       }
       boolean guarded = state.guardedRecords > 0;
-      if (guarded && deadReason == null) {
-        int starts = markStarted(state, epoch, firstOffset);
-        if (starts < 0) {
-          return;
-        }
-        if (starts - 1 >= settings.maxAttempts()) {
-          tried = starts - 1;
-          deadReason =
-              "started "
-                  + tried
-                  + " times without completing: the process died or lost the partition each time"
-                  + " while handling it";
-        }
+      // A record applied one at a time after a lost batch runs alone in this process (exclusive),
+      // so that a death while it runs is charged to it only; batches run side by side (shared).
+      Lock lock = guarded ? isolation.writeLock() : isolation.readLock();
+      if (!acquire(state, epoch, lock)) {
+        return;
       }
-      if (deadReason != null) {
-        Outcome outcome = deadLetter(state, epoch, expected, first, tried, deadReason);
+      Outcome outcome;
+      boolean deadLettering;
+      int end = position;
+      try {
+        if (guarded && deadReason == null) {
+          int starts = markStarted(state, epoch, expected[0], UUID.randomUUID().toString());
+          if (starts < 0) {
+            return;
+          }
+          if (starts - 1 >= settings.maxAttempts()) {
+            tried = starts - 1;
+            Throwable last = lastFailure.get(firstOffset);
+            deadReason =
+                "started "
+                    + tried
+                    + " times without completing ("
+                    + (last == null
+                        ? "the process ended, or the partition was lost, while handling it"
+                        : "last handler error: " + Failures.describe(last))
+                    + ")";
+          }
+        }
+        deadLettering = deadReason != null;
+        if (deadLettering) {
+          outcome = deadLetter(state, epoch, expected, first, tried, deadReason);
+        } else {
+          if (!guarded && (!batchMarked || !Objects.equals(markedFrom, expected[0]))) {
+            // The records from here on run as batches: announce them, so that a batch lost with
+            // the process is known to the next claim (again after any commit moved the offset).
+            if (!markBatch(state, epoch, expected[0], items.size() - position, firstOffset)) {
+              return;
+            }
+            batchMarked = true;
+            markedFrom = expected[0];
+          }
+          int unitLimit = guarded || position < isolateUntil ? 1 : limit;
+          while (end < items.size()
+              && end - position < unitLimit
+              && items.get(end).malformed() == null) {
+            end++;
+          }
+          outcome = apply(state, epoch, expected, items.subList(position, end));
+        }
+      } finally {
+        lock.unlock();
+      }
+      if (deadLettering) {
         if (!(outcome instanceof Committed)) {
           return;
         }
@@ -171,22 +225,7 @@ final class BatchProcessor {
         limit = Integer.MAX_VALUE;
         continue;
       }
-      if (!guarded && !batchMarked) {
-        // The records from here on run as batches: announce them (a lost one is then known).
-        if (!markBatch(state, epoch, firstOffset, items.size() - position)) {
-          return;
-        }
-        batchMarked = true;
-      }
-      int unitLimit = guarded || position < isolateUntil ? 1 : limit;
-      int end = position;
-      while (end < items.size()
-          && end - position < unitLimit
-          && items.get(end).malformed() == null) {
-        end++;
-      }
       List<Item> unit = items.subList(position, end);
-      Outcome outcome = apply(state, epoch, expected, unit);
       if (outcome instanceof Committed) {
         if (guarded) {
           state.guardedRecords--;
@@ -233,47 +272,49 @@ final class BatchProcessor {
   }
 
   /**
-   * Commits, in a transaction of its own, that a batch of {@code records} records from {@code
-   * offset} is being started (retried while the database fails).
+   * Commits, in a transaction of its own, that a batch of {@code records} records continuing from
+   * the stored offset {@code from} is being started (retried while the database fails).
    *
    * @return false if the batch must stop (fenced: then the partition is marked so; revoked;
    *     closing)
    */
-  private boolean markBatch(PartitionState state, long epoch, long offset, int records)
+  private boolean markBatch(
+      PartitionState state, long epoch, Long from, int records, long firstOffset)
       throws InterruptedException {
     TopicPartition partition = state.partition;
     return mark(
-        state,
-        epoch,
-        offset,
-        connection ->
-            sql.markBatch(
-                    connection,
-                    settings.groupId(),
-                    partition.topic(),
-                    partition.partition(),
-                    epoch,
-                    offset,
-                    records)
-                ? 1
-                : -1) > 0;
+            state,
+            epoch,
+            firstOffset,
+            connection ->
+                sql.markBatch(
+                        connection,
+                        settings.groupId(),
+                        partition.topic(),
+                        partition.partition(),
+                        epoch,
+                        from,
+                        records)
+                    ? 1
+                    : -1)
+        > 0;
   }
 
   /**
-   * Commits, in a transaction of its own, that the record at {@code offset} is being started one at
-   * a time after a lost batch, so that a start that ends the process is counted (retried while the
-   * database fails).
+   * Commits, in a transaction of its own, that the record continuing from the stored offset {@code
+   * from} is being started one at a time after a lost batch, so that a start that ends the process
+   * is counted (retried while the database fails; {@code token} makes a retry count once).
    *
    * @return the starts of that record so far, this one included; -1 if the batch must stop
    *     (fenced: then the partition is marked so; revoked; closing)
    */
-  private int markStarted(PartitionState state, long epoch, long offset)
+  private int markStarted(PartitionState state, long epoch, Long from, String token)
       throws InterruptedException {
     TopicPartition partition = state.partition;
     return mark(
         state,
         epoch,
-        offset,
+        from == null ? -1 : from,
         connection ->
             sql.markStarted(
                 connection,
@@ -281,7 +322,19 @@ final class BatchProcessor {
                 partition.topic(),
                 partition.partition(),
                 epoch,
-                offset));
+                from,
+                token));
+  }
+
+  /** Takes {@code lock}, giving up when the partition stops being active. */
+  private boolean acquire(PartitionState state, long epoch, Lock lock)
+      throws InterruptedException {
+    while (active(state, epoch)) {
+      if (lock.tryLock(SLEEP_SLICE_MILLIS, TimeUnit.MILLISECONDS)) {
+        return true;
+      }
+    }
+    return false;
   }
 
   /** A mark statement: a positive result, or -1 when the epoch is no longer the owner's. */
@@ -304,7 +357,7 @@ final class BatchProcessor {
       } catch (Exception e) {
         failures++;
         LOG.warn(
-            "could not mark the start of {} offset {} (failure {}), retrying: {}",
+            "could not mark the start of work on {} at offset {} (failure {}), retrying: {}",
             state.partition,
             offset,
             failures,

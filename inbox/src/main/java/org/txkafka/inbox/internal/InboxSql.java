@@ -88,14 +88,13 @@ public final class InboxSql {
             + " SET owner_epoch = o.owner_epoch + 1, owner_id = EXCLUDED.owner_id,"
             + " updated_at = now()"
             // How many records the new owner applies one at a time (migration 1.0.4): those of a
-            // batch that was started at the stored offset and never committed (the stored offset
-            // is null until the first commit), else the record started that way at the stored
-            // offset that never completed, else none.
+            // batch started from the stored offset (null: none yet) that never committed, else the
+            // record started that way from the stored offset that never completed, else none.
             + " RETURNING next_offset, owner_epoch,"
             + " CASE WHEN batch_records IS NOT NULL"
-            + " AND (next_offset IS NULL OR batch_offset = next_offset) THEN batch_records"
-            + " WHEN started_offset IS NOT NULL"
-            + " AND (next_offset IS NULL OR started_offset = next_offset) THEN 1 ELSE 0 END";
+            + " AND batch_offset IS NOT DISTINCT FROM next_offset THEN batch_records"
+            + " WHEN started_count > 0"
+            + " AND started_offset IS NOT DISTINCT FROM next_offset THEN 1 ELSE 0 END";
     // Marks are committed before the work they announce, asynchronously: they must outlive the
     // consumer process, not a crash of PostgreSQL.
     String asyncCommit = " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async";
@@ -108,8 +107,10 @@ public final class InboxSql {
     markStarted =
         "UPDATE "
             + offsets
-            + " SET started_count = CASE WHEN started_offset = ? THEN started_count + 1 ELSE 1 END,"
-            + " started_offset = ?"
+            + " SET started_count = CASE WHEN started_token = ? THEN started_count"
+            + " WHEN started_count > 0 AND started_offset IS NOT DISTINCT FROM ?"
+            + " THEN started_count + 1 ELSE 1 END,"
+            + " started_offset = ?, started_token = ?"
             + asyncCommit
             + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
             + " RETURNING started_count";
@@ -182,10 +183,10 @@ public final class InboxSql {
   /**
    * Bumps the owner epoch of a partition (creating its row) and returns the stored offset. Waits at
    * most {@value #CLAIM_LOCK_TIMEOUT_MILLIS} ms for the row lock (then SQLState 55P03). If a batch
-   * was marked ({@link #markBatch}) at the stored offset and never committed, its previous owner
+   * was marked ({@link #markBatch}) from the stored offset and never committed, its previous owner
    * died or lost the partition while applying it: the claim returns that batch's number of records,
    * which the new owner applies one at a time, each after {@link #markStarted}; if a record so
-   * started at the stored offset never completed, it returns 1.
+   * started from the stored offset never completed, it returns 1.
    */
   public Claim claim(
       Connection connection, String group, String topic, int partition, String ownerId)
@@ -212,7 +213,8 @@ public final class InboxSql {
 
   /**
    * Records, in the caller's transaction (which must commit before the batch runs), that a batch
-   * of {@code records} records from {@code offset} is being started.
+   * of {@code records} records continuing from the stored offset {@code from} (null: none stored
+   * yet) is being started.
    *
    * @return false if {@code epoch} is no longer the owner epoch (fenced)
    */
@@ -222,11 +224,11 @@ public final class InboxSql {
       String topic,
       int partition,
       long epoch,
-      long offset,
+      Long from,
       int records)
       throws SQLException {
     try (PreparedStatement statement = connection.prepareStatement(markBatch)) {
-      statement.setLong(1, offset);
+      setNullableLong(statement, 1, from);
       statement.setInt(2, records);
       statement.setString(3, group);
       statement.setString(4, topic);
@@ -236,23 +238,42 @@ public final class InboxSql {
     }
   }
 
+  private static void setNullableLong(PreparedStatement statement, int index, Long value)
+      throws SQLException {
+    if (value == null) {
+      statement.setNull(index, java.sql.Types.BIGINT);
+    } else {
+      statement.setLong(index, value);
+    }
+  }
+
   /**
    * Records, in the caller's transaction (which must commit before the handler runs), that the
-   * record at {@code offset} is being started one at a time, after a lost batch.
+   * record continuing from the stored offset {@code from} (null: none stored yet) is being started
+   * one at a time, after a lost batch. A retry with the same {@code token} (its first try may have
+   * committed without the caller seeing it) does not count again.
    *
-   * @return how many times that record has now been started so, this time included; -1
+   * @return how many times that record has now been started so, this start included; -1
    *     if {@code epoch} is no longer the owner epoch (fenced)
    */
   public int markStarted(
-      Connection connection, String group, String topic, int partition, long epoch, long offset)
+      Connection connection,
+      String group,
+      String topic,
+      int partition,
+      long epoch,
+      Long from,
+      String token)
       throws SQLException {
     try (PreparedStatement statement = connection.prepareStatement(markStarted)) {
-      statement.setLong(1, offset);
-      statement.setLong(2, offset);
-      statement.setString(3, group);
-      statement.setString(4, topic);
-      statement.setInt(5, partition);
-      statement.setLong(6, epoch);
+      statement.setString(1, token);
+      setNullableLong(statement, 2, from);
+      setNullableLong(statement, 3, from);
+      statement.setString(4, token);
+      statement.setString(5, group);
+      statement.setString(6, topic);
+      statement.setInt(7, partition);
+      statement.setLong(8, epoch);
       try (ResultSet rows = statement.executeQuery()) {
         return rows.next() ? rows.getInt(1) : -1;
       }

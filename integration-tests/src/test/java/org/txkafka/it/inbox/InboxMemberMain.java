@@ -22,7 +22,8 @@ import org.txkafka.inbox.InboxListener;
  * stallMillis} in the transaction when it meets that id, once), optional {@code
  * transactionIdleTimeoutMillis} (0: the server's setting), optional {@code haltMessageId} (the
  * handler prints "HALT id" and ends the process with {@code Runtime.halt} whenever it meets that
- * id, after writing its ledger row), optional {@code maxAttempts}. Prints "READY" once started,
+ * id, after writing its ledger row), optional {@code maxAttempts}, optional {@code slowPartition}
+ * and {@code slowMillis} (the handler sleeps that long for each record of that partition). Prints "READY" once started,
  * "ASSIGNED", "LOST", "REVOKED", "FENCED" lines; runs until killed or terminated.
  */
 public final class InboxMemberMain {
@@ -38,6 +39,8 @@ public final class InboxMemberMain {
     String label = System.getProperty("label");
     String stallId = System.getProperty("stallMessageId");
     String haltId = System.getProperty("haltMessageId");
+    int slowPartition = Integer.getInteger("slowPartition", -1);
+    long slowMillis = Long.getLong("slowMillis", 0);
     long stallMillis = Long.getLong("stallMillis", 4000);
     AtomicBoolean stalled = new AtomicBoolean();
     InboxHandler ledger = InboxTestSupport.ledgerHandler(label);
@@ -47,6 +50,9 @@ public final class InboxMemberMain {
           ledger.handle(record, context);
           if (delayMillis > 0) {
             Thread.sleep(delayMillis);
+          }
+          if (record.partition() == slowPartition) {
+            Thread.sleep(slowMillis);
           }
           if (record.messageId().equals(haltId)) {
             // The business row is written but not committed: the process ends mid-transaction.

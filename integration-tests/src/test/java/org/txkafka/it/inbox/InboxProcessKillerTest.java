@@ -6,6 +6,12 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
+import java.util.function.BooleanSupplier;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.common.serialization.ByteArraySerializer;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -23,7 +29,7 @@ import org.txkafka.testkit.TestPostgres;
  * must not make the group crash-loop for ever: it is dead-lettered after {@code maxAttempts} starts,
  * and every other record is applied exactly once.
  */
-@Timeout(value = 4, unit = TimeUnit.MINUTES)
+@Timeout(value = 6, unit = TimeUnit.MINUTES)
 class InboxProcessKillerTest {
   private static final int MAX_ATTEMPTS = 3;
   private static final int MESSAGES = 300;
@@ -53,41 +59,13 @@ class InboxProcessKillerTest {
     InboxTestSupport.produce(broker, topic, messages);
     String group = "killer-" + topic;
 
-    int deaths = 0;
-    boolean finished = false;
-    List<String> lives = new ArrayList<>();
-    for (int life = 1; life <= MAX_LIVES && !finished; life++) {
-      try (ChildJvm member = start(broker, topic, group, killer)) {
-        member.awaitLine("READY", Duration.ofSeconds(60));
-        long deadline = System.nanoTime() + Duration.ofSeconds(90).toNanos();
-        while (true) {
-          if (!member.isAlive()) {
-            assertTrue(
-                member.output().contains("HALT " + killer),
-                "the member died on the killer record, not otherwise:\n" + member.output());
-            deaths++;
-            lives.add("life " + life + ": halted");
-            break;
-          }
-          if (storedOffset(topic) == MESSAGES) {
-            finished = true;
-            lives.add("life " + life + ": finished");
-            member.kill();
-            break;
-          }
-          assertTrue(
-              System.nanoTime() < deadline,
-              "life " + life + " neither died nor finished:\n" + member.output());
-          Thread.sleep(100);
-        }
-      }
-    }
-    System.out.println("lives: " + lives);
-    assertTrue(finished, "the partition got past the killer record within " + MAX_LIVES + " lives");
+    Lives lives = live(topic, group, killer, 0, () -> storedOffset(topic) == MESSAGES);
+    assertTrue(
+        lives.finished, "the partition got past the killer record within " + MAX_LIVES + " lives");
     // The first death is in a batch (marked before it ran); each following life applies the lost
     // batch one record at a time and dies on the killer's start mark number 1, 2 .. maxAttempts;
     // the next one finds maxAttempts earlier starts and dead-letters it.
-    assertEquals(MAX_ATTEMPTS + 1, deaths, "deaths (" + lives + ")");
+    assertEquals(MAX_ATTEMPTS + 1, lives.deaths, "deaths (" + lives.log + ")");
 
     assertEquals(
         1,
@@ -104,14 +82,138 @@ class InboxProcessKillerTest {
             killer));
     assertEquals(0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", killer),
         "the killer's business row never committed");
-    assertEquals(MESSAGES - 1, db.queryLong("SELECT count(*) FROM ledger"), "ledger rows");
     assertEquals(
         MESSAGES - 1,
-        db.queryLong("SELECT count(DISTINCT message_id) FROM ledger"),
+        db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic),
+        "ledger rows");
+    assertEquals(
+        MESSAGES - 1,
+        db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic),
         "each other record applied once");
     assertEquals(
         InboxTestSupport.sum(messages) - messages.get(KILLER_INDEX).amount(),
-        db.queryLong("SELECT sum(amount) FROM ledger"));
+        db.queryLong("SELECT sum(amount) FROM ledger WHERE topic = ?", topic));
+  }
+
+  /**
+   * The same with what makes it harder: a transactional producer (a marker after every record, so
+   * the stored offset after a record is one no record has), the killer in the middle of a batch,
+   * and a second partition applied by the same process whose handler takes 100 ms a record, so that
+   * one of its records is almost always running when the killer ends the process. Its records must
+   * all be applied: a death is charged only to the record running alone in the process.
+   */
+  @Test
+  void killerAmongTransactionalRecordsOnOnePartitionCostsTheOtherPartitionNothing()
+      throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-killer-tx");
+    broker.createTopic(topic, 2);
+    int count = 160;
+    List<Message> messages = InboxTestSupport.messages("killer-tx-", count);
+    // Message i goes to partition i % 2; the killer is the 51st record of partition 0 (batches of
+    // at most 40: in the middle of one).
+    String killer = messages.get(100).messageId();
+    produceTransactionally(broker, topic, messages);
+    String group = "killer-tx-" + topic;
+
+    Lives lives =
+        live(
+            topic,
+            group,
+            killer,
+            100,
+            // Every record either applied or dead-lettered (which ones: asserted below).
+            () ->
+                db.queryLong("SELECT count(*) FROM txkafka_inbox WHERE topic = ?", topic) == count);
+    assertTrue(
+        lives.finished, "both partitions got past the killer within " + MAX_LIVES + " lives");
+    assertEquals(MAX_ATTEMPTS + 1, lives.deaths, "deaths (" + lives.log + ")");
+    assertEquals(
+        1,
+        db.queryLong(
+            "SELECT count(*) FROM txkafka_inbox_dead_letter WHERE message_id = ? AND attempts = ?",
+            killer,
+            MAX_ATTEMPTS));
+    assertEquals(
+        1,
+        db.queryLong("SELECT count(*) FROM txkafka_inbox_dead_letter WHERE topic = ?", topic),
+        "nothing but the killer dead-lettered");
+    assertEquals(
+        count - 1,
+        db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic));
+    assertEquals(
+        count - 1,
+        db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic),
+        "each other record applied once");
+  }
+
+  /** Each message in a Kafka transaction of its own, to partition {@code index % 2}. */
+  private static void produceTransactionally(
+      KafkaBroker broker, String topic, List<Message> messages) {
+    try (KafkaProducer<byte[], byte[]> producer =
+        new KafkaProducer<>(
+            Map.of(
+                ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, broker.bootstrapServers(),
+                ProducerConfig.TRANSACTIONAL_ID_CONFIG, "killer-producer-" + topic),
+            new ByteArraySerializer(),
+            new ByteArraySerializer())) {
+      producer.initTransactions();
+      for (int i = 0; i < messages.size(); i++) {
+        ProducerRecord<byte[], byte[]> keyed = InboxTestSupport.record(topic, messages.get(i));
+        ProducerRecord<byte[], byte[]> record =
+            new ProducerRecord<>(
+                topic, i % 2, keyed.key(), keyed.value(), keyed.headers());
+        producer.beginTransaction();
+        producer.send(record);
+        producer.commitTransaction();
+      }
+    }
+  }
+
+  /** How the member's lives ended. */
+  private static final class Lives {
+    int deaths;
+    boolean finished;
+    final List<String> log = new ArrayList<>();
+  }
+
+  /**
+   * Starts the member again each time it dies on the killer, until {@code done} or {@value
+   * #MAX_LIVES} lives. The handler takes {@code slowMillis} for each record of partition 1.
+   */
+  private static Lives live(
+      String topic, String group, String killer, int slowMillis, BooleanSupplier done)
+      throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    Lives lives = new Lives();
+    for (int life = 1; life <= MAX_LIVES && !lives.finished; life++) {
+      try (ChildJvm member = start(broker, topic, group, killer, slowMillis)) {
+        member.awaitLine("READY", Duration.ofSeconds(60));
+        long deadline = System.nanoTime() + Duration.ofSeconds(90).toNanos();
+        while (true) {
+          if (!member.isAlive()) {
+            assertTrue(
+                member.output().contains("HALT " + killer),
+                "the member died on the killer record, not otherwise:\n" + member.output());
+            lives.deaths++;
+            lives.log.add("life " + life + ": halted");
+            break;
+          }
+          if (done.getAsBoolean()) {
+            lives.finished = true;
+            lives.log.add("life " + life + ": finished");
+            member.kill();
+            break;
+          }
+          assertTrue(
+              System.nanoTime() < deadline,
+              "life " + life + " neither died nor finished:\n" + member.output());
+          Thread.sleep(100);
+        }
+      }
+    }
+    System.out.println("lives: " + lives.log);
+    return lives;
   }
 
   private static long storedOffset(String topic) {
@@ -119,7 +221,8 @@ class InboxProcessKillerTest {
         "SELECT coalesce(max(next_offset), 0) FROM txkafka_inbox_offset WHERE topic = ?", topic);
   }
 
-  private static ChildJvm start(KafkaBroker broker, String topic, String group, String killer) {
+  private static ChildJvm start(
+      KafkaBroker broker, String topic, String group, String killer, int slowMillis) {
     return ChildJvm.builder(InboxMemberMain.class)
         .systemProperty("bootstrap", broker.bootstrapServers())
         .systemProperty("jdbcUrl", db.jdbcUrl())
@@ -132,6 +235,8 @@ class InboxProcessKillerTest {
         .systemProperty("maxBatchSize", "40")
         .systemProperty("maxAttempts", String.valueOf(MAX_ATTEMPTS))
         .systemProperty("haltMessageId", killer)
+        .systemProperty("slowPartition", "1")
+        .systemProperty("slowMillis", String.valueOf(slowMillis))
         .maxHeap("192m")
         .start();
   }
