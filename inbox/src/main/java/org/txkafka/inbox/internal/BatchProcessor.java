@@ -326,9 +326,14 @@ final class BatchProcessor {
                 token));
   }
 
-  /** Takes {@code lock}, giving up when the partition stops being active. */
+  /**
+   * Takes {@code lock}, giving up when the partition stops being active. An interrupt flag a
+   * handler left set is cleared first, as in {@link #sleep}: whether to stop is decided by {@link
+   * #active}.
+   */
   private boolean acquire(PartitionState state, long epoch, Lock lock)
       throws InterruptedException {
+    Thread.interrupted();
     while (active(state, epoch)) {
       if (lock.tryLock(SLEEP_SLICE_MILLIS, TimeUnit.MILLISECONDS)) {
         return true;
