@@ -93,9 +93,10 @@ public final class KafkaBroker implements AutoCloseable {
       admin().createTopics(List.of(new NewTopic(name, partitions, (short) 1)))
           .all().get(60, TimeUnit.SECONDS);
       long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
-      while (!allPartitionsLed(name, partitions)) {
+      while (!allPartitionsLed(name, partitions) || !allPartitionsOnline(name, partitions)) {
         if (System.nanoTime() > deadline) {
-          throw new IllegalStateException("partitions of " + name + " have no leader after 60 s");
+          throw new IllegalStateException(
+              "partitions of " + name + " have no leader, or are not online, after 60 s");
         }
         Thread.sleep(50);
       }
@@ -121,6 +122,33 @@ public final class KafkaBroker implements AutoCloseable {
         return false; // not yet in the metadata of the broker that answered
       }
       throw e;
+    }
+  }
+
+  /**
+   * Whether the leader answers for every partition (a list-offsets request goes to the leader's
+   * replica manager). Metadata can name a leader before the broker has applied the partition: a
+   * produce then fails with NOT_LEADER_OR_FOLLOWER, and an idempotent producer with several
+   * requests in flight can get stuck retrying the failed one with OUT_OF_ORDER_SEQUENCE_NUMBER
+   * until its delivery timeout (KAFKA-15591): a test that produced at once lost records that way.
+   */
+  private boolean allPartitionsOnline(String topic, int partitions)
+      throws InterruptedException, java.util.concurrent.TimeoutException {
+    Map<org.apache.kafka.common.TopicPartition, org.apache.kafka.clients.admin.OffsetSpec> wanted =
+        new java.util.HashMap<>();
+    for (int p = 0; p < partitions; p++) {
+      wanted.put(
+          new org.apache.kafka.common.TopicPartition(topic, p),
+          org.apache.kafka.clients.admin.OffsetSpec.latest());
+    }
+    try {
+      admin().listOffsets(wanted).all().get(10, TimeUnit.SECONDS);
+      return true;
+    } catch (ExecutionException e) {
+      if (e.getCause() instanceof org.apache.kafka.common.errors.RetriableException) {
+        return false; // e.g. NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION: not yet
+      }
+      throw new IllegalStateException("listing offsets of " + topic + " failed", e.getCause());
     }
   }
 
