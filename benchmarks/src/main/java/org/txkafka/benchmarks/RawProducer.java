@@ -5,7 +5,7 @@ import java.util.concurrent.atomic.AtomicReference;
 import java.util.Properties;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerConfig;
-import org.txkafka.outbox.internal.RelayConfig;
+import org.txkafka.outbox.OutboxRelay;
 
 /**
  * Baseline of row 3: a raw {@link KafkaProducer}, with the producer settings the relay is given
@@ -23,7 +23,7 @@ final class RawProducer {
     long start;
     long end;
     Properties props = ctx.producerProperties();
-    props.put(ProducerConfig.BATCH_SIZE_CONFIG, RelayConfig.DEFAULT_PRODUCER_BATCH_BYTES);
+    props.put(ProducerConfig.BATCH_SIZE_CONFIG, OutboxRelay.Builder.DEFAULT_PRODUCER_BATCH_BYTES);
     try (KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(props)) {
       // Connect and fetch metadata before the clock starts, as a running relay would have.
       producer.partitionsFor(topic);

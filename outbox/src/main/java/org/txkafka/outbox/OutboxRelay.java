@@ -168,6 +168,12 @@ public interface OutboxRelay extends AutoCloseable {
     public static final Duration DEFAULT_MAX_BACKOFF = Duration.ofSeconds(5);
     /** Default of {@link #closeTimeout(Duration)}. */
     public static final Duration DEFAULT_CLOSE_TIMEOUT = Duration.ofSeconds(30);
+    /**
+     * The producer's {@code batch.size} unless {@link #producerProperties} set it: a batch of rows
+     * handed to the producer becomes few produce requests, so its acknowledgements, which the relay
+     * waits for, come sooner. Memory stays bounded by {@code buffer.memory}.
+     */
+    public static final int DEFAULT_PRODUCER_BATCH_BYTES = 256 * 1024;
     /** Default of {@link #statsInterval(Duration)}. */
     public static final Duration DEFAULT_STATS_INTERVAL = Duration.ofSeconds(10);
 

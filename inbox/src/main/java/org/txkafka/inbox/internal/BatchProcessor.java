@@ -10,7 +10,6 @@ import java.util.Collections;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.Objects;
 import java.util.Set;
 import java.util.UUID;
 import java.util.concurrent.TimeUnit;
@@ -148,8 +147,8 @@ final class BatchProcessor {
     int limit = Integer.MAX_VALUE;
     int isolateUntil = 0;
     int position = 0;
+    // Whether the records from position on are announced by a committed batch mark.
     boolean batchMarked = false;
-    Long markedFrom = null;
     while (position < items.size()) {
       if (!active(state, epoch)) {
         return;
@@ -194,14 +193,13 @@ final class BatchProcessor {
         if (deadLettering) {
           outcome = deadLetter(state, epoch, expected, first, tried, deadReason);
         } else {
-          if (!guarded && (!batchMarked || !Objects.equals(markedFrom, expected[0]))) {
+          if (!guarded && !batchMarked) {
             // The records from here on run as batches: announce them, so that a batch lost with
-            // the process is known to the next claim (again after any commit moved the offset).
+            // the process is known to the next claim.
             if (!markBatch(state, epoch, expected[0], items.size() - position, firstOffset)) {
               return;
             }
             batchMarked = true;
-            markedFrom = expected[0];
           }
           int unitLimit = guarded || position < isolateUntil ? 1 : limit;
           while (end < items.size()
@@ -214,29 +212,20 @@ final class BatchProcessor {
       } finally {
         lock.unlock();
       }
-      if (deadLettering) {
-        if (!(outcome instanceof Committed)) {
-          return;
-        }
-        if (guarded) {
-          state.guardedRecords--;
-        }
-        position++;
-        limit = Integer.MAX_VALUE;
-        continue;
-      }
-      List<Item> unit = items.subList(position, end);
       if (outcome instanceof Committed) {
         if (guarded) {
           state.guardedRecords--;
         }
-        position = end;
+        position = deadLettering ? position + 1 : end;
         limit = Integer.MAX_VALUE;
+        // The stored offset moved: the records left need a mark of their own.
+        batchMarked = false;
         continue;
       }
-      if (!(outcome instanceof HandlerFailed failed)) {
+      if (deadLettering || !(outcome instanceof HandlerFailed failed)) {
         return;
       }
+      List<Item> unit = items.subList(position, end);
       if (failed.index() < 0 && unit.size() > 1) {
         // The culprit is unknown (failure at commit, or an aborted transaction): apply the
         // records of this unit one at a time.

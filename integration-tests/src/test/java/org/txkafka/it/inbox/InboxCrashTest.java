@@ -110,18 +110,10 @@ class InboxCrashTest {
   }
 
   private static ChildJvm start(KafkaBroker broker, String topic, String group) {
-    return ChildJvm.builder(InboxMemberMain.class)
-        .systemProperty("bootstrap", broker.bootstrapServers())
-        .systemProperty("jdbcUrl", db.jdbcUrl())
-        .systemProperty("jdbcUser", db.user())
-        .systemProperty("jdbcPassword", db.password() == null ? "" : db.password())
-        .systemProperty("topic", topic)
-        .systemProperty("group", group)
-        .systemProperty("label", "crash")
+    return InboxMemberMain.builder(db, broker, topic, group, "crash")
         .systemProperty("instanceId", "crash-member")
         .systemProperty("maxBatchSize", "40")
         .systemProperty("handlerDelayMillis", "4")
-        .maxHeap("192m")
         .start();
   }
 }

@@ -74,18 +74,10 @@ class InboxFencingTest {
           }
         };
     try (ChildJvm zombie =
-            ChildJvm.builder(InboxMemberMain.class)
-                .systemProperty("bootstrap", broker.bootstrapServers())
-                .systemProperty("jdbcUrl", db.jdbcUrl())
-                .systemProperty("jdbcUser", db.user())
-                .systemProperty("jdbcPassword", db.password() == null ? "" : db.password())
-                .systemProperty("topic", topic)
-                .systemProperty("group", group)
-                .systemProperty("label", "zombie")
+            InboxMemberMain.builder(db, broker, topic, group, "zombie")
                 .systemProperty("stallMessageId", stallId)
                 .systemProperty("stallMillis", "3000")
                 .systemProperty("maxBatchSize", "20")
-                .maxHeap("192m")
                 .start();
         HikariDataSource dataSource = db.newDataSource(3)) {
       zombie.awaitLine("STALL " + stallId, Duration.ofSeconds(60));

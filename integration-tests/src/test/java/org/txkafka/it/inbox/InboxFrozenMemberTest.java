@@ -48,20 +48,12 @@ class InboxFrozenMemberTest {
     InboxTestSupport.produce(broker, topic, messages);
     String group = "frozen-" + topic;
     String stallId = "frozen-100";
-    try (ChildJvm frozen = ChildJvm.builder(InboxMemberMain.class)
-            .systemProperty("bootstrap", broker.bootstrapServers())
-            .systemProperty("jdbcUrl", db.jdbcUrl())
-            .systemProperty("jdbcUser", db.user())
-            .systemProperty("jdbcPassword", db.password() == null ? "" : db.password())
-            .systemProperty("topic", topic)
-            .systemProperty("group", group)
-            .systemProperty("label", "frozen")
+    try (ChildJvm frozen = InboxMemberMain.builder(db, broker, topic, group, "frozen")
             .systemProperty("stallMessageId", stallId)
             .systemProperty("stallMillis", "60000")
             .systemProperty("maxBatchSize", "20")
             // With 0 (no bound) the successor waits for the frozen member forever: this test fails.
             .systemProperty("transactionIdleTimeoutMillis", "4000")
-            .maxHeap("192m")
             .start();
         HikariDataSource dataSource = db.newDataSource(3);
         Inbox successor = Inbox.builder()

@@ -13,6 +13,9 @@ import org.txkafka.inbox.Inbox;
 import org.txkafka.inbox.InboxBuilder;
 import org.txkafka.inbox.InboxHandler;
 import org.txkafka.inbox.InboxListener;
+import org.txkafka.testkit.ChildJvm;
+import org.txkafka.testkit.KafkaBroker;
+import org.txkafka.testkit.TestDatabase;
 
 /**
  * An inbox member in a child JVM, for the crash and fencing tests. Configured by system properties:
@@ -28,6 +31,23 @@ import org.txkafka.inbox.InboxListener;
  */
 public final class InboxMemberMain {
   private InboxMemberMain() {}
+
+  /**
+   * A child JVM running this member against {@code db} and {@code broker} on {@code topic} for
+   * {@code group}, labelled {@code label}; add the scenario's properties, then start it.
+   */
+  static ChildJvm.Builder builder(
+      TestDatabase db, KafkaBroker broker, String topic, String group, String label) {
+    return ChildJvm.builder(InboxMemberMain.class)
+        .systemProperty("bootstrap", broker.bootstrapServers())
+        .systemProperty("jdbcUrl", db.jdbcUrl())
+        .systemProperty("jdbcUser", db.user())
+        .systemProperty("jdbcPassword", db.password() == null ? "" : db.password())
+        .systemProperty("topic", topic)
+        .systemProperty("group", group)
+        .systemProperty("label", label)
+        .maxHeap("192m");
+  }
 
   /** Runs the member. */
   public static void main(String[] args) throws Exception {

@@ -223,21 +223,13 @@ class InboxProcessKillerTest {
 
   private static ChildJvm start(
       KafkaBroker broker, String topic, String group, String killer, int slowMillis) {
-    return ChildJvm.builder(InboxMemberMain.class)
-        .systemProperty("bootstrap", broker.bootstrapServers())
-        .systemProperty("jdbcUrl", db.jdbcUrl())
-        .systemProperty("jdbcUser", db.user())
-        .systemProperty("jdbcPassword", db.password() == null ? "" : db.password())
-        .systemProperty("topic", topic)
-        .systemProperty("group", group)
-        .systemProperty("label", "killer")
+    return InboxMemberMain.builder(db, broker, topic, group, "killer")
         .systemProperty("instanceId", "killer-member")
         .systemProperty("maxBatchSize", "40")
         .systemProperty("maxAttempts", String.valueOf(MAX_ATTEMPTS))
         .systemProperty("haltMessageId", killer)
         .systemProperty("slowPartition", "1")
         .systemProperty("slowMillis", String.valueOf(slowMillis))
-        .maxHeap("192m")
         .start();
   }
 }

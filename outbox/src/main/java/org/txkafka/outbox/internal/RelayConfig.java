@@ -42,16 +42,6 @@ public record RelayConfig(
   /** The producer's {@code max.block.ms} unless given: bounds a send waiting for metadata. */
   public static final int DEFAULT_MAX_BLOCK_MS = 10_000;
 
-  /**
-   * The producer's {@code batch.size} unless given. The relay hands a whole batch of rows to the
-   * producer and then waits for every acknowledgement, so the fewer produce requests a batch
-   * becomes, the sooner it is acknowledged: with Kafka's 16 KB default a 500-row batch of 200-byte
-   * payloads over 4 partitions became about 12 requests, and the wait for their acknowledgements
-   * was half of the relay's time. Memory stays bounded by {@code buffer.memory} (32 MB by default):
-   * a send that finds it used up waits until earlier batches are acknowledged.
-   */
-  public static final int DEFAULT_PRODUCER_BATCH_BYTES = 256 * 1024;
-
   private static final Pattern NAME = Pattern.compile("[A-Za-z0-9._-]{1,100}");
 
   /** Checks every setting and applies the defaults. */
@@ -191,7 +181,11 @@ public record RelayConfig(
     props.putIfAbsent(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG, Integer.MAX_VALUE);
     props.putIfAbsent(ProducerConfig.MAX_BLOCK_MS_CONFIG, DEFAULT_MAX_BLOCK_MS);
     props.putIfAbsent(ProducerConfig.LINGER_MS_CONFIG, 5);
-    props.putIfAbsent(ProducerConfig.BATCH_SIZE_CONFIG, DEFAULT_PRODUCER_BATCH_BYTES);
+    // The relay waits for every acknowledgement of a batch of rows: with Kafka's 16 KB default a
+    // 500-row batch of 200-byte payloads over 4 partitions became about 12 produce requests, and
+    // that wait was half of the relay's time.
+    props.putIfAbsent(
+        ProducerConfig.BATCH_SIZE_CONFIG, OutboxRelay.Builder.DEFAULT_PRODUCER_BATCH_BYTES);
     props.putIfAbsent(ProducerConfig.CLIENT_ID_CONFIG, name);
     return Collections.unmodifiableMap(props);
   }

@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import java.util.Map;
 import org.apache.kafka.clients.producer.ProducerConfig;
 import org.junit.jupiter.api.Test;
+import org.txkafka.outbox.OutboxRelay;
 
 /** The producer settings the relay adds when the user leaves them out, and keeps when given. */
 class RelayProducerDefaultsTest {
@@ -15,7 +16,7 @@ class RelayProducerDefaultsTest {
   void relayDefaultsApplyWhenNotGiven() {
     Map<String, Object> props = RelayConfig.producerProperties(MINIMAL, "relay-a");
 
-    assertEquals(RelayConfig.DEFAULT_PRODUCER_BATCH_BYTES, props.get(ProducerConfig.BATCH_SIZE_CONFIG));
+    assertEquals(OutboxRelay.Builder.DEFAULT_PRODUCER_BATCH_BYTES, props.get(ProducerConfig.BATCH_SIZE_CONFIG));
     assertEquals(256 * 1024, props.get(ProducerConfig.BATCH_SIZE_CONFIG));
     assertEquals(5, props.get(ProducerConfig.LINGER_MS_CONFIG));
     assertEquals(Integer.MAX_VALUE, props.get(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG));
