@@ -22,11 +22,21 @@ final class RelaySide {
   }
 
   static OutboxRelay relay(BenchContext ctx, HikariDataSource pool, String name, boolean listenNotify) {
+    return relay(ctx, pool, name, listenNotify, new OutboxRelay.Listener() {});
+  }
+
+  static OutboxRelay relay(
+      BenchContext ctx,
+      HikariDataSource pool,
+      String name,
+      boolean listenNotify,
+      OutboxRelay.Listener listener) {
     return Outbox.relay()
         .dataSource(pool)
         .producerProperties(ctx.producerConfig())
         .listenNotify(listenNotify)
         .name(name)
+        .listener(listener)
         .build();
   }
 

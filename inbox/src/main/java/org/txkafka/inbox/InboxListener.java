@@ -24,4 +24,13 @@ public interface InboxListener {
 
   /** A record was dead-lettered (the transaction that stored it committed). */
   default void onDeadLettered(InboxRecord record, String reason) {}
+
+  /**
+   * A transaction of this member committed on {@code partition}: every record below {@code
+   * nextOffset} is applied, recognised as a duplicate or dead-lettered, and {@code nextOffset} is
+   * the stored offset. Called after the commit returned, on the worker that committed, so the
+   * changes are visible to any new transaction. For metrics and lag, and for tests that wait until
+   * a record is applied (wait for {@code nextOffset > record offset} instead of polling a table).
+   */
+  default void onCommitted(TopicPartition partition, long nextOffset) {}
 }

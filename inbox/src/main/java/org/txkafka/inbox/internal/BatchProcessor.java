@@ -21,6 +21,8 @@ import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.header.internals.RecordHeaders;
+import org.postgresql.core.BaseConnection;
+import org.postgresql.core.TransactionState;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import org.txkafka.inbox.InboxBatchHandler;
@@ -213,6 +215,8 @@ final class BatchProcessor {
         lock.unlock();
       }
       if (outcome instanceof Committed) {
+        long stored = expected[0];
+        notifyListener(listener -> listener.onCommitted(state.partition, stored));
         if (guarded) {
           state.guardedRecords--;
         }
@@ -512,24 +516,38 @@ final class BatchProcessor {
   /**
    * A handler that caught an SQL error and returned normally leaves PostgreSQL's transaction
    * aborted: its commit would silently roll back the whole batch while this member moved on, and
-   * the next batch's offset would skip it. Checked before every commit (one round trip per batch);
-   * an aborted transaction counts as a handler failure.
+   * the next batch's offset would skip it. Checked before every commit; an aborted transaction
+   * counts as a handler failure.
+   *
+   * <p>With the PostgreSQL driver underneath (through a pool's or Hibernate's wrapper) the check is
+   * local: the driver keeps the transaction status that the server sends with every reply (it is
+   * "failed" from the first error until the rollback), so no round trip is needed. Otherwise one
+   * {@code SELECT 1} asks the server.
    */
   private void requireUsableTransaction(Connection connection) throws Exception {
+    if (connection.isWrapperFor(BaseConnection.class)) {
+      if (connection.unwrap(BaseConnection.class).getTransactionState()
+          == TransactionState.FAILED) {
+        throw new HandlerException(-1, abortedByHandler(null));
+      }
+      return;
+    }
     try {
       sql.ping(connection);
     } catch (SQLException e) {
       if (InboxSql.IN_FAILED_TRANSACTION.equals(e.getSQLState())) {
-        throw new HandlerException(
-            -1,
-            new IllegalStateException(
-                "the handler returned normally but left the transaction aborted (an SQL error"
-                    + " was caught and ignored): "
-                    + e.getMessage(),
-                e));
+        throw new HandlerException(-1, abortedByHandler(e));
       }
       throw e;
     }
+  }
+
+  private static IllegalStateException abortedByHandler(SQLException serverError) {
+    return new IllegalStateException(
+        "the handler returned normally but left the transaction aborted (an SQL error was caught"
+            + " and ignored)"
+            + (serverError == null ? "" : ": " + serverError.getMessage()),
+        serverError);
   }
 
   /** Dead-letters {@code item} in one transaction, retried while the database fails. */
