@@ -193,6 +193,23 @@ public final class KafkaBroker implements AutoCloseable {
     }
   }
 
+  /**
+   * Freezes the broker with SIGSTOP: its sockets stay open and nothing is answered, as with a hung
+   * broker or a very long pause. {@link #resume()} lets it go on.
+   */
+  public synchronized void suspend() {
+    if (process != null) {
+      process.suspend();
+    }
+  }
+
+  /** Lets a {@link #suspend() suspended} broker go on (SIGCONT). */
+  public synchronized void resume() {
+    if (process != null) {
+      process.resume();
+    }
+  }
+
   /** What the broker printed, for diagnosing a failure. */
   public synchronized String log() {
     return process == null ? "" : process.output();

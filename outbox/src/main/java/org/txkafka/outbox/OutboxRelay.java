@@ -174,6 +174,8 @@ public interface OutboxRelay extends AutoCloseable {
      * waits for, come sooner. Memory stays bounded by {@code buffer.memory}.
      */
     public static final int DEFAULT_PRODUCER_BATCH_BYTES = 256 * 1024;
+    /** Default of {@link #publishTimeout(Duration)}. */
+    public static final Duration DEFAULT_PUBLISH_TIMEOUT = Duration.ofMinutes(2);
     /** Default of {@link #statsInterval(Duration)}. */
     public static final Duration DEFAULT_STATS_INTERVAL = Duration.ofSeconds(10);
 
@@ -187,6 +189,7 @@ public interface OutboxRelay extends AutoCloseable {
     private Duration initialBackoff = DEFAULT_INITIAL_BACKOFF;
     private Duration maxBackoff = DEFAULT_MAX_BACKOFF;
     private Duration closeTimeout = DEFAULT_CLOSE_TIMEOUT;
+    private Duration publishTimeout = DEFAULT_PUBLISH_TIMEOUT;
     private Duration statsInterval = DEFAULT_STATS_INTERVAL;
     private boolean archive;
     private String name;
@@ -300,6 +303,22 @@ public interface OutboxRelay extends AutoCloseable {
     }
 
     /**
+     * How long one round waits for Kafka to acknowledge the rows it sent. Past it, the relay gives
+     * up on its producer: the producer is closed at once (its unacknowledged rows fail and stay
+     * pending, as after any failed send), the round's acknowledged rows are removed as usual, and
+     * after the retry backoff a new producer sends the rest again; the far inbox drops any that
+     * had reached Kafka. The producer retries transient errors for ever by itself, so without this
+     * bound a producer that never gets an answer (a broker that hangs, or an idempotent producer
+     * stuck retrying one request, as in KAFKA-15591) would stall the relay's shares for good.
+     * 1 second to 1 hour; keep it well above the producer's {@code request.timeout.ms} (30 s by
+     * default), so that ordinary retries finish first. Defaults to 2 minutes.
+     */
+    public Builder publishTimeout(Duration publishTimeout) {
+      this.publishTimeout = publishTimeout;
+      return this;
+    }
+
+    /**
      * How often the gauges (pending rows, oldest pending age, parked rows) are refreshed with a
      * query, when a meter registry is set. 1 second to 1 hour. Defaults to 10 seconds.
      */
@@ -370,6 +389,7 @@ public interface OutboxRelay extends AutoCloseable {
               initialBackoff,
               maxBackoff,
               closeTimeout,
+              publishTimeout,
               statsInterval,
               archive,
               name,

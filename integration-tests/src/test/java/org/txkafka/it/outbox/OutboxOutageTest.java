@@ -25,6 +25,7 @@ import java.util.Set;
 import java.util.UUID;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicLong;
 import javax.sql.DataSource;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -147,6 +148,78 @@ class OutboxOutageTest {
           assertAllPresent(asStrings(all), reader.distinctIds());
           int duplicates = assertPerKeyOrderAfterDedup(reader.records());
           System.out.printf("outage: %d messages, %d duplicates%n", all.size(), duplicates);
+        }
+      }
+    }
+  }
+
+  /**
+   * A broker that holds its connections open and never answers: the producer alone would wait its
+   * request timeout (two minutes here) and then retry for ever. The round must end at the relay's
+   * publish timeout with its rows still pending, and a new producer must publish them, in per-key
+   * order, once the broker answers again.
+   */
+  @Test
+  void roundThatKafkaNeverAcknowledgesEndsAtThePublishTimeoutAndANewProducerSendsItsRows() {
+    try (KafkaBroker broker = KafkaBroker.startDedicated()) {
+      String topic = KafkaBroker.uniqueTopic("unanswered");
+      broker.createTopic(topic, 2);
+      AtomicLong failedRoundEndedAt = new AtomicLong();
+      OutboxRelay.Listener watching =
+          new OutboxRelay.Listener() {
+            @Override
+            public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
+              if (failed > 0) {
+                failedRoundEndedAt.compareAndSet(0, System.nanoTime());
+              }
+            }
+          };
+      List<UUID> before = new ArrayList<>();
+      List<UUID> during = new ArrayList<>();
+      try (OutboxRelay relay =
+          relay(relayPool, broker)
+              .listener(watching)
+              .publishTimeout(Duration.ofSeconds(3))
+              .producerProperty("request.timeout.ms", 120_000)
+              .producerProperty("max.block.ms", 2_000)
+              .build()) {
+        relay.start();
+        for (int i = 0; i < 10; i++) {
+          before.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 3, i))));
+        }
+        try (TopicReader reader = new TopicReader(broker, topic)) {
+          reader.awaitIds(WAIT, asStrings(before));
+        }
+        await(WAIT, "outbox emptied before the freeze", () -> pendingRows(db) == 0);
+
+        broker.suspend();
+        long frozenAt = System.nanoTime();
+        try {
+          for (int i = 10; i < 40; i++) {
+            during.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 3, i))));
+          }
+          await(
+              Duration.ofSeconds(30),
+              "a round to end with unacknowledged rows while the broker is frozen",
+              () -> failedRoundEndedAt.get() != 0);
+          long seconds = TimeUnit.NANOSECONDS.toSeconds(failedRoundEndedAt.get() - frozenAt);
+          assertTrue(seconds < 20, "the round ended " + seconds + " s after the freeze");
+          assertEquals(
+              during.size(), pendingRows(db), "no row leaves the outbox without an acknowledgement");
+          UUID first = during.get(0);
+          await(WAIT, "the attempt counted", () -> attempts(first) >= 1);
+          assertTrue(lastError(first).contains("publishTimeout"), lastError(first));
+        } finally {
+          broker.resume();
+        }
+        List<UUID> all = new ArrayList<>(before);
+        all.addAll(during);
+        try (TopicReader reader = new TopicReader(broker, topic)) {
+          reader.awaitIds(WAIT, asStrings(all));
+          await(WAIT, "outbox emptied after the freeze", () -> pendingRows(db) == 0);
+          assertAllPresent(asStrings(all), reader.distinctIds());
+          int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+          System.out.printf("unanswered: %d messages, %d duplicates%n", all.size(), duplicates);
         }
       }
     }

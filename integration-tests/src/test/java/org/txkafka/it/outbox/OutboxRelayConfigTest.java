@@ -75,6 +75,10 @@ class OutboxRelayConfigTest {
         "closeTimeout must be between PT0S and PT10M, was PT-0.001S",
         b -> b.closeTimeout(Duration.ofMillis(-1)));
     assertRefused(
+        "publishTimeout must be between PT1S and PT1H, was PT0.5S",
+        b -> b.publishTimeout(Duration.ofMillis(500)));
+    assertRefused("publishTimeout must be set, was null", b -> b.publishTimeout(null));
+    assertRefused(
         "statsInterval must be between PT1S and PT1H, was PT0.1S",
         b -> b.statsInterval(Duration.ofMillis(100)));
     assertRefused("clock must be set, was null", b -> b.clock(null));

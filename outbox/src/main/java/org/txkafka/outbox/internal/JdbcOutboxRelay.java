@@ -17,7 +17,10 @@ import java.util.Random;
 import java.util.Set;
 import java.util.TreeSet;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.locks.LockSupport;
@@ -66,6 +69,11 @@ import org.txkafka.outbox.OutboxRelay;
  *       leave it pending and make the relay back off.
  *   <li><b>close() is bounded</b> by the close timeout plus a few seconds; rows not acknowledged by
  *       then stay pending (given back), the leases are released with the session.
+ *   <li><b>A round is bounded</b> by the publish timeout: past it, a watchdog thread closes the
+ *       producer at once, its unacknowledged rows stay pending (attempt counted), and a new
+ *       producer sends them again after the backoff. Order is kept: for one partition the
+ *       idempotent producer's acknowledged records are a prefix of what it sent, so what is sent
+ *       again follows them. A producer that never gets an answer cannot stall its shares for good.
  * </ol>
  *
  * <p>Thread-safety: the public methods may be called from any thread; all SQL and producer sends
@@ -107,6 +115,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private final Map<String, TopicBackoff> topicBackoffs = new HashMap<>();
   private final Map<Integer, String> pausedShares = new HashMap<>();
 
+  /** Closes a producer whose round outlived the publish timeout (see {@link #publishBatch}). */
+  private final ScheduledExecutorService watchdog;
+
   private volatile boolean stopping;
   private volatile Thread thread;
   private volatile Producer<byte[], byte[]> producer;
@@ -121,6 +132,13 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     this.config = config;
     this.sql = new OutboxSql(config.schema());
     this.metrics = RelayMetrics.create(config);
+    this.watchdog =
+        Executors.newSingleThreadScheduledExecutor(
+            task -> {
+              Thread thread = new Thread(task, config.name() + "-watchdog");
+              thread.setDaemon(true);
+              return thread;
+            });
   }
 
   @Override
@@ -134,6 +152,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     } catch (RuntimeException e) {
       state.set(State.CLOSED);
       metrics.close();
+      watchdog.shutdownNow();
       throw e;
     }
     Thread worker = new Thread(this::run, config.name());
@@ -146,6 +165,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   public void close() {
     if (state.compareAndSet(State.NEW, State.CLOSED)) {
       metrics.close();
+      watchdog.shutdownNow();
       return;
     }
     if (!state.compareAndSet(State.RUNNING, State.CLOSED)) {
@@ -172,6 +192,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       join(worker, CLOSE_GRACE);
     }
     closeProducer(CLOSE_GRACE);
+    watchdog.shutdownNow();
     metrics.close();
     owned = Set.of();
   }
@@ -544,6 +565,19 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         pausedShares.put(row.share(), row.topic());
       }
     }
+    // Bounded: a producer that never gets its acknowledgements is closed by the watchdog, which
+    // fails its unfinished sends and so ends the flush; a new producer sends them again.
+    // One decision between the two threads: the round ends first (true) or the watchdog first.
+    AtomicReference<Boolean> roundEnded = new AtomicReference<>();
+    ScheduledFuture<?> bound =
+        watchdog.schedule(
+            () -> {
+              if (roundEnded.compareAndSet(null, Boolean.FALSE)) {
+                abandonProducer(sender);
+              }
+            },
+            config.publishTimeout().toNanos(),
+            TimeUnit.NANOSECONDS);
     try {
       sender.flush();
     } catch (InterruptException e) {
@@ -551,12 +585,22 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     } catch (KafkaException | IllegalStateException e) {
       LOG.debug("relay {}: flush failed", config.name(), e);
     }
+    bound.cancel(false);
+    // The watchdog came first: this producer is closed (or being closed).
+    boolean abandoned = !roundEnded.compareAndSet(null, Boolean.TRUE);
 
     List<Sent> acked = new ArrayList<>();
     List<Sent> poison = new ArrayList<>();
     List<Sent> failed = new ArrayList<>();
     for (Sent attempt : sent) {
       attempt.collect();
+      if (attempt.metadata == null && abandoned && !PublishErrors.isPoison(attempt.error)) {
+        attempt.error =
+            new org.apache.kafka.common.errors.TimeoutException(
+                "not acknowledged within the relay's publishTimeout of "
+                    + config.publishTimeout()
+                    + ": the producer was closed, a new one sends the row again");
+      }
       if (attempt.metadata != null) {
         acked.add(attempt);
         topicBackoffs.remove(attempt.row.topic());
@@ -564,7 +608,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         poison.add(attempt);
       } else {
         failed.add(attempt);
-        if (attempt.error != null && !stopping) {
+        // An abandoned producer is no fault of the topic: its shares are not paused.
+        if (attempt.error != null && !stopping && !abandoned) {
           backOffTopic(attempt.row.topic());
           pausedShares.put(attempt.row.share(), attempt.row.topic());
         }
@@ -594,9 +639,33 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (producerBroken) {
       throw new KafkaException("the producer failed", sent.get(sent.size() - 1).error);
     }
+    if (abandoned && !stopping) {
+      throw new KafkaException(
+          "the round was not acknowledged within the publishTimeout of "
+              + config.publishTimeout()
+              + "; its producer was closed");
+    }
     // Rows skipped only because their topic waits out its backoff are no new trouble: their shares
     // are paused (left out of the next reads), and the other shares go on at full speed.
     return new BatchOutcome(rows.size() >= config.batchSize(), !failed.isEmpty());
+  }
+
+  /**
+   * The watchdog's action when a round outlived the publish timeout: closes {@code sender} at once,
+   * which fails its unfinished sends (they stay pending) and so ends the relay thread's flush.
+   */
+  private void abandonProducer(Producer<byte[], byte[]> sender) {
+    LOG.warn(
+        "relay {}: sent rows not acknowledged within the publishTimeout of {}; closing the"
+            + " producer (its unacknowledged rows stay pending and a new producer sends them"
+            + " again)",
+        config.name(),
+        config.publishTimeout());
+    try {
+      sender.close(Duration.ZERO);
+    } catch (RuntimeException e) {
+      LOG.debug("relay {}: closing the abandoned producer failed", config.name(), e);
+    }
   }
 
   /**

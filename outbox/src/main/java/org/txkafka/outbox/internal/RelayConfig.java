@@ -32,6 +32,7 @@ public record RelayConfig(
     Duration initialBackoff,
     Duration maxBackoff,
     Duration closeTimeout,
+    Duration publishTimeout,
     Duration statsInterval,
     boolean archive,
     String name,
@@ -56,6 +57,7 @@ public record RelayConfig(
       Duration initialBackoff,
       Duration maxBackoff,
       Duration closeTimeout,
+      Duration publishTimeout,
       Duration statsInterval,
       boolean archive,
       String name,
@@ -80,6 +82,7 @@ public record RelayConfig(
         "retryBackoff initial", initialBackoff, Duration.ofMillis(1), Duration.ofMinutes(10));
     requireBetween("retryBackoff max", maxBackoff, initialBackoff, Duration.ofMinutes(10));
     requireBetween("closeTimeout", closeTimeout, Duration.ZERO, Duration.ofMinutes(10));
+    requireBetween("publishTimeout", publishTimeout, Duration.ofSeconds(1), Duration.ofHours(1));
     requireBetween("statsInterval", statsInterval, Duration.ofSeconds(1), Duration.ofHours(1));
     String validName =
         name == null ? "txkafka-relay-" + UUID.randomUUID().toString().substring(0, 8) : name;
@@ -102,6 +105,7 @@ public record RelayConfig(
         initialBackoff,
         maxBackoff,
         closeTimeout,
+        publishTimeout,
         statsInterval,
         archive,
         validName,
