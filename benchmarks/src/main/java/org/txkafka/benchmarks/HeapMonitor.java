@@ -25,8 +25,37 @@ import javax.management.openmbean.CompositeData;
  */
 final class HeapMonitor implements NotificationListener {
 
-  /** Peak heap figures in bytes; {@code peakLiveBytes} is -1 when no full collection ran. */
-  record HeapPeak(long peakUsedBytes, long peakLiveBytes) {
+  /**
+   * Peak heap figures in bytes; {@code peakLiveBytes} is -1 when no full collection ran; {@code
+   * liveSamples} is the heap after each full collection, in order (empty when not recorded).
+   */
+  record HeapPeak(long peakUsedBytes, long peakLiveBytes, List<Long> liveSamples) {
+    HeapPeak(long peakUsedBytes, long peakLiveBytes) {
+      this(peakUsedBytes, peakLiveBytes, List.of());
+    }
+
+    /**
+     * The largest of {@code count} live samples spread evenly over the run (all of them if there
+     * are no more): the peak of a run that took more samples than another, made comparable with
+     * it. The largest of many draws tends to exceed the largest of few from the same spread, so
+     * comparing raw peaks of a long and a short run would count sampling as growth.
+     */
+    long peakLiveOver(int count) {
+      int size = liveSamples.size();
+      if (size == 0 || count <= 0) {
+        return -1;
+      }
+      if (count >= size) {
+        return liveSamples.stream().mapToLong(Long::longValue).max().orElse(-1);
+      }
+      long peak = -1;
+      for (int i = 0; i < count; i++) {
+        int index = count == 1 ? size - 1 : (int) Math.round(i * (size - 1) / (double) (count - 1));
+        peak = Math.max(peak, liveSamples.get(index));
+      }
+      return peak;
+    }
+
     double peakUsedMb() {
       return peakUsedBytes / (1024.0 * 1024.0);
     }
@@ -38,6 +67,7 @@ final class HeapMonitor implements NotificationListener {
 
   private final AtomicLong peakUsed = new AtomicLong();
   private final AtomicLong peakLive = new AtomicLong(-1);
+  private final List<Long> liveSamples = java.util.Collections.synchronizedList(new ArrayList<>());
   private final List<NotificationEmitter> emitters = new ArrayList<>();
   private volatile boolean running;
   private Thread sampler;
@@ -94,6 +124,7 @@ final class HeapMonitor implements NotificationListener {
       // generation may still hold garbage.
       long after = heapSum(info.getGcInfo().getMemoryUsageAfterGc());
       peakLive.accumulateAndGet(after, Math::max);
+      liveSamples.add(after);
     }
   }
 
@@ -124,6 +155,8 @@ final class HeapMonitor implements NotificationListener {
         // already gone: nothing to remove
       }
     }
-    return new HeapPeak(peakUsed.get(), peakLive.get());
+    synchronized (liveSamples) {
+      return new HeapPeak(peakUsed.get(), peakLive.get(), List.copyOf(liveSamples));
+    }
   }
 }

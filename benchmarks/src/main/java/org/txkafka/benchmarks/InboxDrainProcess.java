@@ -9,8 +9,8 @@ import org.txkafka.inbox.Inbox;
 
 /**
  * Row 7, the child JVM: an inbox with its default settings drains a backlog into the business
- * table, while a full collection every 500 ms measures the live heap. Prints one line {@code RESULT
- * count=N elapsedNanos=T peakUsed=B peakLive=B} and exits 0, or exits 1 on failure (and at once on
+ * table, while a full collection every 200 ms measures the live heap. Prints one line {@code RESULT
+ * count=N elapsedNanos=T peakUsed=B peakLive=B liveSamples=B,B,...} and exits 0, or exits 1 on failure (and at once on
  * OutOfMemoryError, which the parent reports).
  *
  * <p>Arguments: {@code jdbcUrl user password bootstrap topic table expected concurrency}.
@@ -39,7 +39,7 @@ public final class InboxDrainProcess {
             () -> {
               while (!Thread.currentThread().isInterrupted()) {
                 try {
-                  Thread.sleep(500);
+                  Thread.sleep(200);
                 } catch (InterruptedException e) {
                   return;
                 }
@@ -63,11 +63,14 @@ public final class InboxDrainProcess {
         HeapMonitor.HeapPeak peak = heap.stop();
         System.out.printf(
             Locale.ROOT,
-            "RESULT count=%d elapsedNanos=%d peakUsed=%d peakLive=%d%n",
+            "RESULT count=%d elapsedNanos=%d peakUsed=%d peakLive=%d liveSamples=%s%n",
             expected,
             elapsed,
             peak.peakUsedBytes(),
-            peak.peakLiveBytes());
+            peak.peakLiveBytes(),
+            peak.liveSamples().stream()
+                .map(String::valueOf)
+                .collect(java.util.stream.Collectors.joining(",")));
         System.out.flush();
       }
     }

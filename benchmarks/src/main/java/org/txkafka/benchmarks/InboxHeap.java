@@ -11,7 +11,9 @@ import org.txkafka.testkit.ChildJvm;
  */
 final class InboxHeap {
   private static final Pattern RESULT =
-      Pattern.compile("RESULT count=(\\d+) elapsedNanos=(\\d+) peakUsed=(\\d+) peakLive=(-?\\d+)");
+      Pattern.compile(
+          "RESULT count=(\\d+) elapsedNanos=(\\d+) peakUsed=(\\d+) peakLive=(-?\\d+)"
+              + " liveSamples=([0-9,]*)");
 
   private InboxHeap() {}
 
@@ -51,7 +53,14 @@ final class InboxHeap {
           Long.parseLong(matcher.group(1)),
           Duration.ofNanos(Long.parseLong(matcher.group(2))),
           null,
-          new HeapMonitor.HeapPeak(Long.parseLong(matcher.group(3)), Long.parseLong(matcher.group(4))));
+          new HeapMonitor.HeapPeak(
+              Long.parseLong(matcher.group(3)),
+              Long.parseLong(matcher.group(4)),
+              matcher.group(5).isEmpty()
+                  ? java.util.List.of()
+                  : java.util.Arrays.stream(matcher.group(5).split(","))
+                      .map(Long::valueOf)
+                      .toList()));
     }
   }
 }

@@ -96,6 +96,64 @@ class InboxProcessKillerTest {
   }
 
   /**
+   * The lost batch also holds a record with an unusable message id (empty), after the killer. When
+   * the lost batch is applied one record at a time, that record is dead-lettered for its id (no
+   * handler runs, so no start is counted for it), and neither it nor the killer costs any other
+   * record anything.
+   */
+  @Test
+  void malformedRecordInTheKillersLostBatchIsDeadLetteredForItsIdAndTheRestApplied()
+      throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-killer-malformed");
+    broker.createTopic(topic, 1);
+    List<Message> messages = new ArrayList<>(InboxTestSupport.messages("killer-m-", 200));
+    String killer = messages.get(KILLER_INDEX).messageId();
+    int malformedIndex = KILLER_INDEX + 5; // batches of 40: the killer's batch is 120..159
+    Message replaced = messages.get(malformedIndex);
+    messages.set(malformedIndex, new Message(replaced.key(), "", replaced.amount()));
+    InboxTestSupport.produce(broker, topic, messages);
+    String group = "killer-m-" + topic;
+
+    Lives lives = live(topic, group, killer, 0, () -> storedOffset(topic) == messages.size());
+    assertTrue(
+        lives.finished, "the partition got past the killer record within " + MAX_LIVES + " lives");
+    assertEquals(MAX_ATTEMPTS + 1, lives.deaths, "deaths (" + lives.log + ")");
+    assertEquals(
+        1,
+        db.queryLong(
+            "SELECT count(*) FROM txkafka_inbox_dead_letter WHERE message_id = ? AND attempts = ?"
+                + " AND last_error LIKE 'started " + MAX_ATTEMPTS + " times without completing%'",
+            killer,
+            MAX_ATTEMPTS),
+        "the killer dead-lettered for its starts");
+    assertEquals(
+        1,
+        db.queryLong(
+            "SELECT count(*) FROM txkafka_inbox_dead_letter WHERE topic = ? AND kafka_offset = ?"
+                + " AND last_error NOT LIKE 'started %'",
+            topic,
+            malformedIndex),
+        "the malformed record dead-lettered for its id");
+    assertEquals(
+        2,
+        db.queryLong("SELECT count(*) FROM txkafka_inbox_dead_letter WHERE topic = ?", topic),
+        "nothing else dead-lettered");
+    assertEquals(
+        messages.size() - 2,
+        db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic));
+    assertEquals(
+        messages.size() - 2,
+        db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic),
+        "each other record applied once");
+    assertEquals(
+        InboxTestSupport.sum(messages)
+            - messages.get(KILLER_INDEX).amount()
+            - messages.get(malformedIndex).amount(),
+        db.queryLong("SELECT sum(amount) FROM ledger WHERE topic = ?", topic));
+  }
+
+  /**
    * The same with what makes it harder: a transactional producer (a marker after every record, so
    * the stored offset after a record is one no record has), the killer in the middle of a batch,
    * and a second partition applied by the same process whose handler takes 100 ms a record, so that
