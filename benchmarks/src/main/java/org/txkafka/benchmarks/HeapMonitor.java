@@ -35,12 +35,13 @@ final class HeapMonitor implements NotificationListener {
     }
 
     /**
-     * The largest of {@code count} live samples spread evenly over the run (all of them if there
-     * are no more): the peak of a run that took more samples than another, made comparable with
-     * it. The largest of many draws tends to exceed the largest of few from the same spread, so
-     * comparing raw peaks of a long and a short run would count sampling as growth.
+     * The expected largest of {@code count} live samples drawn at random (without replacement)
+     * from this run's samples; the plain peak when there are no more than {@code count}. A
+     * diagnosis for comparing a long run with a short one: the largest of many samples tends to
+     * exceed the largest of few from the same spread. With the samples sorted ascending, x(i)
+     * is the largest of the draw with probability C(i-1, k-1) / C(n, k).
      */
-    long peakLiveOver(int count) {
+    double expectedPeakOf(int count) {
       int size = liveSamples.size();
       if (size == 0 || count <= 0) {
         return -1;
@@ -48,12 +49,15 @@ final class HeapMonitor implements NotificationListener {
       if (count >= size) {
         return liveSamples.stream().mapToLong(Long::longValue).max().orElse(-1);
       }
-      long peak = -1;
-      for (int i = 0; i < count; i++) {
-        int index = count == 1 ? size - 1 : (int) Math.round(i * (size - 1) / (double) (count - 1));
-        peak = Math.max(peak, liveSamples.get(index));
+      long[] sorted = liveSamples.stream().mapToLong(Long::longValue).sorted().toArray();
+      // weight(n) = C(n-1, k-1) / C(n, k) = k / n; weight(i-1) = weight(i) * (i - k) / (i - 1).
+      double weight = count / (double) size;
+      double expected = 0;
+      for (int i = size; i >= count; i--) {
+        expected += weight * sorted[i - 1];
+        weight = i > 1 ? weight * (i - count) / (i - 1) : 0;
       }
-      return peak;
+      return expected;
     }
 
     double peakUsedMb() {

@@ -5,8 +5,8 @@ import org.apache.kafka.common.TopicPartition;
 
 /**
  * Callbacks about the inbox's life, for logging, alerting and tests. Every method has a no-op
- * default. They run on the inbox's own threads (poll thread or workers) and must return quickly; an
- * exception they throw is logged and ignored.
+ * default. They run on the inbox's own threads (poll thread or workers) and must return quickly
+ * (some run while a worker holds work back for others); anything they throw is logged and ignored.
  */
 public interface InboxListener {
 
@@ -31,6 +31,9 @@ public interface InboxListener {
    * the stored offset. Called after the commit returned, on the worker that committed, so the
    * changes are visible to any new transaction. For metrics and lag, and for tests that wait until
    * a record is applied (wait for {@code nextOffset > record offset} instead of polling a table).
+   * The offsets reported for a partition grow, except after it was claimed again (a rebalance, a
+   * restart, fencing): work resumes from the stored offset, and an earlier owner's late report may
+   * arrive after the new owner's first.
    */
   default void onCommitted(TopicPartition partition, long nextOffset) {}
 }

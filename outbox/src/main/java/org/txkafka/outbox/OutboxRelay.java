@@ -59,7 +59,9 @@ import org.txkafka.outbox.internal.RelayConfig;
  * <ul>
  *   <li>Duplicates: a relay that dies (or whose database session ends) after Kafka acknowledged a
  *       batch and before the rows were removed leaves that batch to be sent again, by itself or by
- *       the next owner of the shares. Receivers remove duplicates by message id.
+ *       the next owner of the shares. So does a round not acknowledged within {@link
+ *       Builder#publishTimeout(Duration)}: its rows are sent again by a new producer, and any that
+ *       had reached Kafka arrive twice. Receivers remove duplicates by message id.
  *   <li>A relay whose database session ends in the middle of a batch may still finish sending it
  *       while another relay already took the shares over: the overlap is at most that one batch, and
  *       after duplicates are removed every key is still in order. A relay that is frozen (long GC

@@ -525,11 +525,22 @@ final class BatchProcessor {
    * {@code SELECT 1} asks the server.
    */
   private void requireUsableTransaction(Connection connection) throws Exception {
-    if (connection.isWrapperFor(BaseConnection.class)) {
-      if (connection.unwrap(BaseConnection.class).getTransactionState()
-          == TransactionState.FAILED) {
-        throw new HandlerException(-1, abortedByHandler(null));
-      }
+    TransactionState local = localTransactionState(connection);
+    if (local == TransactionState.FAILED) {
+      throw new HandlerException(-1, abortedByHandler(null));
+    }
+    if (local == TransactionState.IDLE) {
+      // The inbox's own statements opened this transaction: a handler ended it (ROLLBACK or COMMIT
+      // sent as SQL, or through an unwrapped connection). Its commit would store nothing, while
+      // this member moved on as if the batch were stored.
+      throw new HandlerException(
+          -1,
+          new IllegalStateException(
+              "the handler ended the inbox's transaction (ROLLBACK or COMMIT sent as SQL, or"
+                  + " through an unwrapped connection): the inbox owns the transaction, throw to"
+                  + " roll back"));
+    }
+    if (local != null) {
       return;
     }
     try {
@@ -539,6 +550,29 @@ final class BatchProcessor {
         throw new HandlerException(-1, abortedByHandler(e));
       }
       throw e;
+    }
+  }
+
+  /** Set once the driver's internal API turned out to be missing (another driver version). */
+  private static volatile boolean driverStateUnavailable;
+
+  /**
+   * The transaction status the PostgreSQL driver keeps, or null when the connection is not the
+   * PostgreSQL driver's or its internal API is not there (then the caller asks the server).
+   */
+  private static TransactionState localTransactionState(Connection connection)
+      throws SQLException {
+    if (driverStateUnavailable) {
+      return null;
+    }
+    try {
+      return connection.isWrapperFor(BaseConnection.class)
+          ? connection.unwrap(BaseConnection.class).getTransactionState()
+          : null;
+    } catch (LinkageError e) {
+      driverStateUnavailable = true;
+      LOG.warn("the PostgreSQL driver's transaction status is not available; asking the server", e);
+      return null;
     }
   }
 
@@ -658,7 +692,11 @@ final class BatchProcessor {
   void notifyListener(java.util.function.Consumer<InboxListener> call) {
     try {
       call.accept(settings.listener());
-    } catch (RuntimeException e) {
+    } catch (VirtualMachineError e) {
+      throw e;
+    } catch (Throwable e) {
+      // Whatever a listener throws (an assertion of a test, too) is logged: the work it reports
+      // on is already done.
       LOG.warn("inbox listener failed", e);
     }
   }

@@ -296,6 +296,68 @@ class InboxPoisonTest {
     }
   }
 
+  /**
+   * A handler that ends the transaction with ROLLBACK sent as SQL (which the connection view cannot
+   * refuse) as the unit's last statement (batches of one record here): the inbox's commit would
+   * then store nothing while the member moved on, and the next batch would be fenced, for ever. The
+   * record counts as failed, is dead-lettered, and every other record is applied once. (A ROLLBACK
+   * followed by more statements in the same batch is not detected: README, inbox limits.)
+   */
+  @Test
+  void handlerThatEndsTheTransactionWithSqlRollbackFailsItsRecordAndNothingIsLost() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-sqlrollback");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("sqlrollback-", 30);
+    InboxTestSupport.produce(broker, topic, messages);
+    String enderId = "sqlrollback-12";
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("sqlrollback");
+    InboxHandler ender =
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.messageId().equals(enderId)) {
+            try (var statement = context.connection().createStatement()) {
+              statement.execute("ROLLBACK");
+            }
+          }
+        };
+    String group = "sqlrollback-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(2);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(ender)
+                .maxBatchSize(1)
+                .maxAttempts(2)
+                .retryBackoff(Duration.ofMillis(10))
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(60),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
+      assertEquals(
+          messages.size() - 1,
+          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'sqlrollback'"),
+          "every other record applied");
+      assertEquals(
+          messages.size() - 1,
+          db.queryLong(
+              "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'sqlrollback'"),
+          "each once");
+      assertEquals(0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", enderId));
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size());
+      assertEquals(enderId, deadLetters.get(0).record().messageId());
+      assertTrue(
+          deadLetters.get(0).lastError().contains("ended the inbox's transaction"),
+          deadLetters.get(0).lastError());
+    }
+  }
+
   private static void assertReason(DeadLetter deadLetter, String key, String reason) {
     assertEquals(key, deadLetter.record().keyAsString());
     assertNotNull(deadLetter.lastError());

@@ -17,10 +17,10 @@ import java.util.Random;
 import java.util.Set;
 import java.util.TreeSet;
 import java.util.concurrent.ExecutionException;
-import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.locks.LockSupport;
@@ -69,9 +69,10 @@ import org.txkafka.outbox.OutboxRelay;
  *       leave it pending and make the relay back off.
  *   <li><b>close() is bounded</b> by the close timeout plus a few seconds; rows not acknowledged by
  *       then stay pending (given back), the leases are released with the session.
- *   <li><b>A round is bounded</b> by the publish timeout: past it, a watchdog thread closes the
- *       producer at once, its unacknowledged rows stay pending (attempt counted), and a new
- *       producer sends them again after the backoff. Order is kept: for one partition the
+ *   <li><b>A round's wait for acknowledgements is bounded</b> by the publish timeout (handing rows
+ *       to the producer is bounded separately, by {@code max.block.ms} per topic and the topic
+ *       backoff): past it, a watchdog thread closes the producer at once, its unacknowledged rows
+ *       stay pending (attempt counted), and a new producer sends them again after the backoff. Order is kept: for one partition the
  *       idempotent producer's acknowledged records are a prefix of what it sent, so what is sent
  *       again follows them. A producer that never gets an answer cannot stall its shares for good.
  * </ol>
@@ -132,13 +133,18 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     this.config = config;
     this.sql = new OutboxSql(config.schema());
     this.metrics = RelayMetrics.create(config);
-    this.watchdog =
-        Executors.newSingleThreadScheduledExecutor(
+    // Cancelled bounds (every round that ends in time) leave the queue at once, instead of
+    // waiting there, holding their producer, until their delay would have passed.
+    ScheduledThreadPoolExecutor bounds =
+        new ScheduledThreadPoolExecutor(
+            1,
             task -> {
               Thread thread = new Thread(task, config.name() + "-watchdog");
               thread.setDaemon(true);
               return thread;
             });
+    bounds.setRemoveOnCancelPolicy(true);
+    this.watchdog = bounds;
   }
 
   @Override
@@ -508,7 +514,16 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   /** Relay thread only: which share the next read starts with. */
   private int readRound;
 
+  /** Relay thread only: a producer the watchdog closed, to be replaced before the next send. */
+  private Producer<byte[], byte[]> abandonedProducer;
+
   private BatchOutcome publishBatch(Session current) throws SQLException {
+    if (abandonedProducer != null) {
+      if (producer == abandonedProducer) {
+        producer = newProducer();
+      }
+      abandonedProducer = null;
+    }
     Set<Integer> shares = sendableShares(current.leases.held());
     if (shares.isEmpty()) {
       return BatchOutcome.EMPTY;
@@ -573,7 +588,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         watchdog.schedule(
             () -> {
               if (roundEnded.compareAndSet(null, Boolean.FALSE)) {
-                abandonProducer(sender);
+                // On a thread of its own: close() waits for the producer's network thread without
+                // a bound, and a hung close must not take the bound of later rounds with it.
+                Thread closer = new Thread(() -> abandonProducer(sender), config.name() + "-abandon");
+                closer.setDaemon(true);
+                closer.start();
               }
             },
             config.publishTimeout().toNanos(),
@@ -588,6 +607,10 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     bound.cancel(false);
     // The watchdog came first: this producer is closed (or being closed).
     boolean abandoned = !roundEnded.compareAndSet(null, Boolean.TRUE);
+    if (abandoned) {
+      // Replaced before the next round even if the bookkeeping below fails.
+      abandonedProducer = sender;
+    }
 
     List<Sent> acked = new ArrayList<>();
     List<Sent> poison = new ArrayList<>();
@@ -663,8 +686,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         config.publishTimeout());
     try {
       sender.close(Duration.ZERO);
-    } catch (RuntimeException e) {
-      LOG.debug("relay {}: closing the abandoned producer failed", config.name(), e);
+    } catch (RuntimeException | Error e) {
+      LOG.error("relay {}: closing the abandoned producer failed", config.name(), e);
     }
   }
 
