@@ -67,14 +67,7 @@ class InboxProcessKillerTest {
     // the next one finds maxAttempts earlier starts and dead-letters it.
     assertEquals(MAX_ATTEMPTS + 1, lives.deaths, "deaths (" + lives.log + ")");
 
-    assertEquals(
-        1,
-        db.queryLong(
-            "SELECT count(*) FROM txkafka_inbox_dead_letter WHERE message_id = ? AND attempts = ?"
-                + " AND last_error LIKE 'started " + MAX_ATTEMPTS + " times without completing%'",
-            killer,
-            MAX_ATTEMPTS),
-        "the killer record is dead-lettered with its starts as the reason");
+    assertKillerDeadLetteredForItsStarts(killer);
     assertEquals(
         1,
         db.queryLong(
@@ -119,14 +112,7 @@ class InboxProcessKillerTest {
     assertTrue(
         lives.finished, "the partition got past the killer record within " + MAX_LIVES + " lives");
     assertEquals(MAX_ATTEMPTS + 1, lives.deaths, "deaths (" + lives.log + ")");
-    assertEquals(
-        1,
-        db.queryLong(
-            "SELECT count(*) FROM txkafka_inbox_dead_letter WHERE message_id = ? AND attempts = ?"
-                + " AND last_error LIKE 'started " + MAX_ATTEMPTS + " times without completing%'",
-            killer,
-            MAX_ATTEMPTS),
-        "the killer dead-lettered for its starts");
+    assertKillerDeadLetteredForItsStarts(killer);
     assertEquals(
         1,
         db.queryLong(
@@ -203,6 +189,17 @@ class InboxProcessKillerTest {
         count - 1,
         db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic),
         "each other record applied once");
+  }
+
+  private static void assertKillerDeadLetteredForItsStarts(String killer) {
+    assertEquals(
+        1,
+        db.queryLong(
+            "SELECT count(*) FROM txkafka_inbox_dead_letter WHERE message_id = ? AND attempts = ?"
+                + " AND last_error LIKE 'started " + MAX_ATTEMPTS + " times without completing%'",
+            killer,
+            MAX_ATTEMPTS),
+        "the killer record is dead-lettered with its starts as the reason");
   }
 
   /** Each message in a Kafka transaction of its own, to partition {@code index % 2}. */
