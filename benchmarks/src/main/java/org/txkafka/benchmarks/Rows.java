@@ -228,6 +228,7 @@ final class Rows {
     double growth = Double.NaN;
     double sameCountGrowth = Double.NaN;
     int samples = 0;
+    String thirds = "not run";
     if (measured) {
       HeapMonitor.HeapPeak f = ((Outcome.Measured) full).heap();
       HeapMonitor.HeapPeak t = ((Outcome.Measured) tenth).heap();
@@ -235,6 +236,7 @@ final class Rows {
       samples = t.liveSamples().size();
       // Diagnosis only: the full side runs about ten times longer and so takes more samples.
       sameCountGrowth = samples > 0 ? f.expectedPeakOf(samples) / t.peakLiveBytes() : Double.NaN;
+      thirds = peaksByThird(f.liveSamples()) + " (full) and " + peaksByThird(t.liveSamples()) + " (tenth)";
     }
     return new RowResult(7, "inbox peak heap vs backlog")
         .side(full)
@@ -251,6 +253,29 @@ final class Rows {
                     + " of its own gives %.3f",
                 samples,
                 samples,
-                sameCountGrowth));
+                sameCountGrowth))
+        .note(
+            "peak live MB in the first, second and last third of each run (growth through the"
+                + " run would be a leak; a flat profile is the configured bound): "
+                + thirds);
+  }
+
+  /** The largest live sample of each third of the run, in MB, as "a / b / c". */
+  private static String peaksByThird(java.util.List<Long> samples) {
+    if (samples.size() < 3) {
+      return "too few samples (" + samples.size() + ")";
+    }
+    StringBuilder text = new StringBuilder();
+    for (int third = 0; third < 3; third++) {
+      int from = samples.size() * third / 3;
+      int to = samples.size() * (third + 1) / 3;
+      long peak = 0;
+      for (long sample : samples.subList(from, to)) {
+        peak = Math.max(peak, sample);
+      }
+      text.append(third == 0 ? "" : " / ")
+          .append(String.format(java.util.Locale.ROOT, "%.1f", peak / (1024.0 * 1024.0)));
+    }
+    return text.toString();
   }
 }
