@@ -8,7 +8,9 @@ import java.util.HashMap;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.atomic.AtomicBoolean;
+import jakarta.persistence.EntityManagerFactory;
 import org.apache.kafka.common.TopicPartition;
+import org.hibernate.jpa.HibernatePersistenceConfiguration;
 import org.txkafka.inbox.Inbox;
 import org.txkafka.inbox.InboxBuilder;
 import org.txkafka.inbox.InboxHandler;
@@ -26,7 +28,9 @@ import org.txkafka.testkit.TestDatabase;
  * transactionIdleTimeoutMillis} (0: the server's setting), optional {@code haltMessageId} (the
  * handler prints "HALT id" and ends the process with {@code Runtime.halt} whenever it meets that
  * id, after writing its ledger row), optional {@code maxAttempts}, optional {@code slowPartition}
- * and {@code slowMillis} (the handler sleeps that long for each record of that partition). Prints "READY" once started,
+ * and {@code slowMillis} (the handler sleeps that long for each record of that partition), optional
+ * {@code jpa=true} (the inbox owns its transactions through a Hibernate EntityManagerFactory over
+ * the same pool instead of the DataSource; the handler is the same). Prints "READY" once started,
  * "ASSIGNED", "LOST", "REVOKED", "FENCED" lines; runs until killed or terminated.
  */
 public final class InboxMemberMain {
@@ -118,13 +122,19 @@ public final class InboxMemberMain {
           }
         };
     CountDownLatch stop = new CountDownLatch(1);
+    boolean jpa = Boolean.getBoolean("jpa");
     try (HikariDataSource dataSource = new HikariDataSource(config);
+        EntityManagerFactory emf =
+            jpa
+                ? new HibernatePersistenceConfiguration("inbox-member")
+                    .property("hibernate.connection.datasource", dataSource)
+                    .createEntityManagerFactory()
+                : null;
         Inbox inbox =
-            Inbox.builder()
+            (jpa ? Inbox.builder().entityManagerFactory(emf) : Inbox.builder().dataSource(dataSource))
                 .kafkaProperties(properties)
                 .groupId(System.getProperty("group"))
                 .topics(System.getProperty("topic"))
-                .dataSource(dataSource)
                 .handler(handler)
                 .maxBatchSize(Integer.getInteger("maxBatchSize", 50))
                 .maxAttempts(Integer.getInteger("maxAttempts", InboxBuilder.DEFAULT_MAX_ATTEMPTS))
@@ -139,7 +149,7 @@ public final class InboxMemberMain {
                 .build()) {
       Runtime.getRuntime().addShutdownHook(new Thread(stop::countDown));
       inbox.start();
-      System.out.println("READY");
+      System.out.println(jpa ? "READY (JPA transaction owner)" : "READY");
       stop.await();
     }
   }

@@ -89,6 +89,41 @@ class InboxProcessKillerTest {
   }
 
   /**
+   * The same through the JPA transaction owner (a Hibernate EntityManagerFactory): the batch marks
+   * and the start marks run in its transactions, and the outcome is the same.
+   */
+  @Test
+  void recordThatKillsTheProcessUnderTheJpaOwnerIsDeadLetteredAfterMaxAttemptsStarts()
+      throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-killer-jpa");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("killer-jpa-", 200);
+    String killer = messages.get(KILLER_INDEX).messageId();
+    InboxTestSupport.produce(broker, topic, messages);
+    String group = "killer-jpa-" + topic;
+
+    Lives lives =
+        live(topic, group, killer, 0, true, () -> storedOffset(topic) == messages.size());
+    assertTrue(
+        lives.finished, "the partition got past the killer record within " + MAX_LIVES + " lives");
+    assertEquals(MAX_ATTEMPTS + 1, lives.deaths, "deaths (" + lives.log + ")");
+    assertKillerDeadLetteredForItsStarts(killer);
+    assertEquals(
+        1,
+        db.queryLong("SELECT count(*) FROM txkafka_inbox_dead_letter WHERE topic = ?", topic),
+        "nothing else dead-lettered");
+    assertEquals(
+        messages.size() - 1,
+        db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic),
+        "ledger rows");
+    assertEquals(
+        messages.size() - 1,
+        db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic),
+        "each other record applied once");
+  }
+
+  /**
    * The lost batch also holds a record with an unusable message id (empty), after the killer. When
    * the lost batch is applied one record at a time, that record is dead-lettered for its id (no
    * handler runs, so no start is counted for it), and neither it nor the killer costs any other
@@ -239,11 +274,23 @@ class InboxProcessKillerTest {
   private static Lives live(
       String topic, String group, String killer, int slowMillis, BooleanSupplier done)
       throws Exception {
+    return live(topic, group, killer, slowMillis, false, done);
+  }
+
+  private static Lives live(
+      String topic,
+      String group,
+      String killer,
+      int slowMillis,
+      boolean jpa,
+      BooleanSupplier done)
+      throws Exception {
     KafkaBroker broker = KafkaBroker.shared();
     Lives lives = new Lives();
     for (int life = 1; life <= MAX_LIVES && !lives.finished; life++) {
-      try (ChildJvm member = start(broker, topic, group, killer, slowMillis)) {
-        member.awaitLine("READY", Duration.ofSeconds(60));
+      try (ChildJvm member = start(broker, topic, group, killer, slowMillis, jpa)) {
+        String ready = member.awaitLine("READY", Duration.ofSeconds(60));
+        assertEquals(jpa, ready.contains("JPA"), "the member's transaction owner: " + ready);
         long deadline = System.nanoTime() + Duration.ofSeconds(90).toNanos();
         while (true) {
           if (!member.isAlive()) {
@@ -277,8 +324,9 @@ class InboxProcessKillerTest {
   }
 
   private static ChildJvm start(
-      KafkaBroker broker, String topic, String group, String killer, int slowMillis) {
+      KafkaBroker broker, String topic, String group, String killer, int slowMillis, boolean jpa) {
     return InboxMemberMain.builder(db, broker, topic, group, "killer")
+        .systemProperty("jpa", String.valueOf(jpa))
         .systemProperty("instanceId", "killer-member")
         .systemProperty("maxBatchSize", "40")
         .systemProperty("maxAttempts", String.valueOf(MAX_ATTEMPTS))
