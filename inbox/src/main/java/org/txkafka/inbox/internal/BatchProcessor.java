@@ -21,8 +21,6 @@ import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.header.internals.RecordHeaders;
-import org.postgresql.core.BaseConnection;
-import org.postgresql.core.TransactionState;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import org.txkafka.inbox.InboxBatchHandler;
@@ -44,6 +42,11 @@ import org.txkafka.outbox.OutboxWriter;
  *   <li>A transaction stores an offset without the inbox rows and handler effects of every record
  *       before it, or the other way round: the offset update, the inbox rows and the handler's
  *       writes are one transaction ({@link TransactionOwner}).
+ *   <li>The offset and inbox rows of a batch commit with only part of its handler's effects (a
+ *       handler that committed the transaction itself part-way and went on): the last statement
+ *       before the commit seals the transaction ({@link InboxSql#seal}), PostgreSQL refuses a
+ *       commit that comes before it, and a seal that finds itself in another transaction than the
+ *       offset's fails the unit.
  *   <li>A fenced member commits, or a commit skips records: every transaction starts with
  *       {@link InboxSql#advance}, the compare-and-set on the owner epoch and on the stored offset,
  *       which must be exactly where this batch continues the fetch stream (the previous commit's
@@ -387,14 +390,16 @@ final class BatchProcessor {
             transactions.inTransaction(
                 scope -> {
                   Connection connection = scope.connection();
-                  if (!sql.advance(
-                      connection,
-                      settings.groupId(),
-                      partition.topic(),
-                      partition.partition(),
-                      epoch,
-                      expected[0],
-                      next)) {
+                  Long xid =
+                      sql.advance(
+                          connection,
+                          settings.groupId(),
+                          partition.topic(),
+                          partition.partition(),
+                          epoch,
+                          expected[0],
+                          next);
+                  if (xid == null) {
                     scope.setRollbackOnly();
                     return Boolean.FALSE;
                   }
@@ -438,7 +443,7 @@ final class BatchProcessor {
                       }
                       counts[0] += freshRecords.size();
                     }
-                    requireUsableTransaction(connection);
+                    seal(connection, xid);
                     workDone[0] = true;
                     return Boolean.TRUE;
                   }
@@ -462,7 +467,7 @@ final class BatchProcessor {
                     }
                     counts[0]++;
                   }
-                  requireUsableTransaction(connection);
+                  seal(connection, xid);
                   workDone[0] = true;
                   return Boolean.TRUE;
                 });
@@ -514,25 +519,27 @@ final class BatchProcessor {
   }
 
   /**
-   * A handler that caught an SQL error and returned normally leaves PostgreSQL's transaction
-   * aborted: its commit would silently roll back the whole batch while this member moved on, and
-   * the next batch's offset would skip it. Checked before every commit; an aborted transaction
-   * counts as a handler failure.
-   *
-   * <p>With the PostgreSQL driver underneath (through a pool's or Hibernate's wrapper) the check is
-   * local: the driver keeps the transaction status that the server sends with every reply (it is
-   * "failed" from the first error until the rollback), so no round trip is needed. Otherwise one
-   * {@code SELECT 1} asks the server.
+   * Seals the batch transaction as its last statement ({@link InboxSql#seal}): PostgreSQL refuses
+   * to commit it otherwise. A handler that committed the transaction itself part-way had that
+   * commit refused, and so rolled back; this finds out whether the handler ended the transaction
+   * (and went on in another, which must not commit either), or left it aborted after an SQL error
+   * it caught (its commit would silently roll back the whole batch while this member moved on, and
+   * the next batch's offset would skip it). Either counts as a handler failure.
    */
-  private void requireUsableTransaction(Connection connection) throws Exception {
-    TransactionState local = localTransactionState(connection);
-    if (local == TransactionState.FAILED) {
-      throw new HandlerException(-1, abortedByHandler(null));
+  private void seal(Connection connection, long xid) throws Exception {
+    boolean sealed;
+    try {
+      sealed = sql.seal(connection, xid);
+    } catch (SQLException e) {
+      if (InboxSql.IN_FAILED_TRANSACTION.equals(e.getSQLState())) {
+        throw new HandlerException(-1, abortedByHandler(e));
+      }
+      throw e;
     }
-    if (local == TransactionState.IDLE) {
-      // The inbox's own statements opened this transaction: a handler ended it (ROLLBACK or COMMIT
-      // sent as SQL, or through an unwrapped connection). Its commit would store nothing, while
-      // this member moved on as if the batch were stored.
+    if (!sealed) {
+      // The statements since the handler ended the inbox's transaction (ROLLBACK or COMMIT as SQL,
+      // or through an unwrapped connection) run in another transaction: the batch's offset and
+      // inbox rows are not in it.
       throw new HandlerException(
           -1,
           new IllegalStateException(
@@ -540,47 +547,13 @@ final class BatchProcessor {
                   + " through an unwrapped connection): the inbox owns the transaction, throw to"
                   + " roll back"));
     }
-    if (local != null) {
-      return;
-    }
-    try {
-      sql.ping(connection);
-    } catch (SQLException e) {
-      if (InboxSql.IN_FAILED_TRANSACTION.equals(e.getSQLState())) {
-        throw new HandlerException(-1, abortedByHandler(e));
-      }
-      throw e;
-    }
-  }
-
-  /** Set once the driver's internal API turned out to be missing (another driver version). */
-  private static volatile boolean driverStateUnavailable;
-
-  /**
-   * The transaction status the PostgreSQL driver keeps, or null when the connection is not the
-   * PostgreSQL driver's or its internal API is not there (then the caller asks the server).
-   */
-  private static TransactionState localTransactionState(Connection connection)
-      throws SQLException {
-    if (driverStateUnavailable) {
-      return null;
-    }
-    try {
-      return connection.isWrapperFor(BaseConnection.class)
-          ? connection.unwrap(BaseConnection.class).getTransactionState()
-          : null;
-    } catch (LinkageError e) {
-      driverStateUnavailable = true;
-      LOG.warn("the PostgreSQL driver's transaction status is not available; asking the server", e);
-      return null;
-    }
   }
 
   private static IllegalStateException abortedByHandler(SQLException serverError) {
     return new IllegalStateException(
         "the handler returned normally but left the transaction aborted (an SQL error was caught"
-            + " and ignored)"
-            + (serverError == null ? "" : ": " + serverError.getMessage()),
+            + " and ignored): "
+            + serverError.getMessage(),
         serverError);
   }
 
@@ -601,14 +574,16 @@ final class BatchProcessor {
             transactions.inTransaction(
                 scope -> {
                   Connection connection = scope.connection();
-                  if (!sql.advance(
-                      connection,
-                      settings.groupId(),
-                      partition.topic(),
-                      partition.partition(),
-                      epoch,
-                      expected[0],
-                      next)) {
+                  Long xid =
+                      sql.advance(
+                          connection,
+                          settings.groupId(),
+                          partition.topic(),
+                          partition.partition(),
+                          epoch,
+                          expected[0],
+                          next);
+                  if (xid == null) {
                     scope.setRollbackOnly();
                     return null;
                   }
@@ -622,6 +597,9 @@ final class BatchProcessor {
                           settings.clock().instant());
                   if (inserted && settings.deadLetterTopic() != null) {
                     writer.send(connection, deadLetterMessage(record, reason));
+                  }
+                  if (!sql.seal(connection, xid)) {
+                    throw new IllegalStateException("the dead-letter transaction was ended early");
                   }
                   return inserted;
                 });

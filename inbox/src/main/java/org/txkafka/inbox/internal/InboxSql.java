@@ -30,7 +30,9 @@ import org.txkafka.inbox.InboxRecord;
  * in-memory batches, and none can move the offset backwards. The one other accepted case is the
  * stored offset already equal to the batch's next offset: a retry of a batch whose commit did
  * succeed although the client saw an error (its inbox rows are all duplicates then). It takes the
- * offset row's lock, so a concurrent {@link #claim} is serialised behind a committing batch.
+ * offset row's lock, so a concurrent {@link #claim} is serialised behind a committing batch. A
+ * transaction that stored an offset commits only after {@link #seal} ran in it (a deferred trigger,
+ * migration 1.0.5): a commit before that, a handler's, is refused and rolls the offset back.
  */
 public final class InboxSql {
 
@@ -54,6 +56,7 @@ public final class InboxSql {
   private final String markBatch;
   private final String markStarted;
   private final String advance;
+  private final String seal;
   private final String insertProcessed;
   private final String insertProcessedAllNew;
   private final String insertDeadLettered;
@@ -125,10 +128,12 @@ public final class InboxSql {
     advance =
         "UPDATE "
             + offsets
-            + " SET next_offset = ?, updated_at = now()"
+            + " SET next_offset = ?, updated_at = now(), commit_xid = txid_current()"
             + idleGuard
             + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
-            + " AND (next_offset IS NOT DISTINCT FROM ? OR next_offset = ?)";
+            + " AND (next_offset IS NOT DISTINCT FROM ? OR next_offset = ?)"
+            + " RETURNING commit_xid";
+    seal = "SELECT set_config('txkafka.inbox_sealed_xid', txid_current()::text, true)";
     insertProcessed =
         "INSERT INTO "
             + inbox
@@ -282,11 +287,13 @@ public final class InboxSql {
 
   /**
    * Stores {@code nextOffset} if {@code epoch} is still the owner epoch and the stored offset is
-   * not beyond it; takes the row lock.
+   * not beyond it; takes the row lock. The transaction must then be {@link #seal sealed} before it
+   * commits (migration 1.0.5): its commit is refused otherwise.
    *
-   * @return false if fenced (another owner claimed the partition, or the offset would regress)
+   * @return the transaction's id, to {@link #seal} it with; null if fenced (another owner claimed
+   *     the partition, or the offset would regress)
    */
-  public boolean advance(
+  public Long advance(
       Connection connection,
       String group,
       String topic,
@@ -307,7 +314,26 @@ public final class InboxSql {
         statement.setLong(6, expected);
       }
       statement.setLong(7, next);
-      return statement.executeUpdate() == 1;
+      try (ResultSet rows = statement.executeQuery()) {
+        return rows.next() ? rows.getLong(1) : null;
+      }
+    }
+  }
+
+  /**
+   * Seals the transaction that {@link #advance} returned {@code xid} for, as its last statement
+   * before the commit: the commit is refused without it (the deferred trigger of migration 1.0.5),
+   * so that a commit before this point (a handler's) rolls back the offset and the inbox rows.
+   *
+   * @return false if this is no longer that transaction: it was ended (committed or rolled back)
+   *     since the offset was stored, and these statements run in another one
+   * @throws SQLException with SQLState {@value #IN_FAILED_TRANSACTION} if the transaction is aborted
+   */
+  public boolean seal(Connection connection, long xid) throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(seal);
+        ResultSet rows = statement.executeQuery()) {
+      rows.next();
+      return Long.toString(xid).equals(rows.getString(1));
     }
   }
 
@@ -487,13 +513,6 @@ public final class InboxSql {
       statement.setTimestamp(2, Timestamp.from(cutoff));
       statement.setInt(3, limit);
       return statement.executeUpdate();
-    }
-  }
-
-  /** A round trip on the transaction; fails with {@link #IN_FAILED_TRANSACTION} if aborted. */
-  public void ping(Connection connection) throws SQLException {
-    try (java.sql.Statement statement = connection.createStatement()) {
-      statement.execute("SELECT 1");
     }
   }
 

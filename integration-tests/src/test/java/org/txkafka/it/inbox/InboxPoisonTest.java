@@ -10,8 +10,11 @@ import com.zaxxer.hikari.HikariDataSource;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.junit.jupiter.api.AfterAll;
@@ -355,6 +358,142 @@ class InboxPoisonTest {
       assertTrue(
           deadLetters.get(0).lastError().contains("ended the inbox's transaction"),
           deadLetters.get(0).lastError());
+    }
+  }
+
+  /** How a handler ends the inbox's transaction in the middle of a batch. */
+  private enum MidBatchCommit {
+    /** COMMIT sent as SQL; its error reaches the inbox. */
+    SQL_COMMIT_THROWS,
+    /** commit() on the driver's connection behind the guarded one; its error is ignored. */
+    JDBC_COMMIT_IGNORED_AND_GOES_ON,
+    /** COMMIT sent as SQL, its error ignored, then the handler throws an error of its own. */
+    SQL_COMMIT_THEN_OWN_ERROR,
+    /**
+     * Not a commit: SET CONSTRAINTS ALL IMMEDIATE runs the commit check at once, before the seal,
+     * so it is refused the same way (a documented limit: name your own constraints instead).
+     */
+    SET_CONSTRAINTS_ALL_IMMEDIATE
+  }
+
+  /**
+   * A handler that commits the inbox's transaction itself in the middle of a batch and more
+   * records follow in that batch: before migration 1.0.5, that commit stored the batch's offset
+   * and every inbox row with the effects of the records before it only, and the records after it
+   * were lost (or, with a handler that went on, committed in a second transaction with no
+   * inbox row). Now PostgreSQL refuses the early commit and the seal fails the rest: the record is
+   * dead-lettered, every other record is applied exactly once.
+   */
+  @Test
+  void handlerThatCommitsInTheMiddleOfABatchCommitsNothingEarlyAndNothingIsLostOrDoubled()
+      throws Exception {
+    for (MidBatchCommit mode : MidBatchCommit.values()) {
+      KafkaBroker broker = KafkaBroker.shared();
+      String topic = KafkaBroker.uniqueTopic("inbox-midcommit");
+      broker.createTopic(topic, 1);
+      String prefix = "midcommit-" + mode.ordinal() + "-";
+      List<Message> messages = InboxTestSupport.messages(prefix, 30);
+      InboxTestSupport.produce(broker, topic, messages);
+      String committerId = prefix + "12";
+      String appliedBy = "midcommit-" + mode;
+      InboxHandler ledger = InboxTestSupport.ledgerHandler(appliedBy);
+      // Records handled per transaction id, and the committing record's first transaction: to
+      // show that it ran in the middle of a batch, after other records of its transaction.
+      Map<Long, Integer> handledInTransaction = new ConcurrentHashMap<>();
+      AtomicLong committerFirstTransaction = new AtomicLong(-1);
+      InboxHandler committer =
+          (record, context) -> {
+            long xid = transactionId(context.connection());
+            ledger.handle(record, context);
+            if (!record.messageId().equals(committerId)) {
+              handledInTransaction.merge(xid, 1, Integer::sum);
+              return;
+            }
+            committerFirstTransaction.compareAndSet(-1, xid);
+            switch (mode) {
+              case SQL_COMMIT_THROWS -> {
+                try (var statement = context.connection().createStatement()) {
+                  statement.execute("COMMIT");
+                }
+              }
+              case JDBC_COMMIT_IGNORED_AND_GOES_ON -> {
+                try {
+                  context.connection().unwrap(java.sql.Connection.class).commit();
+                } catch (java.sql.SQLException ignored) {
+                  // the handler carries on as if it had worked
+                }
+              }
+              case SQL_COMMIT_THEN_OWN_ERROR -> {
+                try (var statement = context.connection().createStatement()) {
+                  statement.execute("COMMIT");
+                } catch (java.sql.SQLException ignored) {
+                  // then fails for a reason of its own
+                }
+                throw new IllegalStateException("the handler's own failure after its commit");
+              }
+              case SET_CONSTRAINTS_ALL_IMMEDIATE -> {
+                try (var statement = context.connection().createStatement()) {
+                  statement.execute("SET CONSTRAINTS ALL IMMEDIATE");
+                }
+              }
+            }
+          };
+      String group = "midcommit-" + topic;
+      try (HikariDataSource dataSource = db.newDataSource(2);
+          Inbox inbox =
+              Inbox.builder()
+                  .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                  .groupId(group)
+                  .topics(topic)
+                  .dataSource(dataSource)
+                  .handler(committer)
+                  .maxBatchSize(100)
+                  .maxAttempts(2)
+                  .retryBackoff(Duration.ofMillis(10))
+                  .build()) {
+        inbox.start();
+        await(
+            mode + ": the partition to move past every record",
+            Duration.ofSeconds(60),
+            () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
+        assertEquals(
+            messages.size() - 1,
+            db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = ?", appliedBy),
+            mode + ": every other record applied");
+        assertEquals(
+            messages.size() - 1,
+            db.queryLong(
+                "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = ?", appliedBy),
+            mode + ": each once");
+        assertEquals(
+            0,
+            db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", committerId),
+            mode + ": nothing of the committing record stays committed");
+        assertTrue(
+            handledInTransaction.getOrDefault(committerFirstTransaction.get(), 0) > 0,
+            mode + ": the first commit came in the middle of a batch");
+        List<DeadLetter> deadLetters = inbox.deadLetters(10);
+        assertEquals(1, deadLetters.size(), mode + ": " + deadLetters);
+        assertEquals(committerId, deadLetters.get(0).record().messageId());
+        String expectedError =
+            switch (mode) {
+              case SQL_COMMIT_THROWS -> "before the inbox sealed it";
+              case JDBC_COMMIT_IGNORED_AND_GOES_ON -> "ended the inbox's transaction";
+              case SQL_COMMIT_THEN_OWN_ERROR -> "the handler's own failure after its commit";
+              case SET_CONSTRAINTS_ALL_IMMEDIATE -> "ran SET CONSTRAINTS ALL IMMEDIATE";
+            };
+        assertTrue(
+            deadLetters.get(0).lastError().contains(expectedError),
+            mode + ": " + deadLetters.get(0).lastError());
+      }
+    }
+  }
+
+  private static long transactionId(java.sql.Connection connection) throws java.sql.SQLException {
+    try (var statement = connection.createStatement();
+        var rows = statement.executeQuery("SELECT txid_current()")) {
+      rows.next();
+      return rows.getLong(1);
     }
   }
 

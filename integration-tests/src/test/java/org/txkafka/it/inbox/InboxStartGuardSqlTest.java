@@ -163,7 +163,13 @@ class InboxStartGuardSqlTest {
   private static boolean advance(String topic, long epoch, Long expected, long next)
       throws SQLException {
     try (Connection connection = db.dataSource().getConnection()) {
-      return SQL.advance(connection, GROUP, topic, 0, epoch, expected, next);
+      connection.setAutoCommit(false);
+      Long xid = SQL.advance(connection, GROUP, topic, 0, epoch, expected, next);
+      if (xid != null) {
+        assertTrue(SQL.seal(connection, xid));
+      }
+      connection.commit();
+      return xid != null;
     }
   }
 }

@@ -40,7 +40,8 @@ class MigrationsTest {
           "V1_0_1__txkafka_outbox.sql",
           "V1_0_2__txkafka_inbox.sql",
           "V1_0_3__txkafka_outbox_order_by_id.sql",
-          "V1_0_4__txkafka_inbox_start_guard.sql");
+          "V1_0_4__txkafka_inbox_start_guard.sql",
+          "V1_0_5__txkafka_inbox_commit_seal.sql");
 
   private TestDatabase db;
 
