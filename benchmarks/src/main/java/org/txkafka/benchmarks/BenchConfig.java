@@ -20,6 +20,8 @@ import java.util.Set;
  * @param gruelboxThreads executor threads of gruelbox's submitter
  * @param e2eRate offered load of the end-to-end latency row, messages per second
  * @param e2eDuration how long each side of the latency row runs
+ * @param e2eWriters writer connections of the latency row, committing side by side (one alone
+ *     cannot commit 1,000 transactions a second here while the relay and the inbox run)
  * @param writerTransactions transactions per side of the writer-overhead row
  * @param backlog records the inbox drains in the memory row (the smaller run uses a tenth)
  * @param heapMax -Xmx of the child JVM of the memory row
@@ -38,6 +40,7 @@ record BenchConfig(
     int gruelboxThreads,
     int e2eRate,
     Duration e2eDuration,
+    int e2eWriters,
     int writerTransactions,
     int backlog,
     String heapMax,

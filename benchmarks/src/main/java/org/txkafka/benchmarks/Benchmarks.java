@@ -85,6 +85,9 @@ public final class Benchmarks implements Callable<Integer> {
   @Option(names = "--e2e-seconds", description = "Seconds per side of row 5 (default 20, quick 3).")
   Integer e2eSeconds;
 
+  @Option(names = "--e2e-writers", description = "Writer connections of row 5, committing side by side (default ${DEFAULT-VALUE}).", defaultValue = "4")
+  int e2eWriters;
+
   @Option(names = "--writer-transactions", description = "Transactions per side of row 6 (default 5000, quick 300).")
   Integer writerTransactions;
 
@@ -142,6 +145,7 @@ public final class Benchmarks implements Callable<Integer> {
         gruelboxThreads,
         e2eRate,
         Duration.ofSeconds(pick(e2eSeconds, 20, 3)),
+        e2eWriters,
         pick(writerTransactions, 5_000, 300),
         pick(backlog, 1_000_000, 20_000),
         heapMax,
@@ -203,6 +207,8 @@ public final class Benchmarks implements Callable<Integer> {
     require(config.gruelboxThreads() >= 1 && config.gruelboxThreads() <= 32,
         "gruelbox-threads must be between 1 and 32, was " + config.gruelboxThreads());
     require(config.e2eRate() >= 1, "e2e-rate must be at least 1, was " + config.e2eRate());
+    require(config.e2eWriters() >= 1 && config.e2eWriters() <= 16,
+        "e2e-writers must be between 1 and 16, was " + config.e2eWriters());
     require(config.writerTransactions() >= 1,
         "writer-transactions must be at least 1, was " + config.writerTransactions());
     require(config.backlog() >= 10, "backlog must be at least 10, was " + config.backlog());

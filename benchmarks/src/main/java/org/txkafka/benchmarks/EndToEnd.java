@@ -20,8 +20,9 @@ import org.txkafka.outbox.OutboxRelay;
 import org.txkafka.outbox.OutboxWriter;
 
 /**
- * Row 5: end-to-end latency at a steady offered load. A writer commits one outbox message per
- * transaction at {@code e2eRate} per second; the relay publishes; an inbox applies each as a
+ * Row 5: end-to-end latency at a steady offered load. Writers ({@code e2eWriters} connections side
+ * by side, as a service's request threads) commit one outbox message per transaction, together at
+ * {@code e2eRate} per second; the relay publishes; an inbox applies each as a
  * business row. Latency = the inbox's {@link InboxListener#onCommitted} for the record's offset
  * (called after its transaction committed) minus the writer's commit returned (one clock, this
  * JVM). The first second is warm-up and not counted. Run once with the relay's LISTEN/NOTIFY on and
@@ -110,7 +111,7 @@ final class EndToEnd {
     RoundTimer rounds = new RoundTimer();
     try (HikariDataSource relayPool = ctx.pool(2, "e2e-relay");
         HikariDataSource inboxPool = ctx.pool(ctx.config.dbConnections() + 1, "e2e-inbox");
-        HikariDataSource writerPool = ctx.pool(1, "e2e-writer");
+        HikariDataSource writerPool = ctx.pool(ctx.config.e2eWriters(), "e2e-writer");
         OutboxRelay relay = RelaySide.relay(ctx, relayPool, "bench-e2e-" + suffix, listenNotify, rounds);
         Inbox inbox =
             InboxSide.inbox(
@@ -129,23 +130,45 @@ final class EndToEnd {
       HeapMonitor heap = HeapMonitor.start();
       long start = System.nanoTime();
       long interval = 1_000_000_000L / rate;
-      long behind = 0;
-      try (Connection connection = writerPool.getConnection()) {
-        connection.setAutoCommit(false);
-        for (int i = 0; i < total; i++) {
-          long due = start + i * interval;
-          long wait = due - System.nanoTime();
-          if (wait > 0) {
-            Thread.sleep(wait / 1_000_000, (int) (wait % 1_000_000));
-          } else {
-            behind = Math.max(behind, -wait);
-          }
-          writer.send(connection, RelaySide.message(set, topic, i));
-          connection.commit();
-          committedAt.set(i, System.nanoTime());
-          committedAtMillis.set(i, System.currentTimeMillis());
+      int writers = ctx.config.e2eWriters();
+      long[] behind = new long[writers];
+      // Message i is due at start + i * interval; writer w commits the messages i with
+      // i % writers == w, each in a transaction of its own, on a connection of its own.
+      java.util.List<java.util.concurrent.Future<?>> running = new java.util.ArrayList<>();
+      java.util.concurrent.ExecutorService writerThreads =
+          java.util.concurrent.Executors.newFixedThreadPool(writers);
+      try {
+        for (int w = 0; w < writers; w++) {
+          int self = w;
+          running.add(
+              writerThreads.submit(
+                  () -> {
+                    try (Connection connection = writerPool.getConnection()) {
+                      connection.setAutoCommit(false);
+                      for (int i = self; i < total; i += writers) {
+                        long due = start + i * interval;
+                        long wait = due - System.nanoTime();
+                        if (wait > 0) {
+                          Thread.sleep(wait / 1_000_000, (int) (wait % 1_000_000));
+                        } else {
+                          behind[self] = Math.max(behind[self], -wait);
+                        }
+                        writer.send(connection, RelaySide.message(set, topic, i));
+                        connection.commit();
+                        committedAt.set(i, System.nanoTime());
+                        committedAtMillis.set(i, System.currentTimeMillis());
+                      }
+                    }
+                    return null;
+                  }));
         }
+        for (java.util.concurrent.Future<?> future : running) {
+          future.get();
+        }
+      } finally {
+        writerThreads.shutdownNow();
       }
+      long maxBehind = java.util.Arrays.stream(behind).max().orElse(0);
       Duration writing = Duration.ofNanos(System.nanoTime() - start);
       boolean complete = awaitCount(received, latencies, total, Duration.ofSeconds(60));
       Duration elapsed = Duration.ofNanos(System.nanoTime() - start);
@@ -157,7 +180,7 @@ final class EndToEnd {
             java.util.Locale.ROOT,
             "%s, split in ms (p50/p99): commit -> relay's send %.0f/%.0f, relay's send -> inbox handler %.0f/%.0f,"
                 + " handler -> inbox commit %.0f/%.0f;"
-                + " the writer took %.1f s for %d s of load (at most %.0f ms behind its schedule)",
+                + " %d writers took %.1f s for %d s of load (at most %.0f ms behind the schedule)",
             label,
             relayPart.percentileMillis(50),
             relayPart.percentileMillis(99),
@@ -165,9 +188,10 @@ final class EndToEnd {
             kafkaPart.percentileMillis(99),
             inboxPart.percentileMillis(50),
             inboxPart.percentileMillis(99),
+            writers,
             writing.toMillis() / 1000.0,
             ctx.config.e2eDuration().toSeconds(),
-            behind / 1e6));
+            maxBehind / 1e6));
         notes.add(label + ", relay rounds: " + rounds.summary());
       }
       return new Outcome.Measured(label, total - warmup, elapsed, latencies, heap.stop());

@@ -279,6 +279,61 @@ class OutboxRelayPublishingTest {
     }
   }
 
+  /**
+   * A writer that commits while the relay is in a round sends no NOTIFY (each one costs a commit
+   * a lock held through its flush and wakes the listener): the relay gives its wake-up slot back
+   * as soon as a read finds rows. It still publishes that row at once, without waiting for a poll:
+   * before it waits again it takes its slot and reads once more.
+   */
+  @Test
+  void writerCommittingDuringARelayRoundSendsNoNotificationAndIsStillPublishedAtOnce()
+      throws Exception {
+    String topic = topic(1);
+    List<UUID> duringRound = Collections.synchronizedList(new ArrayList<>());
+    OutboxRelay.Listener commitDuringFirstRound =
+        new OutboxRelay.Listener() {
+          @Override
+          public void batchStarting(Set<Integer> shares, int rows) {
+            if (duringRound.isEmpty()) {
+              // On the relay thread, after its read and before its sends: the round is running.
+              duringRound.addAll(
+                  commit(db.dataSource(), List.of(numbered(topic, "during-round", 1))));
+            }
+          }
+        };
+    try (Connection listening = db.dataSource().getConnection();
+        OutboxRelay relay =
+            relay(relayPool, broker)
+                .pollInterval(Duration.ofMinutes(10))
+                .listener(commitDuringFirstRound)
+                .build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      try (var statement = listening.createStatement()) {
+        statement.execute("LISTEN txkafka_outbox");
+      }
+      relay.start();
+      await(WAIT, "relay took all shares", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
+      await(WAIT, "relay waits for work (holds a wake-up slot)", () -> db.queryLong(
+          "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
+              + " AND objsubid = 1 AND granted AND ((classid::bigint << 32) | objid::bigint)"
+              + " IN (SELECT hashtextextended('public/wake/' || n, 0) FROM generate_series(0, 3) n)")
+          == 1);
+      List<UUID> first = commit(db.dataSource(), List.of(numbered(topic, "wakes-the-relay", 0)));
+      // Polling alone would take ten minutes: the first row's notification wakes the relay, the
+      // second is read by the read that follows the round.
+      reader.awaitIds(WAIT, asStrings(first));
+      await(WAIT, "the row committed during the round", () -> !duringRound.isEmpty());
+      reader.awaitIds(WAIT, asStrings(duringRound));
+      int notifications = 0;
+      org.postgresql.PGConnection notified = listening.unwrap(org.postgresql.PGConnection.class);
+      org.postgresql.PGNotification[] received;
+      while ((received = notified.getNotifications(500)) != null && received.length > 0) {
+        notifications += received.length;
+      }
+      assertEquals(1, notifications, "only the commit that found the relay waiting notified");
+    }
+  }
+
   @Test
   void moreIdleRelaysThanWakeUpSlotsAreAllWokenByCommits() {
     String topic = topic(1);

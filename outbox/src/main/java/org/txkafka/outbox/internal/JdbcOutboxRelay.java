@@ -92,8 +92,15 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    */
   static final int WAKE_SLOTS = 4;
 
-  /** How soon a relay that could not take a wake-up slot tries again. */
-  private static final long WAKE_SLOT_RETRY_NANOS = TimeUnit.MILLISECONDS.toNanos(10);
+  /**
+   * How soon a relay that could not take a wake-up slot tries again: first after the shortest wait
+   * (a writer committing right now holds every slot shared until its commit ends, well under a
+   * millisecond), doubling up to the longest while every try fails (the slots are held by other
+   * waiting relays: then writers notify anyway).
+   */
+  private static final long WAKE_SLOT_RETRY_MIN_NANOS = TimeUnit.MILLISECONDS.toNanos(1);
+
+  private static final long WAKE_SLOT_RETRY_MAX_NANOS = TimeUnit.MILLISECONDS.toNanos(10);
 
   /**
    * Longest wait before a topic whose sends could not start (no metadata: missing topic, broker
@@ -127,6 +134,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   /** Relay thread only: the wake-up slot this session holds, -1 if none ({@link #takeWakeSlot}). */
   private int heldWakeSlot = -1;
+  private long wakeSlotRetryNanos = WAKE_SLOT_RETRY_MIN_NANOS;
 
   /** A relay for {@code config}; nothing connects before {@link #start()}. */
   public JdbcOutboxRelay(RelayConfig config) {
@@ -274,12 +282,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           if (work || now - nextPoll >= 0) {
             nextPoll = now + config.pollInterval().toNanos();
             BatchOutcome outcome = publishBatch(session);
-            if (outcome.full()) {
-              // Busy (a full batch: it reads again at once): writers need not wake this relay,
-              // and skip NOTIFY while no relay waits. A partial batch keeps the slot, so that a
-              // relay keeping up with the writers is not woken by an extra round.
-              releaseWakeSlot(session);
-            }
             if (outcome.troubled()) {
               sleep(backoffNanos);
               backoffNanos = Math.min(backoffNanos * 2, config.maxBackoff().toNanos());
@@ -414,12 +416,14 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private boolean awaitWork(Session current, long nanos) throws SQLException {
     if (current.notifications != null && heldWakeSlot < 0) {
       if (takeWakeSlot(current)) {
+        wakeSlotRetryNanos = WAKE_SLOT_RETRY_MIN_NANOS;
         // Rows committed before the slot was ours sent no notification: read once more first.
         return true;
       }
       // Every slot is held: by writers committing right now (rows are coming), or by other waiting
       // relays (then writers notify anyway). Wait briefly, then try again.
-      nanos = Math.min(nanos, WAKE_SLOT_RETRY_NANOS);
+      nanos = Math.min(nanos, wakeSlotRetryNanos);
+      wakeSlotRetryNanos = Math.min(wakeSlotRetryNanos * 2, WAKE_SLOT_RETRY_MAX_NANOS);
     }
     long deadline = System.nanoTime() + Math.max(0, nanos);
     while (!stopping) {
@@ -532,6 +536,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (rows.isEmpty()) {
       return BatchOutcome.EMPTY;
     }
+    // Busy until this round ends: writers need not wake this relay, and skip NOTIFY while no relay
+    // holds a slot (each NOTIFY costs their commit a lock held through its flush, and the
+    // listener's wake-up: one per writer commit while a relay keeps up halved a single writer's
+    // commit rate). Before it waits again, the relay takes a slot and reads once more.
+    releaseWakeSlot(current);
     Set<Integer> shareSet = new TreeSet<>();
     for (OutboxRow row : rows) {
       shareSet.add(row.share());
