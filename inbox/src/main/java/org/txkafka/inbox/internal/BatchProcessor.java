@@ -443,8 +443,8 @@ final class BatchProcessor {
                       }
                       counts[0] += freshRecords.size();
                     }
-                    seal(connection, xid);
                     workDone[0] = true;
+                    seal(connection, xid);
                     return Boolean.TRUE;
                   }
                   InboxHandler handler = settings.handler();
@@ -461,14 +461,18 @@ final class BatchProcessor {
                     } catch (Throwable e) {
                       // "Transaction aborted" in a later record is an earlier handler's fault
                       // (it swallowed an SQL error): the culprit is unknown, isolate it.
+                      // So is any failure after an earlier handler ended the transaction (its
+                      // connection closed, or another transaction in its place).
                       boolean earlierFault =
-                          i > 0 && TransientErrors.hasSqlState(e, InboxSql.IN_FAILED_TRANSACTION);
+                          i > 0
+                              && (TransientErrors.hasSqlState(e, InboxSql.IN_FAILED_TRANSACTION)
+                                  || transactionEnded(connection, xid));
                       throw new HandlerException(earlierFault ? -1 : i, e);
                     }
                     counts[0]++;
                   }
-                  seal(connection, xid);
                   workDone[0] = true;
+                  seal(connection, xid);
                   return Boolean.TRUE;
                 });
         if (!committed) {
@@ -534,6 +538,11 @@ final class BatchProcessor {
       if (InboxSql.IN_FAILED_TRANSACTION.equals(e.getSQLState())) {
         throw new HandlerException(-1, abortedByHandler(e));
       }
+      if (connection.isClosed()) {
+        // A provider that saw its transaction end (a handler committed the session's own
+        // transaction) releases the connection with it.
+        throw new HandlerException(-1, endedByHandler("its connection was closed", e));
+      }
       throw e;
     }
     if (!sealed) {
@@ -542,10 +551,32 @@ final class BatchProcessor {
       // inbox rows are not in it.
       throw new HandlerException(
           -1,
-          new IllegalStateException(
-              "the handler ended the inbox's transaction (ROLLBACK or COMMIT sent as SQL, or"
-                  + " through an unwrapped connection): the inbox owns the transaction, throw to"
-                  + " roll back"));
+          endedByHandler(
+              "ROLLBACK or COMMIT sent as SQL, or through an unwrapped connection or session",
+              null));
+    }
+  }
+
+  private static IllegalStateException endedByHandler(String how, SQLException cause) {
+    return new IllegalStateException(
+        "the handler ended the inbox's transaction ("
+            + how
+            + "): the inbox owns the transaction, throw to roll back",
+        cause);
+  }
+
+  /**
+   * Whether the transaction the offset was stored in ({@code xid}) is no longer the one on {@code
+   * connection}: a handler ended it (the connection was closed with it, or statements now run in
+   * another transaction). Only asked after a handler failed: a failure of a later record then says
+   * nothing about that record. False when it cannot be told (an aborted transaction: the existing
+   * rules decide).
+   */
+  private boolean transactionEnded(Connection connection, long xid) {
+    try {
+      return connection.isClosed() || !sql.isCurrentTransaction(connection, xid);
+    } catch (SQLException e) {
+      return false;
     }
   }
 

@@ -97,7 +97,12 @@ public final class InboxSql {
             + " CASE WHEN batch_records IS NOT NULL"
             + " AND batch_offset IS NOT DISTINCT FROM next_offset THEN batch_records"
             + " WHEN started_count > 0"
-            + " AND started_offset IS NOT DISTINCT FROM next_offset THEN 1 ELSE 0 END";
+            + " AND started_offset IS NOT DISTINCT FROM next_offset THEN 1 ELSE 0 END,"
+            // Migration 1.0.5's column, read for no other reason than to make a claim fail (and be
+            // retried) until that migration ran: a member that claimed without it would leave
+            // batch and start marks for work whose offset it cannot store (every commit refused),
+            // and enough ownership changes would dead-letter a record that never ran.
+            + " commit_xid";
     // Marks are committed before the work they announce, asynchronously: they must outlive the
     // consumer process, not a crash of PostgreSQL.
     String asyncCommit = " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async";
@@ -334,6 +339,15 @@ public final class InboxSql {
         ResultSet rows = statement.executeQuery()) {
       rows.next();
       return Long.toString(xid).equals(rows.getString(1));
+    }
+  }
+
+  /** Whether {@code xid} is the id of the transaction on {@code connection}. */
+  public boolean isCurrentTransaction(Connection connection, long xid) throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement("SELECT txid_current()");
+        ResultSet rows = statement.executeQuery()) {
+      rows.next();
+      return rows.getLong(1) == xid;
     }
   }
 

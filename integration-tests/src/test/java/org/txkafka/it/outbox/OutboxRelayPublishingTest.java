@@ -334,6 +334,81 @@ class OutboxRelayPublishingTest {
     }
   }
 
+  /**
+   * While a writer holds the wake-up slots shared for long (a transaction that ran SET CONSTRAINTS
+   * ALL IMMEDIATE, which fires the order trigger early, and stays open), a relay cannot take a slot
+   * before it waits, and writers that commit meanwhile send no NOTIFY. It must read anyway, not
+   * keep trying for the slot until its poll interval (ten minutes here).
+   */
+  @Test
+  void rowCommittedWhileAWriterHoldsTheWakeUpSlotsIsPublishedWithoutWaitingForThePoll()
+      throws Exception {
+    String topic = topic(1);
+    List<UUID> duringRound = Collections.synchronizedList(new ArrayList<>());
+    List<Boolean> slotsTaken = Collections.synchronizedList(new ArrayList<>());
+    try (Connection holder = db.dataSource().getConnection()) {
+      holder.setAutoCommit(false);
+      OutboxRelay.Listener holdSlotsDuringFirstRound =
+          new OutboxRelay.Listener() {
+            @Override
+            public void batchStarting(Set<Integer> shares, int rows) {
+              if (!duringRound.isEmpty()) {
+                return;
+              }
+              // The relay gave its slot back for this round: a writer's transaction takes all
+              // four shared, as the order trigger does, and stays open.
+              try (var statement = holder.createStatement();
+                  ResultSet taken =
+                      statement.executeQuery(
+                          "SELECT pg_try_advisory_xact_lock_shared("
+                              + "hashtextextended('public/wake/' || n, 0))"
+                              + " FROM generate_series(0, 3) n")) {
+                while (taken.next()) {
+                  slotsTaken.add(taken.getBoolean(1));
+                }
+              } catch (java.sql.SQLException e) {
+                throw new IllegalStateException(e);
+              }
+              duringRound.addAll(
+                  commit(db.dataSource(), List.of(numbered(topic, "while-held", 1))));
+            }
+          };
+      try (OutboxRelay relay =
+              relay(relayPool, broker)
+                  .pollInterval(Duration.ofMinutes(10))
+                  .listener(holdSlotsDuringFirstRound)
+                  .build();
+          TopicReader reader = new TopicReader(broker, topic)) {
+        relay.start();
+        await(
+            WAIT, "relay took all shares", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
+        await(WAIT, "relay waits for work (holds a wake-up slot)", () -> db.queryLong(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
+                + " AND objsubid = 1 AND granted AND ((classid::bigint << 32) | objid::bigint)"
+                + " IN (SELECT hashtextextended('public/wake/' || n, 0) FROM generate_series(0, 3) n)")
+            == 1);
+        List<UUID> first = commit(db.dataSource(), List.of(numbered(topic, "wakes-the-relay", 0)));
+        reader.awaitIds(WAIT, asStrings(first));
+        await(WAIT, "the row committed during the round", () -> !duringRound.isEmpty());
+        assertEquals(List.of(true, true, true, true), slotsTaken, "the writer holds every slot");
+        long held = System.nanoTime();
+        reader.awaitIds(WAIT, asStrings(duringRound));
+        assertTrue(
+            System.nanoTime() - held < TimeUnit.SECONDS.toNanos(30),
+            "published while the slots are held, long before the poll");
+        assertEquals(
+            4L,
+            db.queryLong(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock'"
+                    + " AND granted AND ((classid::bigint << 32) | objid::bigint) IN (SELECT"
+                    + " hashtextextended('public/wake/' || n, 0) FROM generate_series(0, 3) n)"),
+            "the slots were still held when the row was published");
+      } finally {
+        holder.rollback();
+      }
+    }
+  }
+
   @Test
   void moreIdleRelaysThanWakeUpSlotsAreAllWokenByCommits() {
     String topic = topic(1);

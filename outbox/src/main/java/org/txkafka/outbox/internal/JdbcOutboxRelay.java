@@ -93,14 +93,16 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   static final int WAKE_SLOTS = 4;
 
   /**
-   * How soon a relay that could not take a wake-up slot tries again: first after the shortest wait
-   * (a writer committing right now holds every slot shared until its commit ends, well under a
-   * millisecond), doubling up to the longest while every try fails (the slots are held by other
-   * waiting relays: then writers notify anyway).
+   * How soon a relay that could not take a wake-up slot reads anyway, and then tries again: first
+   * after the shortest wait (a writer committing right now holds every slot shared until its commit
+   * ends, usually well under a millisecond, and sends no NOTIFY), doubling up to the longest while
+   * such reads find nothing (every slot held by other waiting relays: then writers notify anyway;
+   * or a writer holds the slots for long, as in a transaction that ran SET CONSTRAINTS ALL
+   * IMMEDIATE and stays open).
    */
   private static final long WAKE_SLOT_RETRY_MIN_NANOS = TimeUnit.MILLISECONDS.toNanos(1);
 
-  private static final long WAKE_SLOT_RETRY_MAX_NANOS = TimeUnit.MILLISECONDS.toNanos(10);
+  private static final long WAKE_SLOT_RETRY_MAX_NANOS = TimeUnit.MILLISECONDS.toNanos(64);
 
   /**
    * Longest wait before a topic whose sends could not start (no metadata: missing topic, broker
@@ -414,22 +416,25 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * @return whether a notification arrived
    */
   private boolean awaitWork(Session current, long nanos) throws SQLException {
+    boolean readWhenWaited = false;
     if (current.notifications != null && heldWakeSlot < 0) {
       if (takeWakeSlot(current)) {
         wakeSlotRetryNanos = WAKE_SLOT_RETRY_MIN_NANOS;
         // Rows committed before the slot was ours sent no notification: read once more first.
         return true;
       }
-      // Every slot is held: by writers committing right now (rows are coming), or by other waiting
-      // relays (then writers notify anyway). Wait briefly, then try again.
+      // Every slot is held: by writers committing right now (their rows are coming, and they sent
+      // no notification), or by other waiting relays (then writers notify anyway). Wait briefly
+      // for a notification, then read anyway (and try the slot again after that read).
       nanos = Math.min(nanos, wakeSlotRetryNanos);
       wakeSlotRetryNanos = Math.min(wakeSlotRetryNanos * 2, WAKE_SLOT_RETRY_MAX_NANOS);
+      readWhenWaited = true;
     }
     long deadline = System.nanoTime() + Math.max(0, nanos);
     while (!stopping) {
       long remaining = deadline - System.nanoTime();
       if (remaining <= 0) {
-        return false;
+        return readWhenWaited;
       }
       long slice = Math.min(remaining, MAX_WAIT_SLICE_NANOS);
       if (current.notifications == null) {
@@ -536,6 +541,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (rows.isEmpty()) {
       return BatchOutcome.EMPTY;
     }
+    wakeSlotRetryNanos = WAKE_SLOT_RETRY_MIN_NANOS;
     // Busy until this round ends: writers need not wake this relay, and skip NOTIFY while no relay
     // holds a slot (each NOTIFY costs their commit a lock held through its flush, and the
     // listener's wake-up: one per writer commit while a relay keeps up halved a single writer's
