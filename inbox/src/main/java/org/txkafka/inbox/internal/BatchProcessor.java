@@ -390,15 +390,7 @@ final class BatchProcessor {
             transactions.inTransaction(
                 scope -> {
                   Connection connection = scope.connection();
-                  Long xid =
-                      sql.advance(
-                          connection,
-                          settings.groupId(),
-                          partition.topic(),
-                          partition.partition(),
-                          epoch,
-                          expected[0],
-                          next);
+                  Long xid = advance(connection, partition, epoch, expected[0], next);
                   if (xid == null) {
                     scope.setRollbackOnly();
                     return Boolean.FALSE;
@@ -522,6 +514,20 @@ final class BatchProcessor {
     }
   }
 
+  /** The fencing compare-and-set that opens every batch transaction ({@link InboxSql#advance}). */
+  private Long advance(
+      Connection connection, TopicPartition partition, long epoch, Long expected, long next)
+      throws SQLException {
+    return sql.advance(
+        connection,
+        settings.groupId(),
+        partition.topic(),
+        partition.partition(),
+        epoch,
+        expected,
+        next);
+  }
+
   /**
    * Seals the batch transaction as its last statement ({@link InboxSql#seal}): PostgreSQL refuses
    * to commit it otherwise. A handler that committed the transaction itself part-way had that
@@ -605,15 +611,7 @@ final class BatchProcessor {
             transactions.inTransaction(
                 scope -> {
                   Connection connection = scope.connection();
-                  Long xid =
-                      sql.advance(
-                          connection,
-                          settings.groupId(),
-                          partition.topic(),
-                          partition.partition(),
-                          epoch,
-                          expected[0],
-                          next);
+                  Long xid = advance(connection, partition, epoch, expected[0], next);
                   if (xid == null) {
                     scope.setRollbackOnly();
                     return null;

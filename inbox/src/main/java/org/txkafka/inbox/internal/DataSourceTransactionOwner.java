@@ -38,12 +38,14 @@ public final class DataSourceTransactionOwner implements TransactionOwner {
         }
         return result;
       } finally {
-        if (autoCommit && !connection.isClosed()) {
-          try {
-            connection.setAutoCommit(true);
-          } catch (SQLException ignored) {
-            // A broken connection: the pool discards it when it is closed.
+        // Back to the pool as it came, also when a handler switched auto-commit behind the
+        // guarded connection (on the driver's connection, unwrapped).
+        try {
+          if (!connection.isClosed() && connection.getAutoCommit() != autoCommit) {
+            connection.setAutoCommit(autoCommit);
           }
+        } catch (SQLException ignored) {
+          // A broken connection: the pool discards it when it is closed.
         }
       }
     }

@@ -489,6 +489,78 @@ class InboxPoisonTest {
     }
   }
 
+  /**
+   * A handler that switches auto-commit on behind the guarded connection (on the driver's
+   * connection, unwrapped) on a pool whose connections are not auto-commit: the first switch
+   * commits, which the commit check refuses; the second succeeds, and the statements after it
+   * commit one by one, outside the inbox's transaction. The record is dead-lettered with a clear
+   * error and nothing is lost; records applied in auto-commit may be applied twice (README limits).
+   */
+  @Test
+  void handlerThatSwitchesAutoCommitOnIsDeadLetteredAndNothingIsLost()
+      throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-autocommit");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("autocommit-", 30);
+    InboxTestSupport.produce(broker, topic, messages);
+    String switcherId = "autocommit-12";
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("autocommit");
+    InboxHandler switcher =
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.messageId().equals(switcherId)) {
+            java.sql.Connection raw = context.connection().unwrap(java.sql.Connection.class);
+            try {
+              raw.setAutoCommit(true);
+            } catch (java.sql.SQLException refused) {
+              raw.setAutoCommit(true);
+            }
+          }
+        };
+    com.zaxxer.hikari.HikariConfig config = new com.zaxxer.hikari.HikariConfig();
+    config.setJdbcUrl(db.jdbcUrl());
+    if (db.user() != null) {
+      config.setUsername(db.user());
+      config.setPassword(db.password());
+    }
+    config.setAutoCommit(false);
+    config.setMaximumPoolSize(2);
+    String group = "autocommit-" + topic;
+    try (HikariDataSource dataSource = new HikariDataSource(config)) {
+      try (Inbox inbox =
+          Inbox.builder()
+              .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+              .groupId(group)
+              .topics(topic)
+              .dataSource(dataSource)
+              .handler(switcher)
+              .concurrency(1)
+              .maxAttempts(2)
+              .retryBackoff(Duration.ofMillis(10))
+              .build()) {
+        inbox.start();
+        await(
+            "the partition to move past every record",
+            Duration.ofSeconds(60),
+            () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
+        List<DeadLetter> deadLetters = inbox.deadLetters(10);
+        assertEquals(1, deadLetters.size(), deadLetters.toString());
+        assertEquals(switcherId, deadLetters.get(0).record().messageId());
+        assertTrue(
+            deadLetters.get(0).lastError().contains("ended the inbox's transaction"),
+            deadLetters.get(0).lastError());
+      }
+      assertEquals(
+          0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", switcherId));
+      assertEquals(
+          messages.size() - 1,
+          db.queryLong(
+              "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'autocommit'"),
+          "every other record applied");
+    }
+  }
+
   private static long transactionId(java.sql.Connection connection) throws java.sql.SQLException {
     try (var statement = connection.createStatement();
         var rows = statement.executeQuery("SELECT txid_current()")) {
