@@ -42,6 +42,11 @@ public final class DataSourceTransactionOwner implements TransactionOwner {
         // guarded connection (on the driver's connection, unwrapped).
         try {
           if (!connection.isClosed() && connection.getAutoCommit() != autoCommit) {
+            if (autoCommit) {
+              // Switching auto-commit on commits an open transaction: there must be none left (a
+              // rollback that failed above). After a commit or rollback this sends nothing.
+              connection.rollback();
+            }
             connection.setAutoCommit(autoCommit);
           }
         } catch (SQLException ignored) {

@@ -1,5 +1,6 @@
 package org.txkafka.it.inbox;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -71,8 +72,42 @@ class DataSourceTransactionOwnerTest {
     }
   }
 
+  /**
+   * Work that failed, and a rollback that failed too on a connection still usable: switching
+   * auto-commit back on must not commit the work's open transaction (the driver commits when
+   * auto-commit is switched on).
+   */
+  @Test
+  void restoringAutoCommitAfterAFailedRollbackCommitsNothing() throws Exception {
+    db.execute("CREATE TABLE owner_probe (id INT PRIMARY KEY)");
+    try (Connection physical = db.connect()) {
+      physical.setAutoCommit(true);
+      boolean[] failNextRollback = {true};
+      DataSourceTransactionOwner owner =
+          new DataSourceTransactionOwner(pooledAs(physical, failNextRollback));
+      assertThrows(
+          IllegalStateException.class,
+          () ->
+              owner.inTransaction(
+                  scope -> {
+                    try (var statement = scope.connection().createStatement()) {
+                      statement.execute("INSERT INTO owner_probe VALUES (1)");
+                    }
+                    throw new IllegalStateException("the work fails");
+                  }));
+      assertFalse(failNextRollback[0], "the first rollback was made to fail");
+      assertTrue(physical.getAutoCommit(), "auto-commit back on");
+      assertEquals(0L, db.queryLong("SELECT count(*) FROM owner_probe"), "nothing committed");
+    }
+  }
+
   /** A one-connection "pool": close() gives the connection back without closing it. */
   private static DataSource pooledAs(Connection physical) {
+    return pooledAs(physical, new boolean[] {false});
+  }
+
+  /** As above; while {@code failNextRollback[0]} is set, one rollback() fails (and clears it). */
+  private static DataSource pooledAs(Connection physical, boolean[] failNextRollback) {
     Connection borrowed =
         (Connection)
             Proxy.newProxyInstance(
@@ -84,6 +119,12 @@ class DataSourceTransactionOwnerTest {
                   }
                   if (method.getName().equals("isClosed")) {
                     return physical.isClosed();
+                  }
+                  if (method.getName().equals("rollback")
+                      && args == null
+                      && failNextRollback[0]) {
+                    failNextRollback[0] = false;
+                    throw new SQLException("rollback made to fail by the test");
                   }
                   try {
                     return method.invoke(physical, args);
