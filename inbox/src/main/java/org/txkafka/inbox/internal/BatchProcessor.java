@@ -241,14 +241,16 @@ final class BatchProcessor {
       }
       int index = Math.max(0, failed.index());
       long failingOffset = unit.get(index).record().offset();
-      int count = attempts.merge(failingOffset, 1, Integer::sum);
       lastFailure.put(failingOffset, failed.cause());
       if (index > 0) {
-        // Commit the records before the failing one first; the loop then retries or
-        // dead-letters it.
+        // Commit the records before the failing one first; the loop then runs it again as the
+        // first of a unit. Not counted yet: a record after others may fail because of them (an
+        // earlier handler ended the transaction, or swallowed an SQL error), and only a failure
+        // as the first of a unit is surely its own.
         limit = index;
         continue;
       }
+      int count = attempts.merge(failingOffset, 1, Integer::sum);
       if (count >= settings.maxAttempts()) {
         continue;
       }
@@ -433,10 +435,11 @@ final class BatchProcessor {
                         // failure is that record's attempt.
                         throw new HandlerException(unit.size() == 1 ? 0 : -1, e);
                       }
+                      requireOpen(connection, unit.size() == 1 ? 0 : -1);
                       counts[0] += freshRecords.size();
                     }
-                    workDone[0] = true;
                     seal(connection, xid);
+                    workDone[0] = true;
                     return Boolean.TRUE;
                   }
                   InboxHandler handler = settings.handler();
@@ -451,20 +454,16 @@ final class BatchProcessor {
                     } catch (OutOfMemoryError | InternalError | UnknownError e) {
                       throw e;
                     } catch (Throwable e) {
-                      // "Transaction aborted" in a later record is an earlier handler's fault
-                      // (it swallowed an SQL error): the culprit is unknown, isolate it.
-                      // So is any failure after an earlier handler ended the transaction (its
-                      // connection closed, or another transaction in its place).
-                      boolean earlierFault =
-                          i > 0
-                              && (TransientErrors.hasSqlState(e, InboxSql.IN_FAILED_TRANSACTION)
-                                  || transactionEnded(connection, xid));
-                      throw new HandlerException(earlierFault ? -1 : i, e);
+                      // Not necessarily this record's fault when it is not the unit's first (an
+                      // earlier handler may have ended the transaction, or swallowed an SQL
+                      // error): process() counts it only once it fails as a unit's first.
+                      throw new HandlerException(i, e);
                     }
+                    requireOpen(connection, i);
                     counts[0]++;
                   }
-                  workDone[0] = true;
                   seal(connection, xid);
+                  workDone[0] = true;
                   return Boolean.TRUE;
                 });
         if (!committed) {
@@ -544,10 +543,22 @@ final class BatchProcessor {
       if (InboxSql.IN_FAILED_TRANSACTION.equals(e.getSQLState())) {
         throw new HandlerException(-1, abortedByHandler(e));
       }
-      if (connection.isClosed()) {
+      if ("25P03".equals(e.getSQLState()) || "25P04".equals(e.getSQLState())) {
+        throw new HandlerException(
+            -1,
+            new IllegalStateException(
+                "the transaction outlived transactionIdleTimeout (PostgreSQL ended the session"
+                    + " while the handler did not use the database): "
+                    + e.getMessage(),
+                e));
+      }
+      if (closed(connection)) {
         // A provider that saw its transaction end (a handler committed the session's own
-        // transaction) releases the connection with it.
-        throw new HandlerException(-1, endedByHandler("its connection was closed", e));
+        // transaction) releases the connection with it. Not the cause: the driver's "connection
+        // closed" reads as a transient failure, and the batch would be retried for ever.
+        IllegalStateException ended = endedByHandler("its connection was closed", null);
+        ended.addSuppressed(e);
+        throw new HandlerException(-1, ended);
       }
       throw e;
     }
@@ -572,17 +583,22 @@ final class BatchProcessor {
   }
 
   /**
-   * Whether the transaction the offset was stored in ({@code xid}) is no longer the one on {@code
-   * connection}: a handler ended it (the connection was closed with it, or statements now run in
-   * another transaction). Only asked after a handler failed: a failure of a later record then says
-   * nothing about that record. False when it cannot be told (an aborted transaction: the existing
-   * rules decide).
+   * A handler that closed the connection (the driver's, unwrapped) fails where it did so: the
+   * driver's "connection closed" error of the next statement would read as a transient database
+   * failure, and the batch would be retried for ever.
    */
-  private boolean transactionEnded(Connection connection, long xid) {
+  private static void requireOpen(Connection connection, int index) throws HandlerException {
+    if (closed(connection)) {
+      throw new HandlerException(index, endedByHandler("the connection was closed when it returned", null));
+    }
+  }
+
+  /** The connection or the driver's connection under it is closed (or cannot tell). */
+  private static boolean closed(Connection connection) {
     try {
-      return connection.isClosed() || !sql.isCurrentTransaction(connection, xid);
+      return connection.isClosed() || connection.unwrap(Connection.class).isClosed();
     } catch (SQLException e) {
-      return false;
+      return true;
     }
   }
 

@@ -148,13 +148,30 @@ public final class InboxRuntime implements Inbox {
               state.partition);
           continue;
         }
-        LOG.warn(
-            "claiming {} failed (failure {}), retrying: {}",
-            state.partition,
-            failures,
-            e.toString());
+        if (TransientErrors.hasSqlState(e, "42703") || TransientErrors.hasSqlState(e, "42P01")) {
+          LOG.error(
+              "claiming {} failed (failure {}): the txkafka tables are older than this inbox"
+                  + " (run the txkafka migrations, 1.0.5 and all before it); no work starts until"
+                  + " then, retrying: {}",
+              state.partition,
+              failures,
+              e.toString());
+        } else {
+          LOG.warn(
+              "claiming {} failed (failure {}), retrying: {}",
+              state.partition,
+              failures,
+              e.toString());
+        }
+        // In slices: a revocation or close() must not wait for a long backoff.
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(backoffMillis(failures));
         try {
-          Thread.sleep(backoffMillis(failures));
+          while (state.phase.get() == PartitionState.Phase.CLAIMING
+              && !closing
+              && System.nanoTime() - deadline < 0) {
+            Thread.sleep(
+                Math.max(1, Math.min(50, TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime()))));
+          }
         } catch (InterruptedException interrupted) {
           Thread.currentThread().interrupt();
           return;

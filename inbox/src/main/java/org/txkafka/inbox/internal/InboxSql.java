@@ -342,15 +342,6 @@ public final class InboxSql {
     }
   }
 
-  /** Whether {@code xid} is the id of the transaction on {@code connection}. */
-  public boolean isCurrentTransaction(Connection connection, long xid) throws SQLException {
-    try (PreparedStatement statement = connection.prepareStatement("SELECT txid_current()");
-        ResultSet rows = statement.executeQuery()) {
-      rows.next();
-      return rows.getLong(1) == xid;
-    }
-  }
-
   /**
    * Inserts PROCESSED inbox rows for the given message ids.
    *

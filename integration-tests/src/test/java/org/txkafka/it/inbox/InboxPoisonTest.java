@@ -561,6 +561,108 @@ class InboxPoisonTest {
     }
   }
 
+  /**
+   * A record whose handler fails only because an earlier handler of its batch ended the
+   * transaction (here: the parent row it refers to was rolled back with it) is not charged: with
+   * maxAttempts 1 it would otherwise be dead-lettered beside the culprit. Only a failure as the
+   * first record of a unit counts.
+   */
+  @Test
+  void recordFailingBecauseAnEarlierHandlerEndedTheTransactionIsNotCharged() {
+    db.execute(
+        "CREATE TABLE fk_parent (id TEXT PRIMARY KEY)",
+        "CREATE TABLE fk_child (id TEXT PRIMARY KEY, parent TEXT NOT NULL REFERENCES fk_parent)");
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-innocent");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("innocent-", 3);
+    InboxTestSupport.produce(broker, topic, messages);
+    InboxHandler handler =
+        (record, context) -> {
+          try (var statement = context.connection().createStatement()) {
+            switch (record.messageId()) {
+              case "innocent-0" -> statement.execute("INSERT INTO fk_parent VALUES ('p0')");
+              case "innocent-1" -> statement.execute("ROLLBACK");
+              default -> statement.execute("INSERT INTO fk_child VALUES ('c2', 'p0')");
+            }
+          }
+        };
+    String group = "innocent-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(2);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(handler)
+                .maxAttempts(1)
+                .retryBackoff(Duration.ofMillis(10))
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(60),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size(), deadLetters.toString());
+      assertEquals("innocent-1", deadLetters.get(0).record().messageId());
+      assertEquals(1, db.queryLong("SELECT count(*) FROM fk_parent WHERE id = 'p0'"));
+      assertEquals(1, db.queryLong("SELECT count(*) FROM fk_child WHERE id = 'c2'"));
+    }
+  }
+
+  /**
+   * A handler that closes the driver's connection under the guarded one fails its record: the next
+   * statement's "connection closed" error must not read as a database outage, retried for ever.
+   */
+  @Test
+  void handlerThatClosesTheDriversConnectionIsDeadLetteredNotRetriedForEver() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-closer");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("closer-", 20);
+    InboxTestSupport.produce(broker, topic, messages);
+    String closerId = "closer-7";
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("closer");
+    InboxHandler closer =
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.messageId().equals(closerId)) {
+            context.connection().unwrap(java.sql.Connection.class).close();
+          }
+        };
+    String group = "closer-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(3);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(closer)
+                .maxAttempts(2)
+                .retryBackoff(Duration.ofMillis(10))
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(60),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size(), deadLetters.toString());
+      assertEquals(closerId, deadLetters.get(0).record().messageId());
+      assertTrue(
+          deadLetters.get(0).lastError().contains("connection was closed"),
+          deadLetters.get(0).lastError());
+      assertEquals(0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", closerId));
+      assertEquals(
+          messages.size() - 1,
+          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'closer'"),
+          "every other record applied once");
+    }
+  }
+
   private static long transactionId(java.sql.Connection connection) throws java.sql.SQLException {
     try (var statement = connection.createStatement();
         var rows = statement.executeQuery("SELECT txid_current()")) {
