@@ -94,4 +94,50 @@ class InboxSchemaUpgradeTest {
       assertEquals(0, inbox.deadLetters(10).size());
     }
   }
+  /**
+   * While claims keep failing (here: before migration 1.0.5) with a long backoff, close() does not
+   * wait for that backoff: claim retries sleep in slices that see the inbox closing.
+   */
+  @Test
+  void closeWhileClaimsKeepFailingDoesNotWaitForTheirBackoff() throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-upgrade-close");
+    broker.createTopic(topic, 1);
+    CountDownLatch assigned = new CountDownLatch(1);
+    long closeNanos;
+    try (HikariDataSource dataSource = db.newDataSource(2)) {
+      Inbox inbox =
+          Inbox.builder()
+              .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+              .groupId("upgrade-close-" + topic)
+              .topics(topic)
+              .dataSource(dataSource)
+              .handler(InboxTestSupport.ledgerHandler("upgrade-close"))
+              .concurrency(1)
+              .retryBackoff(Duration.ofSeconds(20))
+              .maxRetryBackoff(Duration.ofSeconds(30))
+              .listener(
+                  new InboxListener() {
+                    @Override
+                    public void onPartitionsAssigned(Collection<TopicPartition> partitions) {
+                      assigned.countDown();
+                    }
+                  })
+              .build();
+      try {
+        inbox.start();
+        assertTrue(assigned.await(60, TimeUnit.SECONDS), "partitions assigned");
+        // The first claim fails at once; its retry waits 20 s.
+        Thread.sleep(1000);
+      } finally {
+        long start = System.nanoTime();
+        inbox.close();
+        closeNanos = System.nanoTime() - start;
+      }
+    }
+    assertTrue(
+        closeNanos < TimeUnit.SECONDS.toNanos(10),
+        "close() took " + TimeUnit.NANOSECONDS.toMillis(closeNanos) + " ms");
+    assertEquals(0, db.queryLong("SELECT count(*) FROM txkafka_inbox_offset"), "nothing claimed");
+  }
 }
