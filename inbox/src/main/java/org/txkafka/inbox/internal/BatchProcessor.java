@@ -56,9 +56,12 @@ import org.txkafka.outbox.OutboxWriter;
  *   <li>The handler runs for a message id already in the inbox (the multi-row insert returns only
  *       new ids; a duplicate within one batch runs once). A batch handler gets exactly the new
  *       records of the unit, in offset order, and is not called when there are none.
- *   <li>A batch handler's failure counts against records it may not concern: a failed call of a
- *       unit of several records counts nothing and makes the unit be applied one record at a time;
- *       only the failure of a one-record unit is that record's attempt.
+ *   <li>A handler's failure counts against a record it may not concern: a failed call of a batch
+ *       handler on several records counts nothing and makes the unit be applied one record at a
+ *       time; a record's handler that fails after other records of its unit (an earlier handler
+ *       may have ended the transaction or swallowed an SQL error) counts nothing either, the
+ *       records before it are committed first and it runs again as the first of a unit. Only the
+ *       failure of a unit's first record is that record's attempt.
  *   <li>Records are applied out of offset order, or a record is skipped: units are consecutive
  *       records from the front; a failed unit is retried from its first record; a record is only
  *       passed over after it was dead-lettered in a committed transaction.
@@ -589,7 +592,8 @@ final class BatchProcessor {
    */
   private static void requireOpen(Connection connection, int index) throws HandlerException {
     if (closed(connection)) {
-      throw new HandlerException(index, endedByHandler("the connection was closed when it returned", null));
+      throw new HandlerException(
+          index, endedByHandler("the connection was closed when it returned", null));
     }
   }
 

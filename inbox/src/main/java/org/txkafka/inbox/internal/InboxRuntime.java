@@ -169,8 +169,8 @@ public final class InboxRuntime implements Inbox {
           while (state.phase.get() == PartitionState.Phase.CLAIMING
               && !closing
               && System.nanoTime() - deadline < 0) {
-            Thread.sleep(
-                Math.max(1, Math.min(50, TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime()))));
+            long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
+            Thread.sleep(Math.max(1, Math.min(50, left)));
           }
         } catch (InterruptedException interrupted) {
           Thread.currentThread().interrupt();

@@ -332,7 +332,7 @@ public final class InboxSql {
    *
    * @return false if this is no longer that transaction: it was ended (committed or rolled back)
    *     since the offset was stored, and these statements run in another one
-   * @throws SQLException with SQLState {@value #IN_FAILED_TRANSACTION} if the transaction is aborted
+   * @throws SQLException with SQLState {@value #IN_FAILED_TRANSACTION} if the transaction aborted
    */
   public boolean seal(Connection connection, long xid) throws SQLException {
     try (PreparedStatement statement = connection.prepareStatement(seal);

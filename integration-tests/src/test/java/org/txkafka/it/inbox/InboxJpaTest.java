@@ -55,11 +55,7 @@ class InboxJpaTest {
     InboxTestSupport.produce(broker, topic, orders);
     String failing = "order-13";
     try (HikariDataSource dataSource = db.newDataSource(4);
-        EntityManagerFactory emf =
-            new HibernatePersistenceConfiguration("inbox-jpa-test")
-                .managedClasses(Payment.class)
-                .property("hibernate.connection.datasource", dataSource)
-                .createEntityManagerFactory();
+        EntityManagerFactory emf = paymentsOn(dataSource);
         Inbox inbox =
             Inbox.builder()
                 .kafkaProperties(InboxTestSupport.consumerProperties(broker))
@@ -145,11 +141,7 @@ class InboxJpaTest {
       InboxTestSupport.produce(broker, topic, orders);
       String committer = prefix + "13";
       try (HikariDataSource dataSource = db.newDataSource(4);
-          EntityManagerFactory emf =
-              new HibernatePersistenceConfiguration("inbox-jpa-commit-test")
-                  .managedClasses(Payment.class)
-                  .property("hibernate.connection.datasource", dataSource)
-                  .createEntityManagerFactory();
+          EntityManagerFactory emf = paymentsOn(dataSource);
           Inbox inbox =
               Inbox.builder()
                   .kafkaProperties(InboxTestSupport.consumerProperties(broker))
@@ -212,5 +204,13 @@ class InboxJpaTest {
             mode + ": " + deadLetters.get(0).lastError());
       }
     }
+  }
+
+  /** A Hibernate EntityManagerFactory of {@link Payment} on {@code dataSource}. */
+  private static EntityManagerFactory paymentsOn(HikariDataSource dataSource) {
+    return new HibernatePersistenceConfiguration("inbox-jpa-test")
+        .managedClasses(Payment.class)
+        .property("hibernate.connection.datasource", dataSource)
+        .createEntityManagerFactory();
   }
 }

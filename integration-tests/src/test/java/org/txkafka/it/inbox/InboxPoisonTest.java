@@ -324,41 +324,12 @@ class InboxPoisonTest {
             }
           }
         };
-    String group = "sqlrollback-" + topic;
-    try (HikariDataSource dataSource = db.newDataSource(2);
-        Inbox inbox =
-            Inbox.builder()
-                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
-                .groupId(group)
-                .topics(topic)
-                .dataSource(dataSource)
-                .handler(ender)
-                .maxBatchSize(1)
-                .maxAttempts(2)
-                .retryBackoff(Duration.ofMillis(10))
-                .build()) {
-      inbox.start();
-      await(
-          "the partition to move past every record",
-          Duration.ofSeconds(60),
-          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
-      assertEquals(
-          messages.size() - 1,
-          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'sqlrollback'"),
-          "every other record applied");
-      assertEquals(
-          messages.size() - 1,
-          db.queryLong(
-              "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'sqlrollback'"),
-          "each once");
-      assertEquals(0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", enderId));
-      List<DeadLetter> deadLetters = inbox.deadLetters(10);
-      assertEquals(1, deadLetters.size());
-      assertEquals(enderId, deadLetters.get(0).record().messageId());
-      assertTrue(
-          deadLetters.get(0).lastError().contains("ended the inbox's transaction"),
-          deadLetters.get(0).lastError());
+    List<DeadLetter> deadLetters;
+    try (HikariDataSource dataSource = db.newDataSource(2)) {
+      deadLetters = applyAll(dataSource, topic, messages.size(), ender, 2, 1);
     }
+    assertOnlyDeadLetter(deadLetters, enderId, "ended the inbox's transaction");
+    assertAppliedOnceExcept("sqlrollback", messages.size(), enderId);
   }
 
   /** How a handler ends the inbox's transaction in the middle of a batch. */
@@ -438,54 +409,22 @@ class InboxPoisonTest {
               }
             }
           };
-      String group = "midcommit-" + topic;
-      try (HikariDataSource dataSource = db.newDataSource(2);
-          Inbox inbox =
-              Inbox.builder()
-                  .kafkaProperties(InboxTestSupport.consumerProperties(broker))
-                  .groupId(group)
-                  .topics(topic)
-                  .dataSource(dataSource)
-                  .handler(committer)
-                  .maxBatchSize(100)
-                  .maxAttempts(2)
-                  .retryBackoff(Duration.ofMillis(10))
-                  .build()) {
-        inbox.start();
-        await(
-            mode + ": the partition to move past every record",
-            Duration.ofSeconds(60),
-            () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
-        assertEquals(
-            messages.size() - 1,
-            db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = ?", appliedBy),
-            mode + ": every other record applied");
-        assertEquals(
-            messages.size() - 1,
-            db.queryLong(
-                "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = ?", appliedBy),
-            mode + ": each once");
-        assertEquals(
-            0,
-            db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", committerId),
-            mode + ": nothing of the committing record stays committed");
-        assertTrue(
-            handledInTransaction.getOrDefault(committerFirstTransaction.get(), 0) > 0,
-            mode + ": the first commit came in the middle of a batch");
-        List<DeadLetter> deadLetters = inbox.deadLetters(10);
-        assertEquals(1, deadLetters.size(), mode + ": " + deadLetters);
-        assertEquals(committerId, deadLetters.get(0).record().messageId());
-        String expectedError =
-            switch (mode) {
-              case SQL_COMMIT_THROWS -> "before the inbox sealed it";
-              case JDBC_COMMIT_IGNORED_AND_GOES_ON -> "ended the inbox's transaction";
-              case SQL_COMMIT_THEN_OWN_ERROR -> "the handler's own failure after its commit";
-              case SET_CONSTRAINTS_ALL_IMMEDIATE -> "ran SET CONSTRAINTS ALL IMMEDIATE";
-            };
-        assertTrue(
-            deadLetters.get(0).lastError().contains(expectedError),
-            mode + ": " + deadLetters.get(0).lastError());
+      List<DeadLetter> deadLetters;
+      try (HikariDataSource dataSource = db.newDataSource(2)) {
+        deadLetters = applyAll(dataSource, topic, messages.size(), committer, 2, 100);
       }
+      assertTrue(
+          handledInTransaction.getOrDefault(committerFirstTransaction.get(), 0) > 0,
+          mode + ": the first commit came in the middle of a batch");
+      String expectedError =
+          switch (mode) {
+            case SQL_COMMIT_THROWS -> "before the inbox sealed it";
+            case JDBC_COMMIT_IGNORED_AND_GOES_ON -> "ended the inbox's transaction";
+            case SQL_COMMIT_THEN_OWN_ERROR -> "the handler's own failure after its commit";
+            case SET_CONSTRAINTS_ALL_IMMEDIATE -> "ran SET CONSTRAINTS ALL IMMEDIATE";
+          };
+      assertOnlyDeadLetter(deadLetters, committerId, expectedError);
+      assertAppliedOnceExcept(appliedBy, messages.size(), committerId);
     }
   }
 
@@ -526,39 +465,18 @@ class InboxPoisonTest {
     }
     config.setAutoCommit(false);
     config.setMaximumPoolSize(2);
-    String group = "autocommit-" + topic;
+    List<DeadLetter> deadLetters;
     try (HikariDataSource dataSource = new HikariDataSource(config)) {
-      try (Inbox inbox =
-          Inbox.builder()
-              .kafkaProperties(InboxTestSupport.consumerProperties(broker))
-              .groupId(group)
-              .topics(topic)
-              .dataSource(dataSource)
-              .handler(switcher)
-              .concurrency(1)
-              .maxAttempts(2)
-              .retryBackoff(Duration.ofMillis(10))
-              .build()) {
-        inbox.start();
-        await(
-            "the partition to move past every record",
-            Duration.ofSeconds(60),
-            () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
-        List<DeadLetter> deadLetters = inbox.deadLetters(10);
-        assertEquals(1, deadLetters.size(), deadLetters.toString());
-        assertEquals(switcherId, deadLetters.get(0).record().messageId());
-        assertTrue(
-            deadLetters.get(0).lastError().contains("ended the inbox's transaction"),
-            deadLetters.get(0).lastError());
-      }
-      assertEquals(
-          0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", switcherId));
-      assertEquals(
-          messages.size() - 1,
-          db.queryLong(
-              "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'autocommit'"),
-          "every other record applied");
+      deadLetters = applyAll(dataSource, topic, messages.size(), switcher, 2, 100);
     }
+    assertOnlyDeadLetter(deadLetters, switcherId, "ended the inbox's transaction");
+    assertEquals(0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", switcherId));
+    // Records applied in auto-commit may be applied twice: only "at least once" is promised.
+    assertEquals(
+        messages.size() - 1,
+        db.queryLong(
+            "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'autocommit'"),
+        "every other record applied");
   }
 
   /**
@@ -587,29 +505,13 @@ class InboxPoisonTest {
             }
           }
         };
-    String group = "innocent-" + topic;
-    try (HikariDataSource dataSource = db.newDataSource(2);
-        Inbox inbox =
-            Inbox.builder()
-                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
-                .groupId(group)
-                .topics(topic)
-                .dataSource(dataSource)
-                .handler(handler)
-                .maxAttempts(1)
-                .retryBackoff(Duration.ofMillis(10))
-                .build()) {
-      inbox.start();
-      await(
-          "the partition to move past every record",
-          Duration.ofSeconds(60),
-          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
-      List<DeadLetter> deadLetters = inbox.deadLetters(10);
-      assertEquals(1, deadLetters.size(), deadLetters.toString());
-      assertEquals("innocent-1", deadLetters.get(0).record().messageId());
-      assertEquals(1, db.queryLong("SELECT count(*) FROM fk_parent WHERE id = 'p0'"));
-      assertEquals(1, db.queryLong("SELECT count(*) FROM fk_child WHERE id = 'c2'"));
+    List<DeadLetter> deadLetters;
+    try (HikariDataSource dataSource = db.newDataSource(2)) {
+      deadLetters = applyAll(dataSource, topic, messages.size(), handler, 1, 100);
     }
+    assertOnlyDeadLetter(deadLetters, "innocent-1", "ended the inbox's transaction");
+    assertEquals(1, db.queryLong("SELECT count(*) FROM fk_parent WHERE id = 'p0'"));
+    assertEquals(1, db.queryLong("SELECT count(*) FROM fk_child WHERE id = 'c2'"));
   }
 
   /**
@@ -632,35 +534,74 @@ class InboxPoisonTest {
             context.connection().unwrap(java.sql.Connection.class).close();
           }
         };
-    String group = "closer-" + topic;
-    try (HikariDataSource dataSource = db.newDataSource(3);
-        Inbox inbox =
-            Inbox.builder()
-                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
-                .groupId(group)
-                .topics(topic)
-                .dataSource(dataSource)
-                .handler(closer)
-                .maxAttempts(2)
-                .retryBackoff(Duration.ofMillis(10))
-                .build()) {
+    List<DeadLetter> deadLetters;
+    try (HikariDataSource dataSource = db.newDataSource(3)) {
+      deadLetters = applyAll(dataSource, topic, messages.size(), closer, 2, 100);
+    }
+    assertOnlyDeadLetter(deadLetters, closerId, "connection was closed");
+    assertAppliedOnceExcept("closer", messages.size(), closerId);
+  }
+
+  /**
+   * Runs an inbox (one worker, 10 ms retry backoff) with {@code handler} on {@code dataSource}
+   * until it stored an offset past all {@code records} records of the one-partition {@code topic};
+   * returns its dead letters.
+   */
+  private static List<DeadLetter> applyAll(
+      javax.sql.DataSource dataSource,
+      String topic,
+      int records,
+      InboxHandler handler,
+      int maxAttempts,
+      int maxBatchSize) {
+    String group = "group-" + topic;
+    try (Inbox inbox =
+        Inbox.builder()
+            .kafkaProperties(InboxTestSupport.consumerProperties(KafkaBroker.shared()))
+            .groupId(group)
+            .topics(topic)
+            .dataSource(dataSource)
+            .handler(handler)
+            .concurrency(1)
+            .maxBatchSize(maxBatchSize)
+            .maxAttempts(maxAttempts)
+            .retryBackoff(Duration.ofMillis(10))
+            .build()) {
       inbox.start();
       await(
-          "the partition to move past every record",
+          topic + ": the partition to move past every record",
           Duration.ofSeconds(60),
-          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
-      List<DeadLetter> deadLetters = inbox.deadLetters(10);
-      assertEquals(1, deadLetters.size(), deadLetters.toString());
-      assertEquals(closerId, deadLetters.get(0).record().messageId());
-      assertTrue(
-          deadLetters.get(0).lastError().contains("connection was closed"),
-          deadLetters.get(0).lastError());
-      assertEquals(0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", closerId));
-      assertEquals(
-          messages.size() - 1,
-          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'closer'"),
-          "every other record applied once");
+          () -> InboxTestSupport.storedOffsetSum(db, group) == records);
+      return inbox.deadLetters(10);
     }
+  }
+
+  /** Exactly one dead letter: {@code messageId}, its last error containing {@code error}. */
+  private static void assertOnlyDeadLetter(
+      List<DeadLetter> deadLetters, String messageId, String error) {
+    assertEquals(1, deadLetters.size(), deadLetters.toString());
+    assertEquals(messageId, deadLetters.get(0).record().messageId());
+    assertTrue(deadLetters.get(0).lastError().contains(error), deadLetters.get(0).lastError());
+  }
+
+  /**
+   * The ledger rows of {@code appliedBy}: one for each of the {@code records} records but {@code
+   * missing}, and none of it.
+   */
+  private static void assertAppliedOnceExcept(String appliedBy, int records, String missing) {
+    assertEquals(
+        records - 1,
+        db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = ?", appliedBy),
+        appliedBy + ": every other record applied");
+    assertEquals(
+        records - 1,
+        db.queryLong(
+            "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = ?", appliedBy),
+        appliedBy + ": each once");
+    assertEquals(
+        0,
+        db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", missing),
+        appliedBy + ": nothing of " + missing + " stays committed");
   }
 
   private static long transactionId(java.sql.Connection connection) throws java.sql.SQLException {

@@ -266,11 +266,7 @@ class OutboxRelayPublishingTest {
         TopicReader reader = new TopicReader(broker, topic)) {
       relay.start();
       await(WAIT, "relay took all shares", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
-      await(WAIT, "relay waits for work (holds a wake-up slot)", () -> db.queryLong(
-          "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
-              + " AND objsubid = 1 AND granted AND ((classid::bigint << 32) | objid::bigint)"
-              + " IN (SELECT hashtextextended('public/wake/' || n, 0) FROM generate_series(0, 3) n)")
-          == 1);
+      await(WAIT, "relay waits for work (holds a wake-up slot)", () -> heldWakeSlots("ExclusiveLock") == 1);
       for (int i = 0; i < 3; i++) {
         List<UUID> ids = commit(db.dataSource(), List.of(numbered(topic, "idle", i)));
         // Polling alone would take ten minutes: only the commit's notification can wake it.
@@ -313,11 +309,7 @@ class OutboxRelayPublishingTest {
       }
       relay.start();
       await(WAIT, "relay took all shares", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
-      await(WAIT, "relay waits for work (holds a wake-up slot)", () -> db.queryLong(
-          "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
-              + " AND objsubid = 1 AND granted AND ((classid::bigint << 32) | objid::bigint)"
-              + " IN (SELECT hashtextextended('public/wake/' || n, 0) FROM generate_series(0, 3) n)")
-          == 1);
+      await(WAIT, "relay waits for work (holds a wake-up slot)", () -> heldWakeSlots("ExclusiveLock") == 1);
       List<UUID> first = commit(db.dataSource(), List.of(numbered(topic, "wakes-the-relay", 0)));
       // Polling alone would take ten minutes: the first row's notification wakes the relay, the
       // second is read by the read that follows the round.
@@ -382,11 +374,7 @@ class OutboxRelayPublishingTest {
         relay.start();
         await(
             WAIT, "relay took all shares", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
-        await(WAIT, "relay waits for work (holds a wake-up slot)", () -> db.queryLong(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
-                + " AND objsubid = 1 AND granted AND ((classid::bigint << 32) | objid::bigint)"
-                + " IN (SELECT hashtextextended('public/wake/' || n, 0) FROM generate_series(0, 3) n)")
-            == 1);
+        await(WAIT, "relay waits for work (holds a wake-up slot)", () -> heldWakeSlots("ExclusiveLock") == 1);
         List<UUID> first = commit(db.dataSource(), List.of(numbered(topic, "wakes-the-relay", 0)));
         reader.awaitIds(WAIT, asStrings(first));
         await(WAIT, "the row committed during the round", () -> !duringRound.isEmpty());
@@ -398,10 +386,7 @@ class OutboxRelayPublishingTest {
             "published while the slots are held, long before the poll");
         assertEquals(
             4L,
-            db.queryLong(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock'"
-                    + " AND granted AND ((classid::bigint << 32) | objid::bigint) IN (SELECT"
-                    + " hashtextextended('public/wake/' || n, 0) FROM generate_series(0, 3) n)"),
+            heldWakeSlots("ShareLock"),
             "the slots were still held when the row was published");
       } finally {
         holder.rollback();
@@ -653,5 +638,14 @@ class OutboxRelayPublishingTest {
     }
     assertEquals(new HashSet<>(messageIds), ids.keySet(), "every published row is archived");
     return ids;
+  }
+
+  /** Wake-up slots of schema public held granted in {@code mode} (ExclusiveLock, ShareLock). */
+  private static long heldWakeSlots(String mode) {
+    return db.queryLong(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = ? AND objsubid = 1"
+            + " AND granted AND ((classid::bigint << 32) | objid::bigint)"
+            + " IN (SELECT hashtextextended('public/wake/' || n, 0) FROM generate_series(0, 3) n)",
+        mode);
   }
 }
