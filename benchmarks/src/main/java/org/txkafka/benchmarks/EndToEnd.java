@@ -207,15 +207,18 @@ final class EndToEnd {
     private final Latencies busy = new Latencies();
     private final Latencies between = new Latencies();
     private long rows;
-    private long startedAt;
+    // Open rounds, oldest first: while rounds come back full, the next starts before the one
+    // before it finished, and batchFinished reports the oldest.
+    private final java.util.ArrayDeque<Long> started = new java.util.ArrayDeque<>();
     private long finishedAt;
 
     @Override
     public synchronized void batchStarting(java.util.Set<Integer> shares, int rows) {
-      startedAt = System.nanoTime();
-      if (finishedAt != 0) {
+      long startedAt = System.nanoTime();
+      if (finishedAt != 0 && started.isEmpty()) {
         between.add(startedAt - finishedAt);
       }
+      started.addLast(startedAt);
       this.rows += rows;
     }
 
@@ -223,7 +226,10 @@ final class EndToEnd {
     public synchronized void batchFinished(
         java.util.Set<Integer> shares, int published, int parked, int failed) {
       finishedAt = System.nanoTime();
-      busy.add(finishedAt - startedAt);
+      Long startedAt = started.pollFirst();
+      if (startedAt != null) {
+        busy.add(finishedAt - startedAt);
+      }
     }
 
     synchronized String summary() {

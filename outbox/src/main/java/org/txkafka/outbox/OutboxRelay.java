@@ -138,12 +138,15 @@ public interface OutboxRelay extends AutoCloseable {
 
     /**
      * A batch of {@code rows} rows of {@code shares} is about to be sent; the relay held those shares
-     * when it read the rows.
+     * when it read the rows. While batches come back full, the next one may start before the one
+     * before it finished (it is read while that one waits for Kafka, and sent once all of that one's
+     * rows were acknowledged or parked): at most two are open at a time, and {@link
+     * #batchFinished} reports them in the order they started.
      */
     default void batchStarting(Set<Integer> shares, int rows) {}
 
     /**
-     * The batch that started with {@link #batchStarting} is over: {@code published} rows were
+     * The oldest open batch (started with {@link #batchStarting}) is over: {@code published} rows were
      * acknowledged and removed, {@code parked} rows were parked, {@code failed} rows stay pending.
      */
     default void batchFinished(Set<Integer> shares, int published, int parked, int failed) {}

@@ -225,6 +225,83 @@ class OutboxOutageTest {
     }
   }
 
+  /**
+   * A broker that stops answering in the middle of a pipelined drain (rounds come back full, so the
+   * relay reads the next round while the one before waits for Kafka): the round in flight ends at
+   * the publish timeout with its rows pending, the round read ahead is not sent behind it, and
+   * once the broker answers again every row is published in per-key order and removed.
+   */
+  @Test
+  void brokerFrozenDuringAPipelinedDrainLosesNothingAndKeepsPerKeyOrder() {
+    try (KafkaBroker broker = KafkaBroker.startDedicated()) {
+      String topic = KafkaBroker.uniqueTopic("frozen-drain");
+      broker.createTopic(topic, 2);
+      AtomicInteger started = new AtomicInteger();
+      AtomicInteger open = new AtomicInteger();
+      AtomicInteger overlaps = new AtomicInteger();
+      AtomicInteger unacknowledgedRounds = new AtomicInteger();
+      OutboxRelay.Listener freezeAtTheThirdRound =
+          new OutboxRelay.Listener() {
+            @Override
+            public void batchStarting(Set<Integer> shares, int rows) {
+              if (open.incrementAndGet() > 1) {
+                overlaps.incrementAndGet();
+              }
+              if (started.incrementAndGet() == 3) {
+                // On the relay thread, before this round's rows are handed to the producer.
+                broker.suspend();
+              }
+            }
+
+            @Override
+            public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
+              open.decrementAndGet();
+              if (failed > 0) {
+                unacknowledgedRounds.incrementAndGet();
+              }
+            }
+          };
+      List<UUID> all = new ArrayList<>();
+      for (int t = 0; t < 20; t++) {
+        List<OutboxMessage> messages = new ArrayList<>();
+        for (int i = t * 20; i < (t + 1) * 20; i++) {
+          messages.add(numbered(topic, "key-" + i % 5, i));
+        }
+        all.addAll(commit(db.dataSource(), messages));
+      }
+      try (OutboxRelay relay =
+          relay(relayPool, broker)
+              .batchSize(20)
+              .leaseCheckInterval(Duration.ofMinutes(1))
+              .publishTimeout(Duration.ofSeconds(3))
+              .producerProperty("request.timeout.ms", 120_000)
+              .producerProperty("max.block.ms", 2_000)
+              .listener(freezeAtTheThirdRound)
+              .build()) {
+        try {
+          relay.start();
+          await(
+              Duration.ofSeconds(30),
+              "a round to end unacknowledged while the broker is frozen",
+              () -> unacknowledgedRounds.get() > 0);
+          assertTrue(
+              pendingRows(db) >= all.size() - 40,
+              "at most the two rounds acknowledged before the freeze left: " + pendingRows(db));
+        } finally {
+          broker.resume();
+        }
+        try (TopicReader reader = new TopicReader(broker, topic)) {
+          reader.awaitIds(WAIT, asStrings(all));
+          await(WAIT, "outbox emptied after the freeze", () -> pendingRows(db) == 0);
+          assertAllPresent(asStrings(all), reader.distinctIds());
+          int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+          System.out.printf("frozen drain: %d messages, %d duplicates%n", all.size(), duplicates);
+        }
+      }
+      assertTrue(overlaps.get() > 0, "a round started before the one before it finished");
+    }
+  }
+
   @Test
   void rowsForAMissingTopicWaitAndCountAttemptsWithoutStarvingOtherSharesThenArePublished() {
     KafkaBroker broker = KafkaBroker.shared();

@@ -53,6 +53,7 @@ import org.txkafka.outbox.OutboxMessage;
 import org.txkafka.outbox.OutboxRelay;
 import org.txkafka.outbox.OutboxWriter;
 import org.txkafka.outbox.TraceContext;
+import org.txkafka.outbox.internal.Shares;
 import org.txkafka.testkit.KafkaBroker;
 import org.txkafka.testkit.TestDatabase;
 import org.txkafka.testkit.TestPostgres;
@@ -255,6 +256,82 @@ class OutboxRelayPublishingTest {
         maxCommitSoFar = Math.max(maxCommitSoFar, order);
       }
       assertTrue(inversions > 0, "writers committed out of id order at least once");
+    }
+  }
+
+  /**
+   * While rounds come back full, the relay reads the next round while the one before it waits for
+   * Kafka, leaving the rows in flight out by their ids. A row that took a lower id than the rows in
+   * flight and commits only now (its key has no later row yet, so the order trigger keeps its id)
+   * must be read then, before the later row of its key committed right after it. A read that
+   * continued after the highest id in flight (a cursor) would skip it until the pipeline ends, and
+   * publish the later row of its key first.
+   */
+  @Test
+  void rowCommittedLateWithALowerIdDuringAPipelinedDrainKeepsItsKeysOrder() throws Exception {
+    String topic = topic(1);
+    int share = Shares.shareOf("late".getBytes(StandardCharsets.UTF_8), null);
+    String filler = null;
+    for (int i = 0; filler == null; i++) {
+      if (Shares.shareOf(("fill-" + i).getBytes(StandardCharsets.UTF_8), null) == share) {
+        filler = "fill-" + i;
+      }
+    }
+    List<UUID> late = Collections.synchronizedList(new ArrayList<>());
+    AtomicInteger open = new AtomicInteger();
+    AtomicInteger overlaps = new AtomicInteger();
+    try (Connection slow = db.dataSource().getConnection()) {
+      slow.setAutoCommit(false);
+      late.add(WRITER.send(slow, numbered(topic, "late", 0)));
+      List<UUID> backlog = new ArrayList<>();
+      for (int i = 0; i < 100; i++) {
+        backlog.addAll(commit(db.dataSource(), List.of(numbered(topic, filler, i))));
+      }
+      OutboxRelay.Listener commitDuringTheFirstRound =
+          new OutboxRelay.Listener() {
+            @Override
+            public void batchStarting(Set<Integer> shares, int rows) {
+              if (open.incrementAndGet() > 1) {
+                overlaps.incrementAndGet();
+              }
+              if (late.size() == 1) {
+                // On the relay thread, after the first round's read and before the read ahead.
+                try {
+                  slow.commit();
+                } catch (java.sql.SQLException e) {
+                  throw new IllegalStateException(e);
+                }
+                late.addAll(commit(db.dataSource(), List.of(numbered(topic, "late", 1))));
+              }
+            }
+
+            @Override
+            public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
+              open.decrementAndGet();
+            }
+          };
+      List<UUID> all = new ArrayList<>(backlog);
+      try (OutboxRelay relay =
+              relay(relayPool, broker)
+                  .batchSize(20)
+                  .archive(true)
+                  // No round is read ahead past the next lease check: none falls in this drain.
+                  .leaseCheckInterval(Duration.ofMinutes(1))
+                  .listener(commitDuringTheFirstRound)
+                  .build();
+          TopicReader reader = new TopicReader(broker, topic)) {
+        relay.start();
+        await(WAIT, "the late rows committed", () -> late.size() == 2);
+        all.addAll(late);
+        reader.awaitIds(WAIT, asStrings(all));
+        await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+        assertAllPresent(asStrings(all), reader.distinctIds());
+        assertPerKeyOrderAfterDedup(reader.records());
+      }
+      assertTrue(overlaps.get() > 0, "a round started before the one before it finished");
+      assertTrue(
+          archivedId(late.get(0)) < archivedId(backlog.get(0)),
+          "the late row kept its id below every row of the backlog");
     }
   }
 

@@ -2,6 +2,7 @@ package org.txkafka.it.outbox;
 
 import static org.junit.jupiter.api.Assertions.fail;
 
+import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
@@ -42,8 +43,10 @@ final class RelayEvents {
   RelayEvents(String relay, String output, long endOfHold, long endOfBatch) {
     this.relay = relay;
     Map<Integer, Long> heldSince = new HashMap<>();
-    long batchStart = -1;
-    Set<Integer> batchShares = Set.of();
+    // Open batches, oldest first: a relay may start the next batch before the one before it ended
+    // (at most two), and END reports the oldest.
+    ArrayDeque<Long> batchStarts = new ArrayDeque<>();
+    ArrayDeque<Set<Integer>> batchShareSets = new ArrayDeque<>();
     for (String line : output.split("\n")) {
       if (!line.startsWith("EVENT ")) {
         continue;
@@ -75,16 +78,19 @@ final class RelayEvents {
           }
         }
         case "BEGIN" -> {
-          batchStart = time;
-          batchShares = shares;
+          batchStarts.addLast(time);
+          batchShareSets.addLast(shares);
         }
         case "END" -> {
-          for (int share : batchShares) {
+          if (batchStarts.isEmpty()) {
+            fail(relay + " ended a batch it never began: " + line);
+          }
+          long batchStart = batchStarts.removeFirst();
+          for (int share : batchShareSets.removeFirst()) {
             publishing
                 .computeIfAbsent(share, s -> new ArrayList<>())
                 .add(new Interval(relay, batchStart, time));
           }
-          batchStart = -1;
         }
         default -> fail("unknown event " + line);
       }
@@ -93,8 +99,9 @@ final class RelayEvents {
         (share, since) ->
             held.computeIfAbsent(share, s -> new ArrayList<>())
                 .add(new Interval(relay, since, endOfHold)));
-    if (batchStart >= 0) {
-      for (int share : batchShares) {
+    while (!batchStarts.isEmpty()) {
+      long batchStart = batchStarts.removeFirst();
+      for (int share : batchShareSets.removeFirst()) {
         publishing
             .computeIfAbsent(share, s -> new ArrayList<>())
             .add(new Interval(relay, batchStart, endOfBatch));

@@ -48,4 +48,26 @@ class RelayEventsTest {
             1_000);
     assertThrows(AssertionFailedError.class, a::assertPublishedOnlyHeldShares);
   }
+
+  /** A pipelined relay starts the next batch before the one before it ended: END is the oldest. */
+  @Test
+  void overlappingBatchesArePairedOldestFirst() {
+    String output =
+        "EVENT 100 ACQUIRED 1\nEVENT 105 BEGIN 1\nEVENT 112 ACQUIRED 2\nEVENT 113 BEGIN 2\n"
+            + "EVENT 150 END 1\nEVENT 160 END 2\n";
+    RelayEvents a = new RelayEvents("a", output, 1_000, 1_000);
+    assertDoesNotThrow(a::assertPublishedOnlyHeldShares);
+    // The second batch of share 1 began before the lease: caught even though it overlaps another.
+    RelayEvents b =
+        new RelayEvents(
+            "b",
+            "EVENT 100 BEGIN 1\nEVENT 105 ACQUIRED 1\nEVENT 106 BEGIN 1\nEVENT 120 END 1\n"
+                + "EVENT 130 END 1\n",
+            1_000,
+            1_000);
+    assertThrows(AssertionFailedError.class, b::assertPublishedOnlyHeldShares);
+    assertThrows(
+        AssertionFailedError.class,
+        () -> new RelayEvents("c", "EVENT 100 ACQUIRED 1\nEVENT 120 END 1\n", 1_000, 1_000));
+  }
 }

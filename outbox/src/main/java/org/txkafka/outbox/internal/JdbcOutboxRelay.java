@@ -17,7 +17,10 @@ import java.util.Random;
 import java.util.Set;
 import java.util.TreeSet;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
@@ -37,7 +40,8 @@ import org.slf4j.LoggerFactory;
 import org.txkafka.outbox.OutboxRelay;
 
 /**
- * The default {@link OutboxRelay}: one thread, one lease connection, one idempotent producer.
+ * The default {@link OutboxRelay}: one thread, one lease connection, one idempotent producer (and a
+ * flusher thread that waits for each round's acknowledgements, see {@link #publishBatch}).
  *
  * <h2>Invariants (what may never happen)</h2>
  *
@@ -46,7 +50,8 @@ import org.txkafka.outbox.OutboxRelay;
  *       are pending now ({@code parked_at IS NULL}) in the shares it holds, lowest id first; a row
  *       leaves the outbox only by being acknowledged by Kafka (then deleted or archived) or parked
  *       with its error. A transaction that took a low id and committed late is simply read by a
- *       later round.
+ *       later round. A round read while the one before it is in flight leaves that round's rows out
+ *       by their ids, not by a cursor: a row that committed late with a lower id is read then.
  *   <li><b>A row is removed only after Kafka acknowledged it</b> ({@code acks=all}, idempotent
  *       producer), by id, in one statement per batch.
  *   <li><b>One publisher per share.</b> Rows are read, deleted and parked only on the lease
@@ -54,7 +59,8 @@ import org.txkafka.outbox.OutboxRelay;
  *       {@link ShareLeases#held()}. A statement that succeeds on that connection therefore runs
  *       while the locks are held; if the session ends, PostgreSQL frees the locks and the next
  *       statement fails, so a relay that lost its session can neither read nor remove rows. Shares
- *       are given back only between batches.
+ *       are given back only while no round is open (a pipeline of rounds stops reading ahead
+ *       before the next lease check).
  *   <li><b>Per-key order.</b> Rows of one key live in one share, read in id order, which for one
  *       key is the order in which its rows became visible (the commit-time order trigger of the
  *       migrations renumbers a transaction that a later row of its key overtook). Within a batch,
@@ -63,7 +69,10 @@ import org.txkafka.outbox.OutboxRelay;
  *       read) until that topic's backoff has passed, so it cannot starve the other shares either.
  *       The producer retries transient errors itself and in order ({@code delivery.timeout.ms} at
  *       its maximum, at most 5 requests in flight, idempotence), so a later record of a partition
- *       is never acknowledged before an earlier one that is still retried.
+ *       is never acknowledged before an earlier one that is still retried. A round is sent while
+ *       the one before it is still being removed, never before every row of that round was
+ *       acknowledged or parked: if any failed (or its producer was abandoned), the rows read ahead
+ *       are dropped unsent, so nothing overtakes a row that is sent again.
  *   <li><b>A poison row never blocks its share</b>: errors that can never succeed for that row
  *       ({@link PublishErrors#isPoison}) park it (parked_at, attempts, last_error); other errors
  *       leave it pending and make the relay back off.
@@ -128,6 +137,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   /** Closes a producer whose round outlived the publish timeout (see {@link #publishBatch}). */
   private final ScheduledExecutorService watchdog;
 
+  /** Runs each round's flush, so that the relay thread can read and remove meanwhile. */
+  private final ExecutorService flusher;
+
   private volatile boolean stopping;
   private volatile Thread thread;
   private volatile Producer<byte[], byte[]> producer;
@@ -155,6 +167,13 @@ public final class JdbcOutboxRelay implements OutboxRelay {
             });
     bounds.setRemoveOnCancelPolicy(true);
     this.watchdog = bounds;
+    this.flusher =
+        Executors.newSingleThreadExecutor(
+            task -> {
+              Thread thread = new Thread(task, config.name() + "-flusher");
+              thread.setDaemon(true);
+              return thread;
+            });
   }
 
   @Override
@@ -169,6 +188,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       state.set(State.CLOSED);
       metrics.close();
       watchdog.shutdownNow();
+      flusher.shutdownNow();
       throw e;
     }
     Thread worker = new Thread(this::run, config.name());
@@ -182,6 +202,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (state.compareAndSet(State.NEW, State.CLOSED)) {
       metrics.close();
       watchdog.shutdownNow();
+      flusher.shutdownNow();
       return;
     }
     if (!state.compareAndSet(State.RUNNING, State.CLOSED)) {
@@ -209,6 +230,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     }
     closeProducer(CLOSE_GRACE);
     watchdog.shutdownNow();
+    flusher.shutdownNow();
     metrics.close();
     owned = Set.of();
   }
@@ -283,7 +305,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           }
           if (work || now - nextPoll >= 0) {
             nextPoll = now + config.pollInterval().toNanos();
-            BatchOutcome outcome = publishBatch(session);
+            long pipelineUntil = nextLeaseCheck;
+            if (metrics.wantsStats()) {
+              pipelineUntil = now + Math.min(nextLeaseCheck - now, nextStats - now);
+            }
+            BatchOutcome outcome = publishBatch(session, pipelineUntil);
             if (outcome.troubled()) {
               sleep(backoffNanos);
               backoffNanos = Math.min(backoffNanos * 2, config.maxBackoff().toNanos());
@@ -520,13 +546,25 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   // ---------------------------------------------------------------- one batch
 
+  private static final Long[] NONE_IN_FLIGHT = new Long[0];
+
   /** Relay thread only: which share the next read starts with. */
   private int readRound;
 
   /** Relay thread only: a producer the watchdog closed, to be replaced before the next send. */
   private Producer<byte[], byte[]> abandonedProducer;
 
-  private BatchOutcome publishBatch(Session current) throws SQLException {
+  /**
+   * Publishes the rows pending in the held shares: one round, and, while rounds come back full, the
+   * rounds after it as a pipeline of two. While a round waits for its acknowledgements (the flush
+   * runs on the flusher thread), the relay thread reads the next round's rows, leaving out the rows
+   * in flight by their ids; the next round is sent only once every row of the round before was
+   * acknowledged or parked (else its rows are dropped unsent and read again later); and a round's
+   * rows are removed while the next round is in flight. No round is read ahead once the relay is
+   * stopping or {@code pipelineUntil} (System.nanoTime: the next lease check) has passed, so shares
+   * are only ever given back while no round is open.
+   */
+  private BatchOutcome publishBatch(Session current, long pipelineUntil) throws SQLException {
     if (abandonedProducer != null) {
       if (producer == abandonedProducer) {
         producer = newProducer();
@@ -537,7 +575,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (shares.isEmpty()) {
       return BatchOutcome.EMPTY;
     }
-    List<OutboxRow> rows = readPending(current, shares);
+    List<OutboxRow> rows = readPending(current, shares, NONE_IN_FLIGHT);
     if (rows.isEmpty()) {
       return BatchOutcome.EMPTY;
     }
@@ -547,40 +585,72 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     // listener's wake-up: one per writer commit while a relay keeps up halved a single writer's
     // commit rate). Before it waits again, the relay takes a slot and reads once more.
     releaseWakeSlot(current);
+    Round round = send(rows);
+    while (true) {
+      List<OutboxRow> ahead = List.of();
+      if (round.rows.size() >= config.batchSize()
+          && round.sentCleanly()
+          && !stopping
+          && System.nanoTime() - pipelineUntil < 0) {
+        Set<Integer> next = sendableShares(current.leases.held());
+        if (!next.isEmpty()) {
+          ahead = readPending(current, next, round.ids());
+        }
+      }
+      awaitAcknowledgements(round);
+      Round following = null;
+      if (!ahead.isEmpty() && round.acknowledgedCleanly() && !stopping) {
+        following = send(ahead);
+      }
+      BatchOutcome outcome;
+      try {
+        outcome = finish(current, round);
+      } catch (SQLException | RuntimeException e) {
+        if (following != null) {
+          // Its rows stay pending and are published again (at least once); its bound must not
+          // close the producer later.
+          following.disarm();
+        }
+        throw e;
+      }
+      if (following == null) {
+        return outcome;
+      }
+      round = following;
+    }
+  }
+
+  /** Hands {@code rows} to the producer and starts their flush on the flusher thread. */
+  private Round send(List<OutboxRow> rows) {
     Set<Integer> shareSet = new TreeSet<>();
     for (OutboxRow row : rows) {
       shareSet.add(row.share());
     }
-    Set<Integer> batchShares = Collections.unmodifiableSet(shareSet);
-    notifyListener(listener -> listener.batchStarting(batchShares, rows.size()));
-
-    List<Sent> sent = new ArrayList<>(rows.size());
-    Set<Integer> stalledShares = new HashSet<>();
-    boolean producerBroken = false;
-    Producer<byte[], byte[]> sender = producer;
+    Round round = new Round(rows, Collections.unmodifiableSet(shareSet), producer);
+    notifyListener(listener -> listener.batchStarting(round.shares, rows.size()));
     for (OutboxRow row : rows) {
       if (stopping) {
         break;
       }
-      if (stalledShares.contains(row.share())) {
+      if (round.stalledShares.contains(row.share())) {
         continue;
       }
       TopicBackoff topicBackoff = topicBackoffs.get(row.topic());
       if (topicBackoff != null && !topicBackoff.due()) {
-        stalledShares.add(row.share());
+        round.stalledShares.add(row.share());
         pausedShares.put(row.share(), row.topic());
         continue;
       }
       Sent attempt = new Sent(row);
-      sent.add(attempt);
+      round.sent.add(attempt);
       try {
-        attempt.future = sender.send(row.toRecord());
+        attempt.future = round.sender.send(row.toRecord());
       } catch (IllegalArgumentException | KafkaException e) {
         attempt.error = e;
         if (!PublishErrors.isPoison(e)) {
-          stalledShares.add(row.share());
+          round.stalledShares.add(row.share());
           if (!(e instanceof ApiException) && !(e instanceof IllegalArgumentException)) {
-            producerBroken = true;
+            round.producerBroken = true;
             break;
           }
         }
@@ -590,7 +660,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       // must not overtake it, and other rows of its topic would wait max.block.ms each.
       Throwable immediate = immediateFailure(attempt.future);
       if (immediate != null && !PublishErrors.isPoison(immediate)) {
-        stalledShares.add(row.share());
+        round.stalledShares.add(row.share());
         backOffTopic(row.topic());
         pausedShares.put(row.share(), row.topic());
       }
@@ -598,8 +668,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     // Bounded: a producer that never gets its acknowledgements is closed by the watchdog, which
     // fails its unfinished sends and so ends the flush; a new producer sends them again.
     // One decision between the two threads: the round ends first (true) or the watchdog first.
-    AtomicReference<Boolean> roundEnded = new AtomicReference<>();
-    ScheduledFuture<?> bound =
+    Producer<byte[], byte[]> sender = round.sender;
+    AtomicReference<Boolean> roundEnded = round.ended;
+    round.bound =
         watchdog.schedule(
             () -> {
               if (roundEnded.compareAndSet(null, Boolean.FALSE)) {
@@ -613,26 +684,40 @@ public final class JdbcOutboxRelay implements OutboxRelay {
             config.publishTimeout().toNanos(),
             TimeUnit.NANOSECONDS);
     try {
-      sender.flush();
-    } catch (InterruptException e) {
+      // Started at once rather than after the producer's linger, so that the acknowledgements
+      // come back while this thread reads the next round and removes the previous one.
+      round.flushing = flusher.submit(sender::flush);
+    } catch (RejectedExecutionException e) {
+      round.flushing = null; // closing: flushed on this thread
+    }
+    return round;
+  }
+
+  /** Waits (bounded by the watchdog) for the flush of {@code round} and collects its outcome. */
+  private void awaitAcknowledgements(Round round) {
+    try {
+      if (round.flushing == null) {
+        round.sender.flush();
+      } else {
+        round.flushing.get();
+      }
+    } catch (InterruptedException | InterruptException e) {
       Thread.interrupted();
-    } catch (KafkaException | IllegalStateException e) {
+    } catch (ExecutionException | KafkaException | IllegalStateException e) {
       LOG.debug("relay {}: flush failed", config.name(), e);
     }
-    bound.cancel(false);
+    round.bound.cancel(false);
     // The watchdog came first: this producer is closed (or being closed).
-    boolean abandoned = !roundEnded.compareAndSet(null, Boolean.TRUE);
-    if (abandoned) {
+    round.abandoned = !round.ended.compareAndSet(null, Boolean.TRUE);
+    if (round.abandoned) {
       // Replaced before the next round even if the bookkeeping below fails.
-      abandonedProducer = sender;
+      abandonedProducer = round.sender;
     }
-
-    List<Sent> acked = new ArrayList<>();
-    List<Sent> poison = new ArrayList<>();
-    List<Sent> failed = new ArrayList<>();
-    for (Sent attempt : sent) {
+    for (Sent attempt : round.sent) {
       attempt.collect();
-      if (attempt.metadata == null && abandoned && !PublishErrors.isPoison(attempt.error)) {
+      if (attempt.metadata == null
+          && round.abandoned
+          && !PublishErrors.isPoison(attempt.error)) {
         attempt.error =
             new org.apache.kafka.common.errors.TimeoutException(
                 "not acknowledged within the relay's publishTimeout of "
@@ -640,44 +725,51 @@ public final class JdbcOutboxRelay implements OutboxRelay {
                     + ": the producer was closed, a new one sends the row again");
       }
       if (attempt.metadata != null) {
-        acked.add(attempt);
+        round.acked.add(attempt);
         topicBackoffs.remove(attempt.row.topic());
       } else if (attempt.error != null && PublishErrors.isPoison(attempt.error)) {
-        poison.add(attempt);
+        round.poison.add(attempt);
       } else {
-        failed.add(attempt);
+        round.failed.add(attempt);
         // An abandoned producer is no fault of the topic: its shares are not paused.
-        if (attempt.error != null && !stopping && !abandoned) {
+        if (attempt.error != null && !stopping && !round.abandoned) {
           backOffTopic(attempt.row.topic());
           pausedShares.put(attempt.row.share(), attempt.row.topic());
         }
       }
     }
-    removePublished(current, acked);
-    park(current, poison);
+  }
+
+  /** Removes, parks and counts what became of {@code round}'s rows, and reports it. */
+  private BatchOutcome finish(Session current, Round round) throws SQLException {
+    removePublished(current, round.acked);
+    park(current, round.poison);
     if (!stopping) {
-      countFailures(current, failed);
+      countFailures(current, round.failed);
     }
-    metrics.published(acked.size());
-    metrics.failed(poison.size() + (stopping ? 0 : failed.size()));
-    int notPublished = rows.size() - acked.size() - poison.size();
+    metrics.published(round.acked.size());
+    metrics.failed(round.poison.size() + (stopping ? 0 : round.failed.size()));
+    int notPublished = round.rows.size() - round.acked.size() - round.poison.size();
     notifyListener(
-        listener -> listener.batchFinished(batchShares, acked.size(), poison.size(), notPublished));
-    if (!failed.isEmpty() && !stopping) {
-      Sent first = failed.get(0);
+        listener ->
+            listener.batchFinished(
+                round.shares, round.acked.size(), round.poison.size(), notPublished));
+    if (!round.failed.isEmpty() && !stopping) {
+      Sent first = round.failed.get(0);
       LOG.warn(
           "relay {}: {} of {} rows not published (first: id {} topic {}: {}); backing off",
           config.name(),
-          failed.size(),
-          rows.size(),
+          round.failed.size(),
+          round.rows.size(),
           first.row.id(),
           first.row.topic(),
           first.error == null ? "not acknowledged" : PublishErrors.describe(first.error));
     }
-    if (producerBroken) {
-      throw new KafkaException("the producer failed", sent.get(sent.size() - 1).error);
+    if (round.producerBroken) {
+      throw new KafkaException(
+          "the producer failed", round.sent.get(round.sent.size() - 1).error);
     }
-    if (abandoned && !stopping) {
+    if (round.abandoned && !stopping) {
       throw new KafkaException(
           "the round was not acknowledged within the publishTimeout of "
               + config.publishTimeout()
@@ -685,7 +777,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     }
     // Rows skipped only because their topic waits out its backoff are no new trouble: their shares
     // are paused (left out of the next reads), and the other shares go on at full speed.
-    return new BatchOutcome(rows.size() >= config.batchSize(), !failed.isEmpty());
+    return new BatchOutcome(round.rows.size() >= config.batchSize(), !round.failed.isEmpty());
   }
 
   /**
@@ -726,7 +818,13 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     return sendable;
   }
 
-  private List<OutboxRow> readPending(Session current, Set<Integer> shares) throws SQLException {
+  /**
+   * The pending rows of {@code shares}, leaving out {@code inFlight} (ids of a round not yet
+   * removed). By id, not by a cursor: a row that committed late with an id below the rows in
+   * flight must still be read now, before the later rows of its key.
+   */
+  private List<OutboxRow> readPending(Session current, Set<Integer> shares, Long[] inFlight)
+      throws SQLException {
     // Shares are read one after the other until the batch is full; the first share changes every
     // round, so a busy share never starves the ones after it.
     Integer[] ordered = shares.toArray(new Integer[0]);
@@ -735,10 +833,10 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     for (int i = 0; i < ordered.length; i++) {
       rotated[i] = ordered[(first + i) % ordered.length];
     }
-    List<OutboxRow> rows = read(current, sql.selectPending(), rotated, true);
+    List<OutboxRow> rows = read(current, sql.selectPending(), rotated, inFlight, true);
     if (rows == null) {
       LOG.warn("{}: rows of a share did not arrive in id order; reading sorted", config.name());
-      rows = read(current, sql.selectPendingSorted(), rotated, false);
+      rows = read(current, sql.selectPendingSorted(), rotated, inFlight, false);
     }
     return rows;
   }
@@ -749,13 +847,15 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * and only a prefix of them may be taken).
    */
   private List<OutboxRow> read(
-      Session current, String query, Integer[] shares, boolean checkOrder) throws SQLException {
+      Session current, String query, Integer[] shares, Long[] inFlight, boolean checkOrder)
+      throws SQLException {
     List<OutboxRow> rows = new ArrayList<>();
     Map<Integer, Long> lastOfShare = new HashMap<>();
     try (PreparedStatement select = current.connection.prepareStatement(query)) {
       select.setArray(1, current.connection.createArrayOf("int4", shares));
-      select.setInt(2, config.batchSize());
+      select.setArray(2, current.connection.createArrayOf("int8", inFlight));
       select.setInt(3, config.batchSize());
+      select.setInt(4, config.batchSize());
       try (ResultSet rs = select.executeQuery()) {
         while (rs.next()) {
           OutboxRow row = OutboxRow.read(rs);
@@ -989,6 +1089,58 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   private record BatchOutcome(boolean full, boolean troubled) {
     static final BatchOutcome EMPTY = new BatchOutcome(false, false);
+  }
+
+  /** One round: rows read together, handed to one producer, flushed and settled together. */
+  private static final class Round {
+    final List<OutboxRow> rows;
+    final Set<Integer> shares;
+    final Producer<byte[], byte[]> sender;
+    final List<Sent> sent = new ArrayList<>();
+    final Set<Integer> stalledShares = new HashSet<>();
+    final List<Sent> acked = new ArrayList<>();
+    final List<Sent> poison = new ArrayList<>();
+    final List<Sent> failed = new ArrayList<>();
+
+    /** Set by the relay thread (true: round ended first) or the watchdog (false), once. */
+    final AtomicReference<Boolean> ended = new AtomicReference<>();
+
+    boolean producerBroken;
+    boolean abandoned;
+    ScheduledFuture<?> bound;
+    Future<?> flushing;
+
+    Round(List<OutboxRow> rows, Set<Integer> shares, Producer<byte[], byte[]> sender) {
+      this.rows = rows;
+      this.shares = shares;
+      this.sender = sender;
+    }
+
+    /** Every row was handed to the producer without an error: the next round may be read. */
+    boolean sentCleanly() {
+      return !producerBroken && stalledShares.isEmpty() && sent.size() == rows.size();
+    }
+
+    /** Every row was acknowledged or is poison: the round read ahead may be sent. */
+    boolean acknowledgedCleanly() {
+      return sentCleanly() && !abandoned && failed.isEmpty();
+    }
+
+    Long[] ids() {
+      Long[] ids = new Long[rows.size()];
+      for (int i = 0; i < ids.length; i++) {
+        ids[i] = rows.get(i).id();
+      }
+      return ids;
+    }
+
+    /** The round is given up unawaited (the session failed): its bound must not fire. */
+    void disarm() {
+      ended.compareAndSet(null, Boolean.TRUE);
+      if (bound != null) {
+        bound.cancel(false);
+      }
+    }
   }
 
   /** One row handed to the producer, and what became of it. */

@@ -17,6 +17,9 @@ final class OutboxSql {
       "id, message_id, share, topic, kafka_partition, record_key, payload, header_names,"
           + " header_values, attempts";
 
+  /** NOT IN over a sub-select, which PostgreSQL hashes once even in a generic plan. */
+  private static final String IN_FLIGHT_LEFT_OUT = " AND id NOT IN (SELECT unnest(?::bigint[]))";
+
   final String schema;
   final String table;
   final String archiveTable;
@@ -43,7 +46,9 @@ final class OutboxSql {
    * LATERAL with its own LIMIT is a nested loop that streams each share's rows in index order. The
    * relay checks that order on every row and falls back to {@link #selectPendingSorted()} if a
    * share's rows ever arrive out of order.
-   * Parameters: shares in reading order (int[]), limit per share, limit in all.
+   * Parameters: shares in reading order (int[]), ids to leave out (bigint[]: the rows of a round
+   * in flight, not yet removed; a hashed set, so a round's ids cost about one index read each),
+   * limit per share, limit in all.
    */
   String selectPending() {
     return "SELECT "
@@ -51,13 +56,14 @@ final class OutboxSql {
         + " FROM unnest(?::int[]) AS wanted(wanted_share) CROSS JOIN LATERAL (SELECT * FROM "
         + table
         + " WHERE share = wanted.wanted_share AND parked_at IS NULL"
+        + IN_FLIGHT_LEFT_OUT
         + " ORDER BY id LIMIT ?) pending LIMIT ?";
   }
 
   /**
    * Like {@link #selectPending()}, with the order spelled out in SQL: slower with a large backlog
    * (every share's first rows are sorted), used only if the streamed order was ever not kept.
-   * Parameters: shares (int[]), limit per share, limit in all.
+   * Parameters: shares (int[]), ids to leave out (bigint[]), limit per share, limit in all.
    */
   String selectPendingSorted() {
     return "SELECT "
@@ -65,6 +71,7 @@ final class OutboxSql {
         + " FROM unnest(?::int[]) AS wanted(wanted_share) CROSS JOIN LATERAL (SELECT * FROM "
         + table
         + " WHERE share = wanted.wanted_share AND parked_at IS NULL"
+        + IN_FLIGHT_LEFT_OUT
         + " ORDER BY id LIMIT ?) pending ORDER BY id LIMIT ?";
   }
 
