@@ -302,6 +302,81 @@ class OutboxOutageTest {
     }
   }
 
+  /**
+   * The relay's database session ends in the middle of a pipelined drain (its backend terminated
+   * while a round is in flight): the statement that fails (the read ahead, or the removal of the
+   * round before) gives up every open round, closes their producer at once (left running, it would
+   * retry their rows for ever, and a late copy could land after the next owner published later rows
+   * of a key), and reports them finished with nothing published. A new session and producer then
+   * publish every row, in per-key order, and the batch events stay paired.
+   */
+  @Test
+  void sessionEndingDuringAPipelinedDrainLosesNothingAndKeepsPerKeyOrder() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("session-ends");
+    broker.createTopic(topic, 2);
+    AtomicInteger started = new AtomicInteger();
+    AtomicInteger open = new AtomicInteger();
+    AtomicInteger overlaps = new AtomicInteger();
+    AtomicInteger lost = new AtomicInteger();
+    AtomicInteger terminated = new AtomicInteger();
+    OutboxRelay.Listener endTheSessionAtTheThirdRound =
+        new OutboxRelay.Listener() {
+          @Override
+          public void batchStarting(Set<Integer> shares, int rows) {
+            if (open.incrementAndGet() > 1) {
+              overlaps.incrementAndGet();
+            }
+            if (started.incrementAndGet() == 3) {
+              // On the relay thread: the session holding the share locks ends under it.
+              terminated.set(
+                  (int)
+                      db.queryLong(
+                          "SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid"
+                              + " FROM pg_locks WHERE locktype = 'advisory' AND granted) relays"));
+            }
+          }
+
+          @Override
+          public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
+            open.decrementAndGet();
+          }
+
+          @Override
+          public void sharesReleased(Set<Integer> shares, boolean lostShares) {
+            if (lostShares) {
+              lost.incrementAndGet();
+            }
+          }
+        };
+    List<UUID> all = new ArrayList<>();
+    for (int t = 0; t < 20; t++) {
+      List<OutboxMessage> messages = new ArrayList<>();
+      for (int i = t * 20; i < (t + 1) * 20; i++) {
+        messages.add(numbered(topic, "key-" + i % 5, i));
+      }
+      all.addAll(commit(db.dataSource(), messages));
+    }
+    try (OutboxRelay relay =
+            relay(relayPool, broker)
+                .batchSize(20)
+                .leaseCheckInterval(Duration.ofMinutes(1))
+                .listener(endTheSessionAtTheThirdRound)
+                .build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      reader.awaitIds(WAIT, asStrings(all));
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      assertAllPresent(asStrings(all), reader.distinctIds());
+      int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+      System.out.printf("session ended: %d messages, %d duplicates%n", all.size(), duplicates);
+      assertEquals(1, terminated.get(), "the relay's session was terminated");
+      assertTrue(lost.get() > 0, "the relay lost its shares with its session");
+      assertTrue(overlaps.get() > 0, "a round started before the one before it finished");
+      await(WAIT, "every batch started was reported finished", () -> open.get() == 0);
+    }
+  }
+
   @Test
   void rowsForAMissingTopicWaitAndCountAttemptsWithoutStarvingOtherSharesThenArePublished() {
     KafkaBroker broker = KafkaBroker.shared();

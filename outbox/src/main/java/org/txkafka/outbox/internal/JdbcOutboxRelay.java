@@ -20,7 +20,6 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
-import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
@@ -32,7 +31,6 @@ import org.apache.kafka.clients.producer.Producer;
 import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.KafkaException;
 import org.apache.kafka.common.errors.ApiException;
-import org.apache.kafka.common.errors.InterruptException;
 import org.postgresql.PGConnection;
 import org.postgresql.PGNotification;
 import org.slf4j.Logger;
@@ -585,48 +583,68 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     // listener's wake-up: one per writer commit while a relay keeps up halved a single writer's
     // commit rate). Before it waits again, the relay takes a slot and reads once more.
     releaseWakeSlot(current);
-    Round round = send(rows);
-    while (true) {
-      List<OutboxRow> ahead = List.of();
-      if (round.rows.size() >= config.batchSize()
-          && round.sentCleanly()
-          && !stopping
-          && System.nanoTime() - pipelineUntil < 0) {
-        Set<Integer> next = sendableShares(current.leases.held());
-        if (!next.isEmpty()) {
-          ahead = readPending(current, next, round.ids());
+    // Rounds started and not finished, oldest first (at most two).
+    List<Round> open = new ArrayList<>(2);
+    try {
+      send(rows, open);
+      while (true) {
+        Round round = open.get(0);
+        List<OutboxRow> ahead = List.of();
+        if (round.rows.size() >= config.batchSize()
+            && round.sentCleanly()
+            && !stopping
+            && System.nanoTime() - pipelineUntil < 0) {
+          Set<Integer> next = sendableShares(current.leases.held());
+          if (!next.isEmpty()) {
+            ahead = readPending(current, next, round.ids());
+          }
+        }
+        awaitAcknowledgements(round);
+        if (!ahead.isEmpty() && round.acknowledgedCleanly() && !stopping) {
+          send(ahead, open);
+        }
+        BatchOutcome outcome = finish(current, round);
+        open.remove(0);
+        if (open.isEmpty()) {
+          return outcome;
         }
       }
-      awaitAcknowledgements(round);
-      Round following = null;
-      if (!ahead.isEmpty() && round.acknowledgedCleanly() && !stopping) {
-        following = send(ahead);
+    } catch (SQLException | RuntimeException e) {
+      for (Round round : open) {
+        giveUp(round);
       }
-      BatchOutcome outcome;
-      try {
-        outcome = finish(current, round);
-      } catch (SQLException | RuntimeException e) {
-        if (following != null) {
-          // Its rows stay pending and are published again (at least once); its bound must not
-          // close the producer later.
-          following.disarm();
-        }
-        throw e;
-      }
-      if (following == null) {
-        return outcome;
-      }
-      round = following;
+      throw e;
     }
   }
 
-  /** Hands {@code rows} to the producer and starts their flush on the flusher thread. */
-  private Round send(List<OutboxRow> rows) {
+  /**
+   * Gives up a round that a failure interrupted (its session may be gone, and another relay may take
+   * its shares): its rows stay pending and are published again (at least once). A round still
+   * waiting for acknowledgements has its producer closed at once, as the watchdog would: left
+   * running, it would retry them for ever ({@code delivery.timeout.ms}), and a copy landing after
+   * the next owner published the later rows of a key would end that key's order on a stale record.
+   */
+  private void giveUp(Round round) {
+    if (abandon(round, "a round was given up after a failure")) {
+      abandonedProducer = round.sender;
+    }
+    if (round.bound != null) {
+      round.bound.cancel(false);
+    }
+    notifyListener(listener -> listener.batchFinished(round.shares, 0, 0, round.rows.size()));
+  }
+
+  /**
+   * Hands {@code rows} to the producer as a new round (added to {@code open} before anything is
+   * sent, so that a failure half-way gives it up) and starts its flush on the flusher thread.
+   */
+  private void send(List<OutboxRow> rows, List<Round> open) {
     Set<Integer> shareSet = new TreeSet<>();
     for (OutboxRow row : rows) {
       shareSet.add(row.share());
     }
     Round round = new Round(rows, Collections.unmodifiableSet(shareSet), producer);
+    open.add(round);
     notifyListener(listener -> listener.batchStarting(round.shares, rows.size()));
     for (OutboxRow row : rows) {
       if (stopping) {
@@ -666,49 +684,52 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       }
     }
     // Bounded: a producer that never gets its acknowledgements is closed by the watchdog, which
-    // fails its unfinished sends and so ends the flush; a new producer sends them again.
-    // One decision between the two threads: the round ends first (true) or the watchdog first.
+    // fails its unfinished sends and so ends the flush; a new producer sends them again. Whoever
+    // ends the round first decides (round.ended): the flush, or the watchdog (abandoned).
     Producer<byte[], byte[]> sender = round.sender;
     AtomicReference<Boolean> roundEnded = round.ended;
     round.bound =
         watchdog.schedule(
-            () -> {
-              if (roundEnded.compareAndSet(null, Boolean.FALSE)) {
-                // On a thread of its own: close() waits for the producer's network thread without
-                // a bound, and a hung close must not take the bound of later rounds with it.
-                Thread closer = new Thread(() -> abandonProducer(sender), config.name() + "-abandon");
-                closer.setDaemon(true);
-                closer.start();
-              }
-            },
+            () ->
+                abandon(
+                    round,
+                    "sent rows not acknowledged within the publishTimeout of "
+                        + config.publishTimeout()),
             config.publishTimeout().toNanos(),
             TimeUnit.NANOSECONDS);
-    try {
-      // Started at once rather than after the producer's linger, so that the acknowledgements
-      // come back while this thread reads the next round and removes the previous one.
-      round.flushing = flusher.submit(sender::flush);
-    } catch (RejectedExecutionException e) {
-      round.flushing = null; // closing: flushed on this thread
-    }
-    return round;
+    // Started at once rather than after the producer's linger, so that the acknowledgements come
+    // back while this thread reads the next round and removes the previous one. The bound ends
+    // with the flush: the database work that follows is not the producer's fault.
+    ScheduledFuture<?> bound = round.bound;
+    round.flushing =
+        flusher.submit(
+            () -> {
+              try {
+                sender.flush();
+              } finally {
+                if (roundEnded.compareAndSet(null, Boolean.TRUE)) {
+                  bound.cancel(false);
+                }
+              }
+              return null;
+            });
   }
 
   /** Waits (bounded by the watchdog) for the flush of {@code round} and collects its outcome. */
   private void awaitAcknowledgements(Round round) {
     try {
-      if (round.flushing == null) {
-        round.sender.flush();
-      } else {
-        round.flushing.get();
-      }
-    } catch (InterruptedException | InterruptException e) {
-      Thread.interrupted();
-    } catch (ExecutionException | KafkaException | IllegalStateException e) {
-      LOG.debug("relay {}: flush failed", config.name(), e);
+      round.flushing.get();
+    } catch (InterruptedException e) {
+      // Only close() interrupts, as a last resort: nothing must go on sending these rows.
+      abandon(round, "the relay thread was interrupted while waiting for acknowledgements");
+    } catch (ExecutionException e) {
+      LOG.debug("relay {}: flush failed", config.name(), e.getCause());
     }
     round.bound.cancel(false);
-    // The watchdog came first: this producer is closed (or being closed).
-    round.abandoned = !round.ended.compareAndSet(null, Boolean.TRUE);
+    // Ended by the flusher (or, interrupted, here) unless the watchdog came first: then this
+    // producer is closed (or being closed).
+    round.ended.compareAndSet(null, Boolean.TRUE);
+    round.abandoned = round.ended.get() == Boolean.FALSE;
     if (round.abandoned) {
       // Replaced before the next round even if the bookkeeping below fails.
       abandonedProducer = round.sender;
@@ -784,18 +805,36 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * The watchdog's action when a round outlived the publish timeout: closes {@code sender} at once,
    * which fails its unfinished sends (they stay pending) and so ends the relay thread's flush.
    */
-  private void abandonProducer(Producer<byte[], byte[]> sender) {
+  private void abandonProducer(Producer<byte[], byte[]> sender, String reason) {
     LOG.warn(
-        "relay {}: sent rows not acknowledged within the publishTimeout of {}; closing the"
-            + " producer (its unacknowledged rows stay pending and a new producer sends them"
-            + " again)",
+        "relay {}: {}; closing the producer (its unacknowledged rows stay pending and a new"
+            + " producer sends them again)",
         config.name(),
-        config.publishTimeout());
+        reason);
     try {
       sender.close(Duration.ZERO);
     } catch (RuntimeException | Error e) {
       LOG.error("relay {}: closing the abandoned producer failed", config.name(), e);
     }
+  }
+
+  /**
+   * Ends {@code round} as abandoned unless it already ended (one decision between the relay
+   * thread, the flusher and the watchdog): closes its producer at once, on a thread of its own
+   * (close() waits for the producer's network thread without a bound, and a hung close must not
+   * hold up the caller), which fails its unfinished sends and so ends its flush.
+   *
+   * @return whether this call abandoned it
+   */
+  private boolean abandon(Round round, String reason) {
+    if (!round.ended.compareAndSet(null, Boolean.FALSE)) {
+      return false;
+    }
+    Thread closer =
+        new Thread(() -> abandonProducer(round.sender, reason), config.name() + "-abandon");
+    closer.setDaemon(true);
+    closer.start();
+    return true;
   }
 
   /**
@@ -1134,13 +1173,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       return ids;
     }
 
-    /** The round is given up unawaited (the session failed): its bound must not fire. */
-    void disarm() {
-      ended.compareAndSet(null, Boolean.TRUE);
-      if (bound != null) {
-        bound.cancel(false);
-      }
-    }
   }
 
   /** One row handed to the producer, and what became of it. */
