@@ -69,10 +69,7 @@ import org.txkafka.outbox.OutboxWriter;
  *       retried with backoff for as long as the partition is owned.
  *   <li>A record that ends the process every time it is handled blocks its partition for ever:
  *       every run of records as a batch is announced by a mark committed before it runs ({@link
- *       InboxSql#markBatch}, or the commit before it, which announces up to {@link
- *       #ANNOUNCED_RECORDS} records after the offset it stores), naming the stored offset it
- *       continues from (offsets have gaps); a mark is withdrawn only when the partition is given
- *       back with none of its batches running; a
+ *       InboxSql#markBatch}), naming the stored offset it continues from (offsets have gaps); a
  *       claim that finds a marked batch never committed ({@link InboxSql#claim}) makes the new
  *       owner apply its records one per transaction, each after a start mark of its own ({@link
  *       InboxSql#markStarted}); a record whose mark shows {@code maxAttempts} earlier starts is
@@ -85,14 +82,6 @@ import org.txkafka.outbox.OutboxWriter;
 final class BatchProcessor {
   private static final Logger LOG = LoggerFactory.getLogger(BatchProcessor.class);
   private static final long SLEEP_SLICE_MILLIS = 50;
-
-  /**
-   * How many records a batch commit announces after its stored offset (at most {@code
-   * maxBatchSize}): a batch of up to that many that follows it needs no mark transaction of its
-   * own. The cost: after a member dies, or loses a partition without giving it back cleanly, its
-   * next owner applies up to that many records of each such partition one at a time.
-   */
-  static final int ANNOUNCED_RECORDS = 32;
 
   /** Headers a dead-letter topic record gets besides the record's own. */
   static final String DLT_MESSAGE_ID = "txkafka-dlt-message-id";
@@ -166,6 +155,8 @@ final class BatchProcessor {
     int limit = Integer.MAX_VALUE;
     int isolateUntil = 0;
     int position = 0;
+    // Whether the records from position on are announced by a committed batch mark.
+    boolean batchMarked = false;
     while (position < items.size()) {
       if (!active(state, epoch)) {
         return;
@@ -210,14 +201,13 @@ final class BatchProcessor {
         if (deadLettering) {
           outcome = deadLetter(state, epoch, expected, first, tried, deadReason);
         } else {
-          int remaining = items.size() - position;
-          if (!guarded && !state.marked(epoch, expected[0], remaining)) {
+          if (!guarded && !batchMarked) {
             // The records from here on run as batches: announce them, so that a batch lost with
-            // the process is known to the next claim (unless the commit before announced them).
-            if (!markBatch(state, epoch, expected[0], remaining, firstOffset)) {
+            // the process is known to the next claim.
+            if (!markBatch(state, epoch, expected[0], items.size() - position, firstOffset)) {
               return;
             }
-            state.mark(epoch, expected[0], remaining);
+            batchMarked = true;
           }
           int unitLimit = guarded || position < isolateUntil ? 1 : limit;
           while (end < items.size()
@@ -225,10 +215,7 @@ final class BatchProcessor {
               && items.get(end).malformed() == null) {
             end++;
           }
-          // A batch commit announces the batch after it; a record applied one at a time after a
-          // lost batch does not (the next one is guarded by its own start mark).
-          int announce = guarded ? 0 : Math.min(ANNOUNCED_RECORDS, settings.maxBatchSize());
-          outcome = apply(state, epoch, expected, items.subList(position, end), announce);
+          outcome = apply(state, epoch, expected, items.subList(position, end));
         }
       } finally {
         lock.unlock();
@@ -241,6 +228,8 @@ final class BatchProcessor {
         }
         position = deadLettering ? position + 1 : end;
         limit = Integer.MAX_VALUE;
+        // The stored offset moved: the records left need a mark of their own.
+        batchMarked = false;
         continue;
       }
       if (deadLettering || !(outcome instanceof HandlerFailed failed)) {
@@ -387,12 +376,8 @@ final class BatchProcessor {
     return -1;
   }
 
-  /**
-   * One transaction for {@code unit}, retried while the database fails transiently; with {@code
-   * announce} above zero its commit also marks the batch after it ({@link InboxSql#advance}).
-   */
-  private Outcome apply(
-      PartitionState state, long epoch, Long[] expected, List<Item> unit, int announce)
+  /** One transaction for {@code unit}, retried while the database fails transiently. */
+  private Outcome apply(PartitionState state, long epoch, Long[] expected, List<Item> unit)
       throws InterruptedException {
     TopicPartition partition = state.partition;
     long next = unit.get(unit.size() - 1).record().offset() + 1;
@@ -410,7 +395,7 @@ final class BatchProcessor {
             transactions.inTransaction(
                 scope -> {
                   Connection connection = scope.connection();
-                  Long xid = advance(connection, partition, epoch, expected[0], next, announce);
+                  Long xid = advance(connection, partition, epoch, expected[0], next);
                   if (xid == null) {
                     scope.setRollbackOnly();
                     return Boolean.FALSE;
@@ -490,9 +475,6 @@ final class BatchProcessor {
         }
         state.committedOffset = next;
         expected[0] = next;
-        if (announce > 0) {
-          state.mark(epoch, next, announce);
-        }
         metrics.batchLatency(System.nanoTime() - start);
         if (counts[0] > 0) {
           metrics.processed(partition, counts[0]);
@@ -536,12 +518,7 @@ final class BatchProcessor {
 
   /** The fencing compare-and-set that opens every batch transaction ({@link InboxSql#advance}). */
   private Long advance(
-      Connection connection,
-      TopicPartition partition,
-      long epoch,
-      Long expected,
-      long next,
-      int announce)
+      Connection connection, TopicPartition partition, long epoch, Long expected, long next)
       throws SQLException {
     return sql.advance(
         connection,
@@ -550,49 +527,7 @@ final class BatchProcessor {
         partition.partition(),
         epoch,
         expected,
-        next,
-        announce);
-  }
-
-  /**
-   * Withdraws the batch marks of partitions this member gives back cleanly: none of their batches
-   * is running (the caller waited for their workers), so nothing was lost at their stored offsets
-   * and the next owner need not apply the marked records one at a time. Best effort: if it fails,
-   * the next owner applies them one at a time, which costs time, not correctness.
-   */
-  void releaseMarks(List<PartitionState> idle) {
-    List<PartitionState> marked = new ArrayList<>();
-    for (PartitionState state : idle) {
-      if (state.markEpoch >= 0 && state.markEpoch == state.epoch) {
-        marked.add(state);
-      }
-    }
-    if (marked.isEmpty()) {
-      return;
-    }
-    try {
-      transactions.inTransaction(
-          scope -> {
-            for (PartitionState state : marked) {
-              sql.releaseMark(
-                  scope.connection(),
-                  settings.groupId(),
-                  state.partition.topic(),
-                  state.partition.partition(),
-                  state.epoch);
-            }
-            return null;
-          });
-    } catch (InterruptedException e) {
-      Thread.currentThread().interrupt();
-    } catch (Exception e) {
-      LOG.info(
-          "could not withdraw the batch marks of {} ({}): their next owner applies up to {} records"
-              + " of each one at a time",
-          marked.stream().map(state -> state.partition).toList(),
-          e.toString(),
-          ANNOUNCED_RECORDS);
-    }
+        next);
   }
 
   /**
@@ -696,7 +631,7 @@ final class BatchProcessor {
             transactions.inTransaction(
                 scope -> {
                   Connection connection = scope.connection();
-                  Long xid = advance(connection, partition, epoch, expected[0], next, 0);
+                  Long xid = advance(connection, partition, epoch, expected[0], next);
                   if (xid == null) {
                     scope.setRollbackOnly();
                     return null;

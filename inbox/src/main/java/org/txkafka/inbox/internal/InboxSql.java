@@ -56,8 +56,6 @@ public final class InboxSql {
   private final String markBatch;
   private final String markStarted;
   private final String advance;
-  private final String advanceAnnouncing;
-  private final String releaseMark;
   private final String seal;
   private final String insertProcessed;
   private final String insertProcessedAllNew;
@@ -140,19 +138,6 @@ public final class InboxSql {
             + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
             + " AND (next_offset IS NOT DISTINCT FROM ? OR next_offset = ?)"
             + " RETURNING commit_xid";
-    // The same, also announcing the batch that will continue from the stored offset: a mark
-    // committed with this transaction, before that batch runs (see markBatch).
-    advanceAnnouncing =
-        advance.replace(
-            " commit_xid = txid_current()",
-            " commit_xid = txid_current(), batch_offset = ?, batch_records = ?");
-    releaseMark =
-        "UPDATE "
-            + offsets
-            + " SET batch_records = NULL"
-            + asyncCommit
-            + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
-            + " AND batch_records IS NOT NULL AND batch_offset IS NOT DISTINCT FROM next_offset";
     seal = "SELECT set_config('txkafka.inbox_sealed_xid', txid_current()::text, true)";
     insertProcessed =
         "INSERT INTO "
@@ -310,10 +295,6 @@ public final class InboxSql {
    * not beyond it; takes the row lock. The transaction must then be {@link #seal sealed} before it
    * commits (migration 1.0.5): its commit is refused otherwise.
    *
-   * <p>With {@code announce} above zero it also marks, in this transaction, a batch of up to that
-   * many records continuing from {@code next} ({@link #markBatch}): the next batch after this
-   * commit then needs no mark transaction of its own.
-   *
    * @return the transaction's id, to {@link #seal} it with; null if fenced (another owner claimed
    *     the partition, or the offset would regress)
    */
@@ -324,43 +305,23 @@ public final class InboxSql {
       int partition,
       long epoch,
       Long expected,
-      long next,
-      int announce)
+      long next)
       throws SQLException {
-    try (PreparedStatement statement =
-        connection.prepareStatement(announce > 0 ? advanceAnnouncing : advance)) {
-      int index = 1;
-      statement.setLong(index++, next);
-      if (announce > 0) {
-        statement.setLong(index++, next);
-        statement.setInt(index++, announce);
+    try (PreparedStatement statement = connection.prepareStatement(advance)) {
+      statement.setLong(1, next);
+      statement.setString(2, group);
+      statement.setString(3, topic);
+      statement.setInt(4, partition);
+      statement.setLong(5, epoch);
+      if (expected == null) {
+        statement.setNull(6, java.sql.Types.BIGINT);
+      } else {
+        statement.setLong(6, expected);
       }
-      statement.setString(index++, group);
-      statement.setString(index++, topic);
-      statement.setInt(index++, partition);
-      statement.setLong(index++, epoch);
-      setNullableLong(statement, index++, expected);
-      statement.setLong(index, next);
+      statement.setLong(7, next);
       try (ResultSet rows = statement.executeQuery()) {
         return rows.next() ? rows.getLong(1) : null;
       }
-    }
-  }
-
-  /**
-   * Withdraws the batch mark at the stored offset of a partition this member gives back cleanly
-   * (no batch of it running): nothing was lost there, so its next owner need not apply the marked
-   * records one at a time. A no-op if {@code epoch} is no longer the owner epoch.
-   */
-  public void releaseMark(
-      Connection connection, String group, String topic, int partition, long epoch)
-      throws SQLException {
-    try (PreparedStatement statement = connection.prepareStatement(releaseMark)) {
-      statement.setString(1, group);
-      statement.setString(2, topic);
-      statement.setInt(3, partition);
-      statement.setLong(4, epoch);
-      statement.executeUpdate();
     }
   }
 

@@ -61,29 +61,6 @@ final class PartitionState {
    */
   volatile long originOffset = -1;
 
-  /**
-   * The batch mark this member last committed for this partition (its own mark transaction, or
-   * announced by a batch commit): in epoch {@code markEpoch} (-1: none), up to {@code markRecords}
-   * records continuing from the stored offset {@code markFrom} (null: none stored) may run as
-   * batches. Written only by the worker applying this partition's batch (one at a time); read by
-   * the poll thread after that worker ended, to withdraw the mark when the partition is given back.
-   */
-  volatile long markEpoch = -1;
-
-  volatile Long markFrom;
-  volatile int markRecords;
-
-  /** Whether the mark covers {@code records} records continuing from {@code from} in {@code epoch}. */
-  boolean marked(long epoch, Long from, int records) {
-    return markEpoch == epoch && java.util.Objects.equals(markFrom, from) && records <= markRecords;
-  }
-
-  void mark(long epoch, Long from, int records) {
-    markFrom = from;
-    markRecords = records;
-    markEpoch = epoch;
-  }
-
   /** When the partition was fenced (System.nanoTime), for the delayed re-claim. */
   volatile long fencedAtNanos;
 

@@ -397,7 +397,6 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
       return;
     }
     awaitIdle(revoked, settings.revocationTimeout());
-    processor.releaseMarks(idle(revoked));
     mirror(revoked, true);
     LOG.info("revoked {}", partitions);
     notify(listener -> listener.onPartitionsRevoked(List.copyOf(partitions)));
@@ -427,17 +426,6 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
     return removed;
   }
 
-  /** Those of {@code partitions} with no batch or claim running (after {@link #awaitIdle}). */
-  private static List<PartitionState> idle(Collection<PartitionState> partitions) {
-    List<PartitionState> idle = new ArrayList<>();
-    for (PartitionState state : partitions) {
-      if (!state.scheduled.get() && !state.claiming.get()) {
-        idle.add(state);
-      }
-    }
-    return idle;
-  }
-
   private static void awaitIdle(Collection<PartitionState> partitions, Duration timeout) {
     long deadline = System.nanoTime() + timeout.toNanos();
     for (PartitionState state : partitions) {
@@ -463,7 +451,6 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
       state.phase.set(Phase.GONE);
     }
     awaitIdle(all, settings.closeTimeout());
-    processor.releaseMarks(idle(all));
     try {
       mirror(all, true);
     } catch (RuntimeException e) {

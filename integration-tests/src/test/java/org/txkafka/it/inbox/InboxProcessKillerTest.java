@@ -226,61 +226,6 @@ class InboxProcessKillerTest {
         "each other record applied once");
   }
 
-  /**
-   * The killer arrives after its partition caught up: the batch holding it follows a committed
-   * batch that announced it (up to 32 records after the offset it stored), so it runs without a
-   * mark transaction of its own. Its death must still be found by the next claim, which guards the
-   * announced records, and the killer is dead-lettered after maxAttempts starts.
-   */
-  @Test
-  void killerInABatchAnnouncedByTheCommitBeforeItIsDeadLetteredAfterMaxAttemptsStarts()
-      throws Exception {
-    KafkaBroker broker = KafkaBroker.shared();
-    String topic = KafkaBroker.uniqueTopic("inbox-killer-announced");
-    broker.createTopic(topic, 1);
-    List<Message> messages = InboxTestSupport.messages("killer-announced-", 40);
-    String killer = messages.get(20).messageId();
-    InboxTestSupport.produce(broker, topic, messages.subList(0, 20));
-    String group = "killer-announced-" + topic;
-
-    Lives lives =
-        live(
-            topic,
-            group,
-            killer,
-            0,
-            false,
-            () -> storedOffset(topic) == messages.size(),
-            () -> {
-              InboxTestSupport.await(
-                  "the first 20 records applied", Duration.ofSeconds(60),
-                  () -> storedOffset(topic) == 20);
-              assertEquals(
-                  1,
-                  db.queryLong(
-                      "SELECT count(*) FROM txkafka_inbox_offset WHERE topic = ?"
-                          + " AND batch_offset = 20 AND batch_records = 32",
-                      topic),
-                  "the commit that stored 20 announced the batch after it");
-              // The killer first: its batch (at most 20 records) is covered by the announcement.
-              InboxTestSupport.produce(broker, topic, messages.subList(20, 40));
-            });
-    assertTrue(
-        lives.finished, "the partition got past the killer record within " + MAX_LIVES + " lives");
-    // The first death is in the announced batch; each following life applies the announced
-    // records one at a time and dies on the killer's start mark number 1, 2 .. maxAttempts.
-    assertEquals(MAX_ATTEMPTS + 1, lives.deaths, "deaths (" + lives.log + ")");
-    assertKillerDeadLetteredForItsStarts(killer);
-    assertEquals(
-        messages.size() - 1,
-        db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic),
-        "ledger rows");
-    assertEquals(
-        messages.size() - 1,
-        db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic),
-        "each other record applied once");
-  }
-
   private static void assertKillerDeadLetteredForItsStarts(String killer) {
     assertEquals(
         1,
@@ -340,28 +285,12 @@ class InboxProcessKillerTest {
       boolean jpa,
       BooleanSupplier done)
       throws Exception {
-    return live(topic, group, killer, slowMillis, jpa, done, () -> {});
-  }
-
-  /** As above; {@code firstLifeReady} runs once the first life's member is ready. */
-  private static Lives live(
-      String topic,
-      String group,
-      String killer,
-      int slowMillis,
-      boolean jpa,
-      BooleanSupplier done,
-      Runnable firstLifeReady)
-      throws Exception {
     KafkaBroker broker = KafkaBroker.shared();
     Lives lives = new Lives();
     for (int life = 1; life <= MAX_LIVES && !lives.finished; life++) {
       try (ChildJvm member = start(broker, topic, group, killer, slowMillis, jpa)) {
         String ready = member.awaitLine("READY", Duration.ofSeconds(60));
         assertEquals(jpa, ready.contains("JPA"), "the member's transaction owner: " + ready);
-        if (life == 1) {
-          firstLifeReady.run();
-        }
         long deadline = System.nanoTime() + Duration.ofSeconds(90).toNanos();
         while (true) {
           if (!member.isAlive()) {

@@ -63,46 +63,6 @@ class InboxStartGuardSqlTest {
   }
 
   /**
-   * A batch commit may announce the batch after it (up to so many records from the offset it
-   * stores), so that batch needs no mark transaction of its own. A claim after it therefore guards
-   * the announced records, whether that batch was lost or never began, unless the member that gave
-   * the partition back cleanly withdrew the mark; a member fenced meanwhile cannot withdraw it.
-   */
-  @Test
-  void aCommitAnnouncesTheNextBatchUntilItsCleanOwnerWithdrawsIt() throws Exception {
-    String topic = "announced";
-    InboxSql.Claim claim = claim(topic);
-    assertTrue(markBatch(topic, claim.epoch(), null, 10));
-    assertTrue(advance(topic, claim.epoch(), null, 10, 32));
-    InboxSql.Claim afterCrash = claim(topic);
-    assertEquals(10L, afterCrash.nextOffset());
-    assertEquals(32, afterCrash.guardedRecords(), "the announced batch after the stored offset");
-
-    // The new owner commits and announces again; a stale epoch withdraws nothing.
-    assertTrue(advance(topic, afterCrash.epoch(), 10L, 15, 32));
-    release(topic, claim.epoch());
-    InboxSql.Claim afterStaleRelease = claim(topic);
-    assertEquals(32, afterStaleRelease.guardedRecords(), "a fenced member withdrew nothing");
-
-    // The owner that gives the partition back cleanly withdraws it: nothing to guard.
-    assertTrue(advance(topic, afterStaleRelease.epoch(), 15L, 20, 32));
-    release(topic, afterStaleRelease.epoch());
-    assertEquals(0, claim(topic).guardedRecords(), "withdrawn by the clean owner");
-
-    // A commit without an announcement leaves an older mark behind its offset: nothing guarded.
-    InboxSql.Claim plain = claim(topic);
-    assertTrue(advance(topic, plain.epoch(), 20L, 25, 32));
-    assertTrue(advance(topic, plain.epoch(), 25L, 30));
-    assertEquals(0, claim(topic).guardedRecords(), "the mark names 25, the stored offset is 30");
-  }
-
-  private static void release(String topic, long epoch) throws SQLException {
-    try (Connection connection = db.dataSource().getConnection()) {
-      SQL.releaseMark(connection, GROUP, topic, 0, epoch);
-    }
-  }
-
-  /**
    * Offsets have gaps (a transaction marker after each record of a transactional producer,
    * compaction): the stored offset after a record can be one no record has. Marks name the stored
    * offset the work continues from, so a batch whose first record lies beyond a gap is still found.
@@ -202,14 +162,9 @@ class InboxStartGuardSqlTest {
 
   private static boolean advance(String topic, long epoch, Long expected, long next)
       throws SQLException {
-    return advance(topic, epoch, expected, next, 0);
-  }
-
-  private static boolean advance(String topic, long epoch, Long expected, long next, int announce)
-      throws SQLException {
     try (Connection connection = db.dataSource().getConnection()) {
       connection.setAutoCommit(false);
-      Long xid = SQL.advance(connection, GROUP, topic, 0, epoch, expected, next, announce);
+      Long xid = SQL.advance(connection, GROUP, topic, 0, epoch, expected, next);
       if (xid != null) {
         assertTrue(SQL.seal(connection, xid));
       }
