@@ -484,6 +484,11 @@ final class BatchProcessor {
         }
         return new Committed();
       } catch (HandlerException e) {
+        if (TransientErrors.isIdleTimeout(e.getCause())) {
+          // Not an outage: a handler of this unit left the transaction idle that long (which one
+          // is unknown when it was not the one whose statement found the session ended).
+          return new HandlerFailed(e.index, idleTimeout(e.getCause()));
+        }
         if (!TransientErrors.isTransient(e.getCause())) {
           return new HandlerFailed(e.index, e.getCause());
         }
@@ -546,14 +551,8 @@ final class BatchProcessor {
       if (InboxSql.IN_FAILED_TRANSACTION.equals(e.getSQLState())) {
         throw new HandlerException(-1, abortedByHandler(e));
       }
-      if ("25P03".equals(e.getSQLState()) || "25P04".equals(e.getSQLState())) {
-        throw new HandlerException(
-            -1,
-            new IllegalStateException(
-                "the transaction outlived transactionIdleTimeout (PostgreSQL ended the session"
-                    + " while the handler did not use the database): "
-                    + e.getMessage(),
-                e));
+      if (TransientErrors.isIdleTimeout(e)) {
+        throw new HandlerException(-1, idleTimeout(e));
       }
       if (closed(connection)) {
         // A provider that saw its transaction end (a handler committed the session's own
@@ -604,6 +603,14 @@ final class BatchProcessor {
     } catch (SQLException e) {
       return true;
     }
+  }
+
+  private static IllegalStateException idleTimeout(Throwable serverError) {
+    return new IllegalStateException(
+        "the transaction outlived transactionIdleTimeout (PostgreSQL ended the session while the"
+            + " handler did not use the database): "
+            + serverError.getMessage(),
+        serverError);
   }
 
   private static IllegalStateException abortedByHandler(SQLException serverError) {

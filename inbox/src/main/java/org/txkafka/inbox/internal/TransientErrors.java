@@ -5,6 +5,7 @@ import java.sql.SQLRecoverableException;
 import java.sql.SQLTransientException;
 import java.util.IdentityHashMap;
 import java.util.Map;
+import org.postgresql.util.PSQLException;
 
 /**
  * Recognises transient database errors by SQLState anywhere in a cause chain (also when a handler
@@ -35,6 +36,34 @@ public final class TransientErrors {
       }
     }
     return false;
+  }
+
+  /**
+   * True if PostgreSQL ended the session because its transaction sat idle for too long ({@code
+   * idle_in_transaction_session_timeout}: SQLState 25P03; {@code transaction_timeout} of
+   * PostgreSQL 17: 25P04). The driver reports that end of the session as a connection failure
+   * (08006, which alone reads as a transient outage), so the server's own code is read from its
+   * error message. Not transient for the inbox: the handler left the database idle that long.
+   */
+  public static boolean isIdleTimeout(Throwable failure) {
+    Map<Throwable, Boolean> seen = new IdentityHashMap<>();
+    for (Throwable t = failure; t != null && seen.put(t, Boolean.TRUE) == null; t = t.getCause()) {
+      if (t instanceof SQLException sql) {
+        if (isIdleTimeoutState(sql.getSQLState())) {
+          return true;
+        }
+        if (sql instanceof PSQLException server
+            && server.getServerErrorMessage() != null
+            && isIdleTimeoutState(server.getServerErrorMessage().getSQLState())) {
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  private static boolean isIdleTimeoutState(String state) {
+    return "25P03".equals(state) || "25P04".equals(state);
   }
 
   /** True if {@code failure} or one of its causes is an SQLException with {@code sqlState}. */

@@ -24,6 +24,7 @@ import org.junit.jupiter.api.Timeout;
 import org.txkafka.inbox.DeadLetter;
 import org.txkafka.inbox.DeadLetterReplayException;
 import org.txkafka.inbox.Inbox;
+import org.txkafka.inbox.InboxBuilder;
 import org.txkafka.inbox.InboxHandler;
 import org.txkafka.it.inbox.InboxTestSupport.Message;
 import org.txkafka.outbox.Outbox;
@@ -543,6 +544,45 @@ class InboxPoisonTest {
   }
 
   /**
+   * A handler that leaves the database idle inside its transaction for longer than {@code
+   * transactionIdleTimeout} (here it sleeps; in a service: a slow remote call in the handler):
+   * PostgreSQL ends the session, and the inbox charges that to the record, naming the setting,
+   * instead of retrying it for ever as a database outage. It is dead-lettered after maxAttempts;
+   * every other record is applied once.
+   */
+  @Test
+  void handlerIdleLongerThanTheTransactionIdleTimeoutIsDeadLetteredNamingTheSetting() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-idle");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("idle-", 10);
+    InboxTestSupport.produce(broker, topic, messages);
+    String sleeperId = "idle-4";
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("idle");
+    InboxHandler sleeper =
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.messageId().equals(sleeperId)) {
+            Thread.sleep(1_500);
+          }
+        };
+    List<DeadLetter> deadLetters;
+    try (HikariDataSource dataSource = db.newDataSource(3)) {
+      deadLetters =
+          applyAll(
+              dataSource,
+              topic,
+              messages.size(),
+              sleeper,
+              2,
+              100,
+              builder -> builder.transactionIdleTimeout(Duration.ofMillis(300)));
+    }
+    assertOnlyDeadLetter(deadLetters, sleeperId, "outlived transactionIdleTimeout");
+    assertAppliedOnceExcept("idle", messages.size(), sleeperId);
+  }
+
+  /**
    * Runs an inbox (one worker, 10 ms retry backoff) with {@code handler} on {@code dataSource}
    * until it stored an offset past all {@code records} records of the one-partition {@code topic};
    * returns its dead letters.
@@ -554,8 +594,20 @@ class InboxPoisonTest {
       InboxHandler handler,
       int maxAttempts,
       int maxBatchSize) {
+    return applyAll(dataSource, topic, records, handler, maxAttempts, maxBatchSize, builder -> {});
+  }
+
+  /** As above, with {@code more} settings. */
+  private static List<DeadLetter> applyAll(
+      javax.sql.DataSource dataSource,
+      String topic,
+      int records,
+      InboxHandler handler,
+      int maxAttempts,
+      int maxBatchSize,
+      java.util.function.Consumer<InboxBuilder> more) {
     String group = "group-" + topic;
-    try (Inbox inbox =
+    InboxBuilder builder =
         Inbox.builder()
             .kafkaProperties(InboxTestSupport.consumerProperties(KafkaBroker.shared()))
             .groupId(group)
@@ -565,8 +617,9 @@ class InboxPoisonTest {
             .concurrency(1)
             .maxBatchSize(maxBatchSize)
             .maxAttempts(maxAttempts)
-            .retryBackoff(Duration.ofMillis(10))
-            .build()) {
+            .retryBackoff(Duration.ofMillis(10));
+    more.accept(builder);
+    try (Inbox inbox = builder.build()) {
       inbox.start();
       await(
           topic + ": the partition to move past every record",
