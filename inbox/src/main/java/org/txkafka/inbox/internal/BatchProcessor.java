@@ -76,7 +76,9 @@ import org.txkafka.outbox.OutboxWriter;
  *       dead-lettered without running the handler. No handler runs before its mark committed.
  *   <li>A death is charged to a record that did not cause it: a record applied one at a time runs
  *       alone in this process ({@link #isolation}), so the only record whose start can be counted
- *       at a death is the one that was running.
+ *       at a death is the one that was running; and a start that ended with this process alive
+ *       and the record not run to an outcome (revoked, closing, a database outage) is withdrawn
+ *       ({@link #withdrawStart}) unless another member's claim fenced this one first.
  * </ul>
  */
 final class BatchProcessor {
@@ -178,9 +180,11 @@ final class BatchProcessor {
       Outcome outcome;
       boolean deadLettering;
       int end = position;
+      String startToken = null;
       try {
         if (guarded && deadReason == null) {
-          int starts = markStarted(state, epoch, expected[0], UUID.randomUUID().toString());
+          startToken = UUID.randomUUID().toString();
+          int starts = markStarted(state, epoch, expected[0], startToken);
           if (starts < 0) {
             return;
           }
@@ -219,6 +223,12 @@ final class BatchProcessor {
         }
       } finally {
         lock.unlock();
+      }
+      if (startToken != null && (outcome instanceof Inactive || outcome instanceof Fenced)) {
+        // This process lives and the record did not run to an outcome (the partition was revoked
+        // or the inbox is closing before its handler ran, or a database outage cut it short): no
+        // death to charge it with.
+        withdrawStart(state, epoch, startToken);
       }
       if (outcome instanceof Committed) {
         long stored = expected[0];
@@ -325,6 +335,35 @@ final class BatchProcessor {
                 epoch,
                 from,
                 token));
+  }
+
+  /**
+   * Withdraws a start counted by {@link #markStarted} that ended without a death. Only with this
+   * owner's epoch: once another member claimed the partition (fencing this one), it has read the
+   * count, and the start stays counted. Best effort: if the database fails, it stays counted too.
+   */
+  private void withdrawStart(PartitionState state, long epoch, String token) {
+    TopicPartition partition = state.partition;
+    try {
+      transactions.inTransaction(
+          scope ->
+              sql.withdrawStart(
+                  scope.connection(),
+                  settings.groupId(),
+                  partition.topic(),
+                  partition.partition(),
+                  epoch,
+                  token));
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    } catch (Exception e) {
+      LOG.info(
+          "could not withdraw the start of the record after offset {} of {}, which did not run to"
+              + " an outcome; it stays counted: {}",
+          state.committedOffset,
+          partition,
+          e.toString());
+    }
   }
 
   /**

@@ -55,6 +55,7 @@ public final class InboxSql {
   private final String claim;
   private final String markBatch;
   private final String markStarted;
+  private final String withdrawStart;
   private final String advance;
   private final String seal;
   private final String insertProcessed;
@@ -122,6 +123,13 @@ public final class InboxSql {
             + asyncCommit
             + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
             + " RETURNING started_count";
+    withdrawStart =
+        "UPDATE "
+            + offsets
+            + " SET started_count = started_count - 1"
+            + asyncCommit
+            + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
+            + " AND started_token = ? AND started_count > 0";
     // The first statement of every batch transaction also bounds how long the transaction may sit
     // idle (a frozen member holding this row's lock), in the same round trip.
     String idleGuard =
@@ -287,6 +295,26 @@ public final class InboxSql {
       try (ResultSet rows = statement.executeQuery()) {
         return rows.next() ? rows.getInt(1) : -1;
       }
+    }
+  }
+
+  /**
+   * Takes back the start {@link #markStarted} counted with {@code token}, when that start ended
+   * without the process dying (the handler did not run to an outcome). A no-op once {@code epoch}
+   * is no longer the owner epoch or another start was marked since.
+   *
+   * @return whether the start was withdrawn
+   */
+  public boolean withdrawStart(
+      Connection connection, String group, String topic, int partition, long epoch, String token)
+      throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(withdrawStart)) {
+      statement.setString(1, group);
+      statement.setString(2, topic);
+      statement.setInt(3, partition);
+      statement.setLong(4, epoch);
+      statement.setString(5, token);
+      return statement.executeUpdate() == 1;
     }
   }
 

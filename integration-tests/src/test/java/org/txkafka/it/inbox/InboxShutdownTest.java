@@ -88,6 +88,96 @@ class InboxShutdownTest {
     }
   }
 
+  /**
+   * A record applied one at a time after a lost batch has each start counted in the database before
+   * its handler runs, so that a death while it runs is charged to it. A start that ends with the
+   * process alive and the handler not run (here close() comes while the start mark is written; a
+   * revocation does the same) is withdrawn. Closing at that moment three times must not make the
+   * record dead-lettered (maxAttempts 2) when it finally runs: it is applied.
+   */
+  @Test
+  void startsCutShortByCloseAreNotCountedAgainstTheRecord() throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-cut-start");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("cut-start-", 12);
+    InboxTestSupport.produce(broker, topic, messages.subList(0, 10));
+    String group = "cut-start-" + topic;
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("cut-start");
+    String startMarkRunning =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            + " AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE '%started_token%'";
+    String starts =
+        "SELECT coalesce(max(started_count), -1) FROM txkafka_inbox_offset"
+            + " WHERE consumer_group = ?";
+    try (HikariDataSource dataSource = db.newDataSource(4)) {
+      try (Inbox first = guardedInbox(dataSource, topic, group, ledger)) {
+        first.start();
+        await(
+            "the first 10 records applied",
+            Duration.ofSeconds(60),
+            () -> InboxTestSupport.storedOffsetSum(db, group) == 10);
+      }
+      // A batch lost at the stored offset: the next owner applies its records one at a time.
+      db.execute(
+          "UPDATE txkafka_inbox_offset SET batch_offset = next_offset, batch_records = 2"
+              + " WHERE consumer_group = '" + group + "'");
+      InboxTestSupport.produce(broker, topic, messages.subList(10, 12));
+      // Every start mark takes 2 s, so that close() comes while one is being written.
+      db.execute(
+          "CREATE FUNCTION slow_start() RETURNS trigger LANGUAGE plpgsql AS"
+              + " $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$",
+          "CREATE TRIGGER slow_start BEFORE UPDATE ON txkafka_inbox_offset FOR EACH ROW"
+              + " WHEN (NEW.started_token IS DISTINCT FROM OLD.started_token)"
+              + " EXECUTE FUNCTION slow_start()");
+      try {
+        for (int i = 0; i < 3; i++) {
+          try (Inbox cut = guardedInbox(dataSource, topic, group, ledger)) {
+            cut.start();
+            await(
+                "a start mark being written",
+                Duration.ofSeconds(60),
+                () -> db.queryLong(startMarkRunning) > 0);
+          }
+          assertEquals(
+              0, db.queryLong(starts, group), "the start cut short by close() was withdrawn");
+        }
+      } finally {
+        db.execute("DROP TRIGGER slow_start ON txkafka_inbox_offset", "DROP FUNCTION slow_start()");
+      }
+      try (Inbox last = guardedInbox(dataSource, topic, group, ledger)) {
+        last.start();
+        await(
+            "the last 2 records applied",
+            Duration.ofSeconds(60),
+            () -> InboxTestSupport.storedOffsetSum(db, group) == 12);
+      }
+      assertEquals(
+          0,
+          db.queryLong("SELECT count(*) FROM txkafka_inbox_dead_letter WHERE topic = ?", topic),
+          "nothing dead-lettered");
+      assertEquals(12, db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic));
+      assertEquals(
+          12, db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic));
+    } finally {
+      // The other test of this class counts the whole ledger.
+      db.execute("DELETE FROM ledger WHERE topic = '" + topic + "'");
+    }
+  }
+
+  private static Inbox guardedInbox(
+      DataSource dataSource, String topic, String group, InboxHandler handler) {
+    return Inbox.builder()
+        .kafkaProperties(InboxTestSupport.consumerProperties(broker()))
+        .groupId(group)
+        .topics(topic)
+        .dataSource(dataSource)
+        .handler(handler)
+        .maxAttempts(2)
+        .closeTimeout(Duration.ofSeconds(10))
+        .build();
+  }
+
   private static Inbox inbox(
       DataSource dataSource, String topic, String group, InboxHandler handler) {
     return Inbox.builder()

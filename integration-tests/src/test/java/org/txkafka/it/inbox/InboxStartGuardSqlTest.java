@@ -63,6 +63,35 @@ class InboxStartGuardSqlTest {
   }
 
   /**
+   * A start that ended without a death is withdrawn, by its own token and only with the owner's
+   * epoch: a later start's token, or a member fenced since, withdraws nothing; the count never goes
+   * below zero.
+   */
+  @Test
+  void aStartIsWithdrawnOnlyByItsTokenAndItsOwnersEpoch() throws Exception {
+    String topic = "withdrawn";
+    InboxSql.Claim claim = claim(topic);
+    assertTrue(markBatch(topic, claim.epoch(), null, 3));
+    claim = claim(topic);
+    assertEquals(3, claim.guardedRecords());
+    assertEquals(1, markStarted(topic, claim.epoch(), null, "first"));
+    assertFalse(withdraw(topic, claim.epoch(), "another"), "another token withdraws nothing");
+    assertTrue(withdraw(topic, claim.epoch(), "first"));
+    assertFalse(withdraw(topic, claim.epoch(), "first"), "never below zero");
+    assertEquals(1, markStarted(topic, claim.epoch(), null, "second"), "counted afresh");
+
+    InboxSql.Claim next = claim(topic);
+    assertFalse(withdraw(topic, claim.epoch(), "second"), "a fenced member withdraws nothing");
+    assertEquals(2, markStarted(topic, next.epoch(), null, "third"), "the earlier start counts");
+  }
+
+  private static boolean withdraw(String topic, long epoch, String token) throws SQLException {
+    try (Connection connection = db.dataSource().getConnection()) {
+      return SQL.withdrawStart(connection, GROUP, topic, 0, epoch, token);
+    }
+  }
+
+  /**
    * Offsets have gaps (a transaction marker after each record of a transactional producer,
    * compaction): the stored offset after a record can be one no record has. Marks name the stored
    * offset the work continues from, so a batch whose first record lies beyond a gap is still found.
