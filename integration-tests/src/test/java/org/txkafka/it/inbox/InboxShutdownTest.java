@@ -14,6 +14,7 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.txkafka.inbox.Inbox;
+import org.txkafka.inbox.InboxBuilder;
 import org.txkafka.inbox.InboxHandler;
 import org.txkafka.it.inbox.InboxTestSupport.Message;
 import org.txkafka.testkit.KafkaBroker;
@@ -167,12 +168,7 @@ class InboxShutdownTest {
 
   private static Inbox guardedInbox(
       DataSource dataSource, String topic, String group, InboxHandler handler) {
-    return Inbox.builder()
-        .kafkaProperties(InboxTestSupport.consumerProperties(broker()))
-        .groupId(group)
-        .topics(topic)
-        .dataSource(dataSource)
-        .handler(handler)
+    return builder(dataSource, topic, group, handler)
         .maxAttempts(2)
         .closeTimeout(Duration.ofSeconds(10))
         .build();
@@ -180,16 +176,21 @@ class InboxShutdownTest {
 
   private static Inbox inbox(
       DataSource dataSource, String topic, String group, InboxHandler handler) {
+    return builder(dataSource, topic, group, handler)
+        .maxBatchSize(10)
+        // Shorter than a batch (10 x 50 ms): close() does not wait for it to finish.
+        .closeTimeout(Duration.ofMillis(100))
+        .build();
+  }
+
+  private static InboxBuilder builder(
+      DataSource dataSource, String topic, String group, InboxHandler handler) {
     return Inbox.builder()
         .kafkaProperties(InboxTestSupport.consumerProperties(broker()))
         .groupId(group)
         .topics(topic)
         .dataSource(dataSource)
-        .handler(handler)
-        .maxBatchSize(10)
-        // Shorter than a batch (10 x 50 ms): close() does not wait for it to finish.
-        .closeTimeout(Duration.ofMillis(100))
-        .build();
+        .handler(handler);
   }
 
   private static KafkaBroker broker() {

@@ -236,39 +236,9 @@ class OutboxOutageTest {
     try (KafkaBroker broker = KafkaBroker.startDedicated()) {
       String topic = KafkaBroker.uniqueTopic("frozen-drain");
       broker.createTopic(topic, 2);
-      AtomicInteger started = new AtomicInteger();
-      AtomicInteger open = new AtomicInteger();
-      AtomicInteger overlaps = new AtomicInteger();
-      AtomicInteger unacknowledgedRounds = new AtomicInteger();
-      OutboxRelay.Listener freezeAtTheThirdRound =
-          new OutboxRelay.Listener() {
-            @Override
-            public void batchStarting(Set<Integer> shares, int rows) {
-              if (open.incrementAndGet() > 1) {
-                overlaps.incrementAndGet();
-              }
-              if (started.incrementAndGet() == 3) {
-                // On the relay thread, before this round's rows are handed to the producer.
-                broker.suspend();
-              }
-            }
-
-            @Override
-            public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
-              open.decrementAndGet();
-              if (failed > 0) {
-                unacknowledgedRounds.incrementAndGet();
-              }
-            }
-          };
-      List<UUID> all = new ArrayList<>();
-      for (int t = 0; t < 20; t++) {
-        List<OutboxMessage> messages = new ArrayList<>();
-        for (int i = t * 20; i < (t + 1) * 20; i++) {
-          messages.add(numbered(topic, "key-" + i % 5, i));
-        }
-        all.addAll(commit(db.dataSource(), messages));
-      }
+      // On the relay thread, before the third round's rows are handed to the producer.
+      PipelineWatch watch = new PipelineWatch(broker::suspend);
+      List<UUID> all = commitBacklog(topic);
       try (OutboxRelay relay =
           relay(relayPool, broker)
               .batchSize(20)
@@ -276,14 +246,14 @@ class OutboxOutageTest {
               .publishTimeout(Duration.ofSeconds(3))
               .producerProperty("request.timeout.ms", 120_000)
               .producerProperty("max.block.ms", 2_000)
-              .listener(freezeAtTheThirdRound)
+              .listener(watch)
               .build()) {
         try {
           relay.start();
           await(
               Duration.ofSeconds(30),
               "a round to end unacknowledged while the broker is frozen",
-              () -> unacknowledgedRounds.get() > 0);
+              () -> watch.unacknowledged.get() > 0);
           assertTrue(
               pendingRows(db) >= all.size() - 40,
               "at most the two rounds acknowledged before the freeze left: " + pendingRows(db));
@@ -298,7 +268,7 @@ class OutboxOutageTest {
           System.out.printf("frozen drain: %d messages, %d duplicates%n", all.size(), duplicates);
         }
       }
-      assertTrue(overlaps.get() > 0, "a round started before the one before it finished");
+      assertTrue(watch.overlaps.get() > 0, "a round started before the one before it finished");
     }
   }
 
@@ -315,53 +285,23 @@ class OutboxOutageTest {
     KafkaBroker broker = KafkaBroker.shared();
     String topic = KafkaBroker.uniqueTopic("session-ends");
     broker.createTopic(topic, 2);
-    AtomicInteger started = new AtomicInteger();
-    AtomicInteger open = new AtomicInteger();
-    AtomicInteger overlaps = new AtomicInteger();
-    AtomicInteger lost = new AtomicInteger();
     AtomicInteger terminated = new AtomicInteger();
-    OutboxRelay.Listener endTheSessionAtTheThirdRound =
-        new OutboxRelay.Listener() {
-          @Override
-          public void batchStarting(Set<Integer> shares, int rows) {
-            if (open.incrementAndGet() > 1) {
-              overlaps.incrementAndGet();
-            }
-            if (started.incrementAndGet() == 3) {
-              // On the relay thread: the session holding the share locks ends under it.
-              terminated.set(
-                  (int)
-                      db.queryLong(
-                          "SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid"
-                              + " FROM pg_locks WHERE locktype = 'advisory' AND granted) relays"));
-            }
-          }
-
-          @Override
-          public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
-            open.decrementAndGet();
-          }
-
-          @Override
-          public void sharesReleased(Set<Integer> shares, boolean lostShares) {
-            if (lostShares) {
-              lost.incrementAndGet();
-            }
-          }
-        };
-    List<UUID> all = new ArrayList<>();
-    for (int t = 0; t < 20; t++) {
-      List<OutboxMessage> messages = new ArrayList<>();
-      for (int i = t * 20; i < (t + 1) * 20; i++) {
-        messages.add(numbered(topic, "key-" + i % 5, i));
-      }
-      all.addAll(commit(db.dataSource(), messages));
-    }
+    // On the relay thread: the session holding the share locks ends under it.
+    PipelineWatch watch =
+        new PipelineWatch(
+            () ->
+                terminated.set(
+                    (int)
+                        db.queryLong(
+                            "SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid"
+                                + " FROM pg_locks WHERE locktype = 'advisory' AND granted)"
+                                + " relays")));
+    List<UUID> all = commitBacklog(topic);
     try (OutboxRelay relay =
             relay(relayPool, broker)
                 .batchSize(20)
                 .leaseCheckInterval(Duration.ofMinutes(1))
-                .listener(endTheSessionAtTheThirdRound)
+                .listener(watch)
                 .build();
         TopicReader reader = new TopicReader(broker, topic)) {
       relay.start();
@@ -371,9 +311,65 @@ class OutboxOutageTest {
       int duplicates = assertPerKeyOrderAfterDedup(reader.records());
       System.out.printf("session ended: %d messages, %d duplicates%n", all.size(), duplicates);
       assertEquals(1, terminated.get(), "the relay's session was terminated");
-      assertTrue(lost.get() > 0, "the relay lost its shares with its session");
-      assertTrue(overlaps.get() > 0, "a round started before the one before it finished");
-      await(WAIT, "every batch started was reported finished", () -> open.get() == 0);
+      assertTrue(watch.lost.get() > 0, "the relay lost its shares with its session");
+      assertTrue(watch.overlaps.get() > 0, "a round started before the one before it finished");
+      await(WAIT, "every batch started was reported finished", () -> watch.open.get() == 0);
+    }
+  }
+
+  /** 400 rows over 5 keys, 20 per transaction: a backlog that fills many rounds of 20. */
+  private static List<UUID> commitBacklog(String topic) {
+    List<UUID> all = new ArrayList<>();
+    for (int t = 0; t < 20; t++) {
+      List<OutboxMessage> messages = new ArrayList<>();
+      for (int i = t * 20; i < (t + 1) * 20; i++) {
+        messages.add(numbered(topic, "key-" + i % 5, i));
+      }
+      all.addAll(commit(db.dataSource(), messages));
+    }
+    return all;
+  }
+
+  /**
+   * Watches a relay's rounds: how many are open, how often one started before the one before it
+   * finished, rounds that ended with rows unacknowledged, lost shares; runs {@code atThirdRound} on
+   * the relay thread when the third round starts.
+   */
+  private static final class PipelineWatch implements OutboxRelay.Listener {
+    final AtomicInteger open = new AtomicInteger();
+    final AtomicInteger overlaps = new AtomicInteger();
+    final AtomicInteger unacknowledged = new AtomicInteger();
+    final AtomicInteger lost = new AtomicInteger();
+    private final AtomicInteger started = new AtomicInteger();
+    private final Runnable atThirdRound;
+
+    PipelineWatch(Runnable atThirdRound) {
+      this.atThirdRound = atThirdRound;
+    }
+
+    @Override
+    public void batchStarting(Set<Integer> shares, int rows) {
+      if (open.incrementAndGet() > 1) {
+        overlaps.incrementAndGet();
+      }
+      if (started.incrementAndGet() == 3) {
+        atThirdRound.run();
+      }
+    }
+
+    @Override
+    public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
+      open.decrementAndGet();
+      if (failed > 0) {
+        unacknowledged.incrementAndGet();
+      }
+    }
+
+    @Override
+    public void sharesReleased(Set<Integer> shares, boolean lostShares) {
+      if (lostShares) {
+        lost.incrementAndGet();
+      }
     }
   }
 
