@@ -266,6 +266,8 @@ class OutboxOutageTest {
           assertAllPresent(asStrings(all), reader.distinctIds());
           int duplicates = assertPerKeyOrderAfterDedup(reader.records());
           System.out.printf("frozen drain: %d messages, %d duplicates%n", all.size(), duplicates);
+          // Each round reported finished once: none left open, none reported twice.
+          await(WAIT, "every batch started was reported finished", () -> watch.open.get() == 0);
         }
       }
       assertTrue(watch.overlaps.get() > 0, "a round started before the one before it finished");

@@ -631,7 +631,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (round.bound != null) {
       round.bound.cancel(false);
     }
-    notifyListener(listener -> listener.batchFinished(round.shares, 0, 0, round.rows.size()));
+    if (!round.reported) {
+      // finish() reports a round before it throws for an abandoned producer: once only.
+      round.reported = true;
+      notifyListener(listener -> listener.batchFinished(round.shares, 0, 0, round.rows.size()));
+    }
   }
 
   /**
@@ -771,6 +775,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     metrics.published(round.acked.size());
     metrics.failed(round.poison.size() + (stopping ? 0 : round.failed.size()));
     int notPublished = round.rows.size() - round.acked.size() - round.poison.size();
+    round.reported = true;
     notifyListener(
         listener ->
             listener.batchFinished(
@@ -1146,6 +1151,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
     boolean producerBroken;
     boolean abandoned;
+
+    /** Whether batchFinished was called for it. */
+    boolean reported;
     ScheduledFuture<?> bound;
     Future<?> flushing;
 
