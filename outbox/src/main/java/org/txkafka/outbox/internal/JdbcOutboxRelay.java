@@ -16,6 +16,7 @@ import java.util.Map;
 import java.util.Random;
 import java.util.Set;
 import java.util.TreeSet;
+import java.util.concurrent.CancellationException;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
@@ -24,6 +25,7 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.locks.LockSupport;
 import org.apache.kafka.clients.producer.KafkaProducer;
@@ -39,7 +41,8 @@ import org.txkafka.outbox.OutboxRelay;
 
 /**
  * The default {@link OutboxRelay}: one thread, one lease connection, one idempotent producer (and a
- * flusher thread that waits for each round's acknowledgements, see {@link #publishBatch}).
+ * flusher thread, normally one, that waits for each round's acknowledgements, see {@link
+ * #publishBatch}).
  *
  * <h2>Invariants (what may never happen)</h2>
  *
@@ -165,8 +168,10 @@ public final class JdbcOutboxRelay implements OutboxRelay {
             });
     bounds.setRemoveOnCancelPolicy(true);
     this.watchdog = bounds;
+    // A thread per flush running at once: normally one, reused; a flush stuck on an abandoned
+    // producer must not hold up the flush of its replacement.
     this.flusher =
-        Executors.newSingleThreadExecutor(
+        Executors.newCachedThreadPool(
             task -> {
               Thread thread = new Thread(task, config.name() + "-flusher");
               thread.setDaemon(true);
@@ -625,7 +630,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * the next owner published the later rows of a key would end that key's order on a stale record.
    */
   private void giveUp(Round round) {
-    if (abandon(round, "a round was given up after a failure")) {
+    abandon(round, "a round was given up after a failure");
+    if (round.ended.get() == Boolean.FALSE) {
+      // Closed by this call or, earlier, by the watchdog: replaced before the next round.
       abandonedProducer = round.sender;
     }
     if (round.bound != null) {
@@ -634,7 +641,10 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (!round.reported) {
       // finish() reports a round before it throws for an abandoned producer: once only.
       round.reported = true;
-      notifyListener(listener -> listener.batchFinished(round.shares, 0, 0, round.rows.size()));
+      int removed = round.removed;
+      notifyListener(
+          listener ->
+              listener.batchFinished(round.shares, removed, 0, round.rows.size() - removed));
     }
   }
 
@@ -719,13 +729,20 @@ public final class JdbcOutboxRelay implements OutboxRelay {
             });
   }
 
-  /** Waits (bounded by the watchdog) for the flush of {@code round} and collects its outcome. */
+  /**
+   * Waits for the flush of {@code round} and collects its outcome. Bounded by the watchdog (which
+   * closes the producer, and so ends the flush), and here as well, a little later, in case closing
+   * the producer does not end it.
+   */
   private void awaitAcknowledgements(Round round) {
     try {
-      round.flushing.get();
+      round.flushing.get(
+          config.publishTimeout().toNanos() + CLOSE_GRACE.toNanos(), TimeUnit.NANOSECONDS);
     } catch (InterruptedException e) {
       // Only close() interrupts, as a last resort: nothing must go on sending these rows.
       abandon(round, "the relay thread was interrupted while waiting for acknowledgements");
+    } catch (TimeoutException | CancellationException e) {
+      abandon(round, "the flush did not end after the producer was closed");
     } catch (ExecutionException e) {
       LOG.debug("relay {}: flush failed", config.name(), e.getCause());
     }
@@ -768,6 +785,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   /** Removes, parks and counts what became of {@code round}'s rows, and reports it. */
   private BatchOutcome finish(Session current, Round round) throws SQLException {
     removePublished(current, round.acked);
+    round.removed = round.acked.size();
     park(current, round.poison);
     if (!stopping) {
       countFailures(current, round.failed);
@@ -1154,6 +1172,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
     /** Whether batchFinished was called for it. */
     boolean reported;
+
+    /** Acknowledged rows already removed (for a round given up after that). */
+    int removed;
     ScheduledFuture<?> bound;
     Future<?> flushing;
 
