@@ -18,6 +18,7 @@ import java.util.Map;
 import java.util.Set;
 import java.util.UUID;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 import org.apache.kafka.clients.admin.AlterConfigOp;
 import org.apache.kafka.clients.admin.ConfigEntry;
 import org.apache.kafka.common.config.ConfigResource;
@@ -126,6 +127,76 @@ class OutboxPoisonTest {
         assertTrue(admin.parked(10).isEmpty());
       }
     }
+  }
+
+  /**
+   * The same in a pipelined drain (a backlog, so rounds of 10 come back full and the next round is
+   * read while one waits for Kafka): the poison row is parked by its round while the next round is
+   * already in flight, it holds up no later row, and every other key keeps its order.
+   */
+  @Test
+  void oversizedPayloadInAPipelinedDrainIsParkedAndTheRestPublishedInOrder() throws Exception {
+    String topic = KafkaBroker.uniqueTopic("poison-drain");
+    broker.createTopic(topic, 2);
+    List<UUID> healthy = new ArrayList<>();
+    healthy.addAll(commit(db.dataSource(), List.of(numbered(topic, "poison-key", 0))));
+    UUID poison =
+        commit(
+                db.dataSource(),
+                List.of(OutboxMessage.to(topic).key("poison-key").payload(new byte[TOO_LARGE]).build()))
+            .get(0);
+    for (int i = 1; i <= 60; i++) {
+      healthy.addAll(
+          commit(
+              db.dataSource(),
+              List.of(numbered(topic, "poison-key", i), numbered(topic, "other-" + i % 4, i))));
+    }
+    AtomicInteger open = new AtomicInteger();
+    AtomicInteger overlaps = new AtomicInteger();
+    OutboxRelay.Listener watching =
+        new OutboxRelay.Listener() {
+          @Override
+          public void batchStarting(Set<Integer> shares, int rows) {
+            if (open.incrementAndGet() > 1) {
+              overlaps.incrementAndGet();
+            }
+          }
+
+          @Override
+          public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
+            open.decrementAndGet();
+          }
+        };
+    try (TopicReader reader = new TopicReader(broker, topic);
+        OutboxRelay relay =
+            relay(relayPool, broker)
+                .batchSize(10)
+                .leaseCheckInterval(Duration.ofMinutes(1))
+                .listener(watching)
+                .build()) {
+      relay.start();
+      reader.awaitIds(WAIT, asStrings(healthy));
+      await(WAIT, "only the poison row left", () -> admin.pendingCount() == 0);
+      assertFalse(reader.distinctIds().contains(poison.toString()), "poison not published");
+      assertEquals(0, assertPerKeyOrderAfterDedup(reader.records()));
+      assertTrue(overlaps.get() > 0, "a round started before the one before it finished");
+      assertTrue(
+          admin.parked(10).stream()
+              .anyMatch(
+                  parked ->
+                      parked.messageId().equals(poison)
+                          && parked.lastError().contains("RecordTooLargeException")),
+          "the poison row is parked with its error");
+    } finally {
+      for (ParkedMessage parked : admin.parked(10)) {
+        if (parked.messageId().equals(poison)) {
+          admin.discard(parked.id());
+        }
+      }
+    }
+    assertTrue(
+        admin.parked(10).stream().noneMatch(parked -> parked.messageId().equals(poison)),
+        "discarded (other tests of this class count the parked rows)");
   }
 
   @Test
