@@ -521,26 +521,14 @@ class InboxPoisonTest {
    */
   @Test
   void handlerThatClosesTheDriversConnectionIsDeadLetteredNotRetriedForEver() {
-    KafkaBroker broker = KafkaBroker.shared();
-    String topic = KafkaBroker.uniqueTopic("inbox-closer");
-    broker.createTopic(topic, 1);
-    List<Message> messages = InboxTestSupport.messages("closer-", 20);
-    InboxTestSupport.produce(broker, topic, messages);
-    String closerId = "closer-7";
-    InboxHandler ledger = InboxTestSupport.ledgerHandler("closer");
-    InboxHandler closer =
-        (record, context) -> {
-          ledger.handle(record, context);
-          if (record.messageId().equals(closerId)) {
-            context.connection().unwrap(java.sql.Connection.class).close();
-          }
-        };
-    List<DeadLetter> deadLetters;
-    try (HikariDataSource dataSource = db.newDataSource(3)) {
-      deadLetters = applyAll(dataSource, topic, messages.size(), closer, 2, 100);
-    }
-    assertOnlyDeadLetter(deadLetters, closerId, "connection was closed");
-    assertAppliedOnceExcept("closer", messages.size(), closerId);
+    List<DeadLetter> deadLetters =
+        applyWithOneMisbehaving(
+            "closer",
+            "closer-7",
+            context -> context.connection().unwrap(java.sql.Connection.class).close(),
+            builder -> {});
+    assertOnlyDeadLetter(deadLetters, "closer-7", "connection was closed");
+    assertAppliedOnceExcept("closer", 20, "closer-7");
   }
 
   /**
@@ -552,34 +540,47 @@ class InboxPoisonTest {
    */
   @Test
   void handlerIdleLongerThanTheTransactionIdleTimeoutIsDeadLetteredNamingTheSetting() {
+    List<DeadLetter> deadLetters =
+        applyWithOneMisbehaving(
+            "idle",
+            "idle-4",
+            context -> Thread.sleep(1_500),
+            builder -> builder.transactionIdleTimeout(Duration.ofMillis(300)));
+    assertOnlyDeadLetter(deadLetters, "idle-4", "outlived transactionIdleTimeout");
+    assertAppliedOnceExcept("idle", 20, "idle-4");
+  }
+
+  /** What a misbehaving handler does after writing its record's ledger row. */
+  private interface Misbehaviour {
+    void run(org.txkafka.inbox.InboxContext context) throws Exception;
+  }
+
+  /**
+   * Produces 20 messages {@code name}-0.. to a new one-partition topic and applies them (maxAttempts
+   * 2, batches of up to 100, {@code more} settings) with the ledger handler, which for {@code badId}
+   * then does {@code misbehave}; returns the dead letters.
+   */
+  private static List<DeadLetter> applyWithOneMisbehaving(
+      String name,
+      String badId,
+      Misbehaviour misbehave,
+      java.util.function.Consumer<InboxBuilder> more) {
     KafkaBroker broker = KafkaBroker.shared();
-    String topic = KafkaBroker.uniqueTopic("inbox-idle");
+    String topic = KafkaBroker.uniqueTopic("inbox-" + name);
     broker.createTopic(topic, 1);
-    List<Message> messages = InboxTestSupport.messages("idle-", 10);
+    List<Message> messages = InboxTestSupport.messages(name + "-", 20);
     InboxTestSupport.produce(broker, topic, messages);
-    String sleeperId = "idle-4";
-    InboxHandler ledger = InboxTestSupport.ledgerHandler("idle");
-    InboxHandler sleeper =
+    InboxHandler ledger = InboxTestSupport.ledgerHandler(name);
+    InboxHandler handler =
         (record, context) -> {
           ledger.handle(record, context);
-          if (record.messageId().equals(sleeperId)) {
-            Thread.sleep(1_500);
+          if (record.messageId().equals(badId)) {
+            misbehave.run(context);
           }
         };
-    List<DeadLetter> deadLetters;
     try (HikariDataSource dataSource = db.newDataSource(3)) {
-      deadLetters =
-          applyAll(
-              dataSource,
-              topic,
-              messages.size(),
-              sleeper,
-              2,
-              100,
-              builder -> builder.transactionIdleTimeout(Duration.ofMillis(300)));
+      return applyAll(dataSource, topic, messages.size(), handler, 2, 100, more);
     }
-    assertOnlyDeadLetter(deadLetters, sleeperId, "outlived transactionIdleTimeout");
-    assertAppliedOnceExcept("idle", messages.size(), sleeperId);
   }
 
   /**
