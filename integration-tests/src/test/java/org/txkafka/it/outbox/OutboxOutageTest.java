@@ -21,12 +21,15 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
 import java.util.UUID;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 import javax.sql.DataSource;
+import org.apache.kafka.clients.producer.Partitioner;
+import org.apache.kafka.common.utils.Utils;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -319,13 +322,176 @@ class OutboxOutageTest {
     }
   }
 
+  /**
+   * A round that fails in the middle of a pipelined drain, with the round after it already read:
+   * the relay's producer puts the third round's records into a partition their topic does not have
+   * (a partitioner of the test's), so they wait for a leader that never comes and expire at {@code
+   * delivery.timeout.ms} without reaching the broker, while the fourth round, read meanwhile, holds
+   * the next rows of the same key and would be taken by the broker as usual. Sent behind the failed
+   * round, it would be written ahead of the third round's rows, and the key would be out of order.
+   * Two rules keep it back, each enough alone: the round read ahead is dropped unless the round
+   * before was acknowledged cleanly, and a topic whose rows failed waits out its backoff (its rows
+   * in the round ahead are skipped). This test fails if both are gone (checked by removing both).
+   * The topic then waits one backoff step, not one per failed row, before its rows are sent again.
+   */
+  @Test
+  void roundFailingInAPipelinedDrainKeepsItsKeyInOrderAndBacksItsTopicOffOneStep() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("expired-round");
+    broker.createTopic(topic, 2);
+    // On the relay thread, before the third round's rows are handed to the producer.
+    PipelineWatch watch = new PipelineWatch(() -> NowhereForSomePartitioner.misdirectNext(20));
+    // One key: the fourth round holds the rows of that key right after the third round's.
+    List<UUID> all = commitBacklog(topic, 1);
+    try (OutboxRelay relay =
+            relay(relayPool, broker)
+                .batchSize(20)
+                .leaseCheckInterval(Duration.ofMinutes(1))
+                .publishTimeout(Duration.ofSeconds(60))
+                .retryBackoff(Duration.ofMillis(200), Duration.ofSeconds(1))
+                .producerProperty("partitioner.class", NowhereForSomePartitioner.class.getName())
+                .producerProperty("request.timeout.ms", 1_000)
+                .producerProperty("delivery.timeout.ms", 3_000)
+                .listener(watch)
+                .build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      await(WAIT, "the misdirected round to be reported", () -> watch.unacknowledged.get() > 0);
+      long failedAt = System.nanoTime();
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      long recoveredMillis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - failedAt);
+      // One backoff step (200 ms) per failed round. Stepped once per failed row, the topic would
+      // wait out its maximum (30 s) after a single round.
+      assertTrue(
+          recoveredMillis < 15_000,
+          "the rest was published " + recoveredMillis + " ms after the failed round");
+      reader.awaitIds(WAIT, asStrings(all));
+      assertAllPresent(asStrings(all), reader.distinctIds());
+      int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+      System.out.printf(
+          "expired round: %d messages, %d duplicates, the rest published %d ms after it%n",
+          all.size(), duplicates, recoveredMillis);
+      await(WAIT, "every batch started was reported finished", () -> watch.open.get() == 0);
+    }
+    assertEquals(20, NowhereForSomePartitioner.misdirected.get(), "the third round misdirected");
+    assertTrue(watch.unacknowledged.get() > 0, "a round was reported with rows not published");
+    assertTrue(watch.overlaps.get() > 0, "a round started before the one before it finished");
+    assertEquals(0, watch.reportedTwice.get(), "a round reported finished more than once");
+  }
+
+  /**
+   * Partitions by the key's hash, as Kafka does, except for the next records after {@link
+   * #misdirectNext}: those go to a partition the topic does not have, so the producer holds them
+   * until their delivery timeout (no leader) and they never reach the broker.
+   */
+  public static final class NowhereForSomePartitioner implements Partitioner {
+    private static final AtomicInteger toMisdirect = new AtomicInteger();
+    static final AtomicInteger misdirected = new AtomicInteger();
+
+    static void misdirectNext(int records) {
+      misdirected.set(0);
+      toMisdirect.set(records);
+    }
+
+    @Override
+    public int partition(
+        String topic,
+        Object key,
+        byte[] keyBytes,
+        Object value,
+        byte[] valueBytes,
+        org.apache.kafka.common.Cluster cluster) {
+      int partitions = cluster.partitionCountForTopic(topic);
+      if (toMisdirect.getAndUpdate(left -> Math.max(0, left - 1)) > 0) {
+        misdirected.incrementAndGet();
+        return partitions + 7;
+      }
+      return Utils.toPositive(Utils.murmur2(keyBytes)) % partitions;
+    }
+
+    @Override
+    public void close() {}
+
+    @Override
+    public void configure(Map<String, ?> configs) {}
+  }
+
+  /**
+   * A round abandoned at the publish timeout (broker frozen) whose bookkeeping then fails because
+   * the relay's database session ended meanwhile: the round is given up and reported finished
+   * once, its closed producer is replaced (a closed producer kept would fail every later send), and
+   * a new session publishes every row in per-key order.
+   */
+  @Test
+  void roundAbandonedAtThePublishTimeoutAndThenGivenUpWithItsSessionLosesNothing() {
+    try (KafkaBroker broker = KafkaBroker.startDedicated()) {
+      String topic = KafkaBroker.uniqueTopic("abandoned-given-up");
+      broker.createTopic(topic, 2);
+      PipelineWatch watch = new PipelineWatch(broker::suspend);
+      List<UUID> all = commitBacklog(topic);
+      try (OutboxRelay relay =
+          relay(relayPool, broker)
+              .batchSize(20)
+              .leaseCheckInterval(Duration.ofMinutes(1))
+              .publishTimeout(Duration.ofSeconds(4))
+              .producerProperty("request.timeout.ms", 120_000)
+              .producerProperty("max.block.ms", 2_000)
+              .listener(watch)
+              .build()) {
+        long terminated;
+        try {
+          relay.start();
+          await(
+              Duration.ofSeconds(30),
+              "the broker frozen at the third round",
+              () -> watch.thirdRoundStarted);
+          // Within a few milliseconds the relay thread removes the second round, reads the fourth
+          // and waits for the third round's acknowledgements, which the watchdog ends 4 s after the
+          // send. The session ends in that wait, so that the round is abandoned first and given up
+          // when its bookkeeping fails.
+          OutboxFixtures.sleep(1_500);
+          terminated =
+              db.queryLong(
+                  "SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid FROM pg_locks"
+                      + " WHERE locktype = 'advisory' AND granted) relays");
+          await(
+              Duration.ofSeconds(30),
+              "the round to be abandoned and given up",
+              () -> watch.unacknowledged.get() > 0 && watch.lost.get() > 0);
+        } finally {
+          broker.resume();
+        }
+        assertEquals(1, terminated, "the relay's session was terminated");
+        try (TopicReader reader = new TopicReader(broker, topic)) {
+          reader.awaitIds(WAIT, asStrings(all));
+          await(WAIT, "outbox emptied after the freeze", () -> pendingRows(db) == 0);
+          assertAllPresent(asStrings(all), reader.distinctIds());
+          int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+          System.out.printf(
+              "abandoned, given up: %d messages, %d duplicates%n", all.size(), duplicates);
+          await(WAIT, "every batch started was reported finished", () -> watch.open.get() == 0);
+        }
+      }
+      assertEquals(0, watch.reportedTwice.get(), "a round reported finished more than once");
+    }
+  }
+
   /** 400 rows over 5 keys, 20 per transaction: a backlog that fills many rounds of 20. */
   private static List<UUID> commitBacklog(String topic) {
+    return commitBacklog(topic, 5);
+  }
+
+  /**
+   * 400 rows over {@code keys} keys, 20 per transaction. A round takes its rows from as few shares
+   * as fill it (the first share changes every round), so with one key every round holds the next
+   * rows of that key.
+   */
+  private static List<UUID> commitBacklog(String topic, int keys) {
     List<UUID> all = new ArrayList<>();
     for (int t = 0; t < 20; t++) {
       List<OutboxMessage> messages = new ArrayList<>();
       for (int i = t * 20; i < (t + 1) * 20; i++) {
-        messages.add(numbered(topic, "key-" + i % 5, i));
+        messages.add(numbered(topic, "key-" + i % keys, i));
       }
       all.addAll(commit(db.dataSource(), messages));
     }
@@ -342,6 +508,9 @@ class OutboxOutageTest {
     final AtomicInteger overlaps = new AtomicInteger();
     final AtomicInteger unacknowledged = new AtomicInteger();
     final AtomicInteger lost = new AtomicInteger();
+    /** Rounds reported finished while none was open: a round reported more than once. */
+    final AtomicInteger reportedTwice = new AtomicInteger();
+    volatile boolean thirdRoundStarted;
     private final AtomicInteger started = new AtomicInteger();
     private final Runnable atThirdRound;
 
@@ -356,12 +525,15 @@ class OutboxOutageTest {
       }
       if (started.incrementAndGet() == 3) {
         atThirdRound.run();
+        thirdRoundStarted = true;
       }
     }
 
     @Override
     public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
-      open.decrementAndGet();
+      if (open.decrementAndGet() < 0) {
+        reportedTwice.incrementAndGet();
+      }
       if (failed > 0) {
         unacknowledged.incrementAndGet();
       }

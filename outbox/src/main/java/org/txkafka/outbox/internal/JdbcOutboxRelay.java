@@ -755,6 +755,10 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       // Replaced before the next round even if the bookkeeping below fails.
       abandonedProducer = round.sender;
     }
+    // Topics with a failed row back off one step per round, not one per row: a round of 500
+    // failed rows once doubled the topic's delay 500 times, straight to its maximum of 30 s.
+    Set<String> failedTopics = new HashSet<>();
+    Set<String> ackedTopics = new HashSet<>();
     for (Sent attempt : round.sent) {
       attempt.collect();
       if (attempt.metadata == null
@@ -768,18 +772,24 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       }
       if (attempt.metadata != null) {
         round.acked.add(attempt);
-        topicBackoffs.remove(attempt.row.topic());
+        ackedTopics.add(attempt.row.topic());
       } else if (attempt.error != null && PublishErrors.isPoison(attempt.error)) {
         round.poison.add(attempt);
       } else {
         round.failed.add(attempt);
         // An abandoned producer is no fault of the topic: its shares are not paused.
         if (attempt.error != null && !stopping && !round.abandoned) {
-          backOffTopic(attempt.row.topic());
+          failedTopics.add(attempt.row.topic());
           pausedShares.put(attempt.row.share(), attempt.row.topic());
         }
       }
     }
+    for (String topic : failedTopics) {
+      backOffTopic(topic);
+    }
+    // A topic acknowledged in this round and failed in none of its rows has recovered.
+    ackedTopics.removeAll(failedTopics);
+    topicBackoffs.keySet().removeAll(ackedTopics);
   }
 
   /** Removes, parks and counts what became of {@code round}'s rows, and reports it. */
