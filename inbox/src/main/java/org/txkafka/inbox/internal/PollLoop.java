@@ -338,7 +338,12 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
       }
     } finally {
       state.scheduled.set(false);
-      if (running && !Thread.currentThread().isInterrupted()) {
+      // Workers are interrupted only by close(), after the loop stopped. While it runs, a flag
+      // here is one a handler left set (it caught an interrupt and restored the flag, as Java code
+      // should, then returned): not a request to stop, and the partition's queued records must
+      // still get a worker. Skipping the reschedule on it stalled a paused partition for good.
+      if (running) {
+        Thread.interrupted();
         schedule(state);
       }
     }

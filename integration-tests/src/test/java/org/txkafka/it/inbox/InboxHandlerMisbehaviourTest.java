@@ -22,8 +22,9 @@ import org.txkafka.testkit.TestPostgres;
 
 /**
  * Handlers misbehave in ways the inbox cannot forbid: they throw JVM errors, or they restore the
- * interrupt flag before rethrowing. Neither may ever make the inbox skip a record: every commit
- * must continue exactly at the offset the previous commit stored.
+ * interrupt flag before rethrowing or returning. None of it may ever make the inbox skip a record
+ * (every commit must continue exactly at the offset the previous commit stored) or stop working
+ * off the records it fetched.
  */
 @Timeout(value = 3, unit = TimeUnit.MINUTES)
 class InboxHandlerMisbehaviourTest {
@@ -65,7 +66,33 @@ class InboxHandlerMisbehaviourTest {
     });
   }
 
+  /**
+   * A handler that catches an interrupt and restores the flag, as Java code should, and then
+   * returns normally: the flag is the handler's, not a request to stop the inbox. Records already
+   * fetched (all 100 are produced at once, and the partition is paused with its queue full) must
+   * still be worked off, with no new record arriving to wake the partition.
+   */
+  @Test
+  void handlerThatLeavesTheInterruptFlagSetAndReturnsNeverStallsItsPartition() {
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("flag-left");
+    runAndCheckEveryRecordApplied(
+        "flag-left",
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.offset() == 9 || record.offset() == 55) {
+            Thread.currentThread().interrupt();
+          }
+        },
+        true);
+  }
+
   private void runAndCheckEveryRecordApplied(String name, InboxHandler handler) {
+    runAndCheckEveryRecordApplied(name, handler, false);
+  }
+
+  /** With {@code allAtOnce}, every record is produced before the inbox starts, none after. */
+  private void runAndCheckEveryRecordApplied(
+      String name, InboxHandler handler, boolean allAtOnce) {
     KafkaBroker broker = KafkaBroker.shared();
     String topic = KafkaBroker.uniqueTopic("inbox-misbehaving-" + name);
     broker.createTopic(topic, 1);
@@ -82,11 +109,16 @@ class InboxHandlerMisbehaviourTest {
             .concurrency(1)
             .retryBackoff(Duration.ofMillis(50))
             .build()) {
-      inbox.start();
-      InboxTestSupport.produce(broker, topic, messages.subList(0, 50));
-      await("the first half to be stored", Duration.ofSeconds(60), () -> storedOffset(topic) >= 50
-          || ledgerRows(topic) >= 50);
-      InboxTestSupport.produce(broker, topic, messages.subList(50, 100));
+      if (allAtOnce) {
+        InboxTestSupport.produce(broker, topic, messages);
+        inbox.start();
+      } else {
+        inbox.start();
+        InboxTestSupport.produce(broker, topic, messages.subList(0, 50));
+        await("the first half to be stored", Duration.ofSeconds(60),
+            () -> storedOffset(topic) >= 50 || ledgerRows(topic) >= 50);
+        InboxTestSupport.produce(broker, topic, messages.subList(50, 100));
+      }
       await("every record applied", Duration.ofSeconds(90), () -> ledgerRows(topic) >= 100);
       await("the offset stored", Duration.ofSeconds(30), () -> storedOffset(topic) == 100);
     }
