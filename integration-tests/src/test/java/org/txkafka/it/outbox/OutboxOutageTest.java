@@ -24,11 +24,16 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.UUID;
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 import javax.sql.DataSource;
 import org.apache.kafka.clients.producer.Partitioner;
+import org.apache.kafka.clients.producer.ProducerInterceptor;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.utils.Utils;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -377,6 +382,96 @@ class OutboxOutageTest {
     assertTrue(watch.unacknowledged.get() > 0, "a round was reported with rows not published");
     assertTrue(watch.overlaps.get() > 0, "a round started before the one before it finished");
     assertEquals(0, watch.reportedTwice.get(), "a round reported finished more than once");
+  }
+
+  /**
+   * The producer's network thread gets stuck (here in an interceptor's {@code onAcknowledgement},
+   * user code that runs on that thread): the round outlives the publish timeout, the producer
+   * cannot even be closed (KafkaProducer.close joins its network thread without a bound once the
+   * timeout passed), and the relay leaves it behind and publishes with a new one. Before the relay
+   * bounded that close, its thread waited for it for good, holding its shares.
+   */
+  @Test
+  void producerWhoseNetworkThreadIsStuckIsLeftBehindAndANewOnePublishes() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("stuck-network-thread");
+    broker.createTopic(topic, 2);
+    StuckAcknowledgementInterceptor.arm();
+    try {
+      List<UUID> all = new ArrayList<>();
+      OutboxRelay relay =
+          relay(relayPool, broker)
+              .publishTimeout(Duration.ofSeconds(2))
+              .producerProperty(
+                  "interceptor.classes", StuckAcknowledgementInterceptor.class.getName())
+              .build();
+      try (relay;
+          TopicReader reader = new TopicReader(broker, topic)) {
+        relay.start();
+        for (int i = 0; i < 30; i++) {
+          all.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 3, i))));
+        }
+        reader.awaitIds(Duration.ofSeconds(90), asStrings(all));
+        await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+        assertAllPresent(asStrings(all), reader.distinctIds());
+        int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+        System.out.printf(
+            "stuck network thread: %d messages, %d duplicates%n", all.size(), duplicates);
+        assertEquals(
+            1, StuckAcknowledgementInterceptor.stuck.get(), "one network thread was stuck");
+        long closing = System.nanoTime();
+        relay.close();
+        long closeMillis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - closing);
+        assertTrue(closeMillis < 30_000, "close() took " + closeMillis + " ms");
+      }
+    } finally {
+      StuckAcknowledgementInterceptor.release();
+    }
+  }
+
+  /**
+   * Blocks the producer's network thread in the first acknowledgement after {@link #arm()}, until
+   * {@link #release()}.
+   */
+  public static final class StuckAcknowledgementInterceptor
+      implements ProducerInterceptor<byte[], byte[]> {
+    private static final AtomicBoolean armed = new AtomicBoolean();
+    private static volatile CountDownLatch released = new CountDownLatch(0);
+    static final AtomicInteger stuck = new AtomicInteger();
+
+    static void arm() {
+      stuck.set(0);
+      released = new CountDownLatch(1);
+      armed.set(true);
+    }
+
+    static void release() {
+      armed.set(false);
+      released.countDown();
+    }
+
+    @Override
+    public ProducerRecord<byte[], byte[]> onSend(ProducerRecord<byte[], byte[]> record) {
+      return record;
+    }
+
+    @Override
+    public void onAcknowledgement(RecordMetadata metadata, Exception exception) {
+      if (armed.compareAndSet(true, false)) {
+        stuck.incrementAndGet();
+        try {
+          released.await(5, TimeUnit.MINUTES);
+        } catch (InterruptedException e) {
+          Thread.currentThread().interrupt();
+        }
+      }
+    }
+
+    @Override
+    public void close() {}
+
+    @Override
+    public void configure(Map<String, ?> configs) {}
   }
 
   /**

@@ -78,7 +78,9 @@ import org.txkafka.outbox.OutboxRelay;
  *       ({@link PublishErrors#isPoison}) park it (parked_at, attempts, last_error); other errors
  *       leave it pending and make the relay back off.
  *   <li><b>close() is bounded</b> by the close timeout plus a few seconds; rows not acknowledged by
- *       then stay pending (given back), the leases are released with the session.
+ *       then stay pending (given back), the leases are released with the session. No producer
+ *       close is waited for without a bound, by close() or the relay thread: a producer whose
+ *       network thread is stuck is left behind and a new one takes over.
  *   <li><b>A round's wait for acknowledgements is bounded</b> by the publish timeout (handing rows
  *       to the producer is bounded separately, by {@code max.block.ms} per topic and the topic
  *       backoff): past it, a watchdog thread closes the producer at once, its unacknowledged rows
@@ -262,14 +264,37 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     return new KafkaProducer<>(new HashMap<>(config.producerProperties()));
   }
 
+  /**
+   * Closes the current producer, waiting at most {@code timeout} plus {@link #CLOSE_GRACE}.
+   * KafkaProducer.close(timeout) waits for its network thread, and once the timeout passed joins it
+   * again without a bound: a network thread stuck in a user's interceptor or callback would hold
+   * the caller (the relay thread, or close()) for good, with the shares' locks held. So the close
+   * runs on a thread of its own, which is left behind if it does not end.
+   */
   private void closeProducer(Duration timeout) {
     Producer<byte[], byte[]> current = producer;
-    if (current != null) {
-      try {
-        current.close(timeout);
-      } catch (RuntimeException e) {
-        LOG.debug("relay {}: closing the producer failed", config.name(), e);
-      }
+    if (current == null) {
+      return;
+    }
+    Thread closer =
+        new Thread(
+            () -> {
+              try {
+                current.close(timeout);
+              } catch (RuntimeException e) {
+                LOG.debug("relay {}: closing the producer failed", config.name(), e);
+              }
+            },
+            config.name() + "-close");
+    closer.setDaemon(true);
+    closer.start();
+    join(closer, timeout.plus(CLOSE_GRACE));
+    if (closer.isAlive()) {
+      LOG.warn(
+          "relay {}: the producer did not close within {} (its network thread is stuck); left"
+              + " behind, a new producer takes over",
+          config.name(),
+          timeout.plus(CLOSE_GRACE));
     }
   }
 
