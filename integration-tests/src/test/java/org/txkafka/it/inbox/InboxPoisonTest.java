@@ -550,6 +550,39 @@ class InboxPoisonTest {
     assertAppliedOnceExcept("idle", 20, "idle-4");
   }
 
+  /**
+   * A record whose business changes break a deferred constraint: every statement succeeds, the
+   * batch is sealed, and PostgreSQL refuses only the commit. That error belongs to some record of
+   * the batch (the inbox cannot tell which from the commit), not to the database: the batch is
+   * split until the record is found, which is dead-lettered after maxAttempts; every other record
+   * is applied once. Retried as a whole, the batch would fail at commit for ever.
+   */
+  @Test
+  void recordBreakingADeferredConstraintAtCommitIsDeadLetteredAndTheOthersApplied() {
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS deferred_parent (id INT PRIMARY KEY);"
+            + " CREATE TABLE IF NOT EXISTS deferred_child (parent INT NOT NULL REFERENCES"
+            + " deferred_parent (id) DEFERRABLE INITIALLY DEFERRED)");
+    List<DeadLetter> deadLetters =
+        applyWithOneMisbehaving(
+            "deferred",
+            "deferred-11",
+            context -> {
+              try (var insert =
+                  context
+                      .connection()
+                      .prepareStatement("INSERT INTO deferred_child (parent) VALUES (?)")) {
+                insert.setInt(1, 404);
+                insert.executeUpdate();
+              }
+            },
+            builder -> {});
+    assertOnlyDeadLetter(deadLetters, "deferred-11", "deferred_child");
+    assertAppliedOnceExcept("deferred", 20, "deferred-11");
+    assertEquals(
+        0, db.queryLong("SELECT count(*) FROM deferred_child"), "no orphan child committed");
+  }
+
   /** What a misbehaving handler does after writing its record's ledger row. */
   private interface Misbehaviour {
     void run(org.txkafka.inbox.InboxContext context) throws Exception;
