@@ -571,6 +571,66 @@ class OutboxOutageTest {
     }
   }
 
+  /**
+   * A statement of the relay fails while its session stays alive (here a trigger refuses one
+   * removal; in a service: a statement or lock timeout). The relay must end that session, not hand
+   * the connection back to its pool: the session's advisory locks (its presence and its shares)
+   * would stay with an idle pooled connection, and no relay could take those shares while it
+   * lives. The rows of the refused removal are published again (at least once), in per-key order.
+   */
+  @Test
+  void statementFailingOnALiveSessionEndsThatSessionAndItsLocks() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("refused-removal");
+    broker.createTopic(topic, 2);
+    db.execute(
+        "CREATE SEQUENCE refuse_removal_once",
+        "CREATE FUNCTION refuse_removal_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            + " IF nextval('refuse_removal_once') = 1 THEN"
+            + " RAISE EXCEPTION 'removal refused once by the test'; END IF; RETURN NULL; END $$",
+        "CREATE TRIGGER refuse_removal_once BEFORE DELETE ON txkafka_outbox"
+            + " FOR EACH STATEMENT EXECUTE FUNCTION refuse_removal_once()");
+    try (OutboxRelay relay = relay(relayPool, broker).build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      await(WAIT, "all shares", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
+      long before = db.queryLong(advisoryLockHolders("min"));
+      List<UUID> all = new ArrayList<>();
+      for (int i = 0; i < 30; i++) {
+        all.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 3, i))));
+      }
+      reader.awaitIds(WAIT, asStrings(all));
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      await(WAIT, "shares held again", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
+      assertEquals(
+          2, db.queryLong("SELECT last_value FROM refuse_removal_once"), "one removal refused");
+      assertEquals(
+          1, db.queryLong(advisoryLockHolders("count")), "one session holds the relay's locks");
+      long after = db.queryLong(advisoryLockHolders("min"));
+      assertTrue(after != before, "the session whose statement failed was ended");
+      assertEquals(
+          0,
+          db.queryLong("SELECT count(*) FROM pg_stat_activity WHERE pid = ?", before),
+          "the session whose statement failed is gone");
+      assertAllPresent(asStrings(all), reader.distinctIds());
+      assertPerKeyOrderAfterDedup(reader.records());
+    } finally {
+      db.execute(
+          "DROP TRIGGER refuse_removal_once ON txkafka_outbox",
+          "DROP FUNCTION refuse_removal_once()",
+          "DROP SEQUENCE refuse_removal_once");
+    }
+  }
+
+  /** The backends holding advisory locks in the test's database: {@code count} or {@code min}. */
+  private static String advisoryLockHolders(String aggregate) {
+    String holder = "count".equals(aggregate) ? "count(DISTINCT l.pid)" : "min(l.pid)";
+    return "SELECT "
+        + holder
+        + " FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+        + " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()";
+  }
+
   /** 400 rows over 5 keys, 20 per transaction: a backlog that fills many rounds of 20. */
   private static List<UUID> commitBacklog(String topic) {
     return commitBacklog(topic, 5);
