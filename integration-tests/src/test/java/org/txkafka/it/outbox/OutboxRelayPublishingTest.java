@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.txkafka.it.outbox.OutboxFixtures.WRITER;
 import static org.txkafka.it.outbox.OutboxFixtures.asStrings;
@@ -588,12 +589,20 @@ class OutboxRelayPublishingTest {
               }
             });
     OutboxWriter broken = Outbox.writer("public", () -> "not a traceparent");
+    OutboxWriter failing =
+        Outbox.writer(
+            "public",
+            () -> {
+              throw new IllegalStateException("the tracer failed");
+            });
     UUID traced;
     UUID untraced;
+    UUID untracedAfterFailure;
     try (Connection connection = db.dataSource().getConnection()) {
       connection.setAutoCommit(false);
       traced = tracing.send(connection, numbered(topic, "t", 1));
       untraced = broken.send(connection, numbered(topic, "t", 2));
+      untracedAfterFailure = failing.send(connection, numbered(topic, "t", 3));
       connection.commit();
     } catch (java.sql.SQLException e) {
       throw new IllegalStateException(e);
@@ -601,17 +610,46 @@ class OutboxRelayPublishingTest {
     try (OutboxRelay relay = relay(relayPool, broker).build();
         TopicReader reader = new TopicReader(broker, topic)) {
       relay.start();
-      reader.awaitIds(WAIT, Set.of(traced.toString(), untraced.toString()));
+      reader.awaitIds(
+          WAIT, Set.of(traced.toString(), untraced.toString(), untracedAfterFailure.toString()));
       for (ConsumerRecord<byte[], byte[]> record : reader.records()) {
         Header header = record.headers().lastHeader(TraceContext.TRACEPARENT);
         if (messageId(record).equals(traced.toString())) {
           assertArrayEquals(traceparent.getBytes(StandardCharsets.US_ASCII), header.value());
           assertEquals("vendor=1", text(record.headers().lastHeader("tracestate").value()));
         } else {
-          assertNull(header, "a malformed trace context is left out, not stored");
+          assertNull(header, "a malformed or failing trace context is left out, not stored");
         }
       }
     }
+  }
+
+  /**
+   * The writer refuses a connection in auto-commit: its row would commit on its own, and be
+   * published for a business transaction that may still roll back. Nothing is written.
+   */
+  @Test
+  void writerRefusesAConnectionInAutoCommitAndWritesNothing() {
+    String topic = topic(1);
+    try (Connection connection = db.dataSource().getConnection()) {
+      connection.setAutoCommit(true);
+      IllegalStateException refused =
+          assertThrows(
+              IllegalStateException.class,
+              () -> OutboxFixtures.WRITER.send(connection, numbered(topic, "a", 1)));
+      assertTrue(refused.getMessage().contains("auto-commit is on"), refused.getMessage());
+      assertThrows(
+          IllegalStateException.class,
+          () ->
+              OutboxFixtures.WRITER.sendAll(
+                  connection, List.of(numbered(topic, "a", 2), numbered(topic, "a", 3))));
+    } catch (java.sql.SQLException e) {
+      throw new IllegalStateException(e);
+    }
+    assertEquals(
+        0,
+        db.queryLong("SELECT count(*) FROM txkafka_outbox WHERE topic = ?", topic),
+        "nothing written for a refused send");
   }
 
   @Test
