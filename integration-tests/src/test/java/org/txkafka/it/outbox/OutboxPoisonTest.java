@@ -233,4 +233,46 @@ class OutboxPoisonTest {
       assertEquals(0, admin.pendingCount());
     }
   }
+
+  /**
+   * A row addressed to a partition its topic does not have (the writer chose the partition): the
+   * producer waits {@code max.block.ms} for metadata that never shows it, and fails at once. That
+   * is the row's defect, not an outage: it is parked, naming the partition and the topic's count,
+   * and the rows after it (the same key, and every other key of its share) keep flowing. Left
+   * pending, it would block its share (a 64th of all keys, across topics) for good.
+   */
+  @Test
+  void rowForAPartitionTheTopicLacksIsParkedAndItsShareKeepsFlowing() {
+    String topic = KafkaBroker.uniqueTopic("no-such-partition");
+    broker.createTopic(topic, 2);
+    List<UUID> healthy = new ArrayList<>();
+    healthy.addAll(commit(db.dataSource(), List.of(numbered(topic, "addressed", 0))));
+    UUID misaddressed =
+        commit(
+                db.dataSource(),
+                List.of(
+                    OutboxMessage.to(topic).key("addressed").partition(7).payload("x").build()))
+            .get(0);
+    for (int i = 1; i <= 20; i++) {
+      healthy.addAll(
+          commit(
+              db.dataSource(),
+              List.of(numbered(topic, "addressed", i), numbered(topic, "other-" + i % 4, i))));
+    }
+    try (TopicReader reader = new TopicReader(broker, topic);
+        OutboxRelay relay =
+            relay(relayPool, broker).producerProperty("max.block.ms", 1_000).build()) {
+      relay.start();
+      reader.awaitIds(WAIT, asStrings(healthy));
+      await(WAIT, "only the misaddressed row left", () -> admin.pendingCount() == 0);
+      assertFalse(reader.distinctIds().contains(misaddressed.toString()), "not published");
+      assertEquals(0, assertPerKeyOrderAfterDedup(reader.records()));
+    }
+    List<ParkedMessage> parked = admin.parked(10);
+    assertEquals(1, parked.size(), parked.toString());
+    assertEquals(misaddressed, parked.get(0).messageId());
+    String error = parked.get(0).lastError();
+    assertTrue(error.contains("partition 7") && error.contains("2 partitions"), error);
+    admin.discard(parked.get(0).id());
+  }
 }

@@ -716,6 +716,15 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       // A send that could not even start (metadata timeout) fails at once: later rows of the share
       // must not overtake it, and other rows of its topic would wait max.block.ms each.
       Throwable immediate = immediateFailure(attempt.future);
+      if (immediate != null && row.partition() != null) {
+        int partitions = partitionCount(round.sender, row.topic());
+        if (partitions > 0 && row.partition() >= partitions) {
+          immediate =
+              new PublishErrors.MissingPartitionException(
+                  row.topic(), row.partition(), partitions);
+          attempt.error = immediate;
+        }
+      }
       if (immediate != null && !PublishErrors.isPoison(immediate)) {
         round.stalledShares.add(row.share());
         backOffTopic(row.topic());
@@ -1046,6 +1055,20 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     topicBackoffs
         .computeIfAbsent(topic, t -> new TopicBackoff())
         .failed(config.initialBackoff().toNanos(), max);
+  }
+
+  /**
+   * The partition count of {@code topic} in {@code sender}'s metadata, 0 if unknown. Asked only
+   * after a send with an explicit partition failed at once: the producer's wait for metadata showing
+   * that partition has just refreshed the count.
+   */
+  private static int partitionCount(Producer<byte[], byte[]> sender, String topic) {
+    try {
+      List<org.apache.kafka.common.PartitionInfo> partitions = sender.partitionsFor(topic);
+      return partitions == null ? 0 : partitions.size();
+    } catch (KafkaException e) {
+      return 0;
+    }
   }
 
   private static Throwable immediateFailure(Future<RecordMetadata> future) {

@@ -25,11 +25,32 @@ final class PublishErrors {
           || cause instanceof InvalidTopicException
           || cause instanceof AuthorizationException
           || cause instanceof InvalidRecordException
-          || cause instanceof SerializationException) {
+          || cause instanceof SerializationException
+          || cause instanceof MissingPartitionException) {
         return true;
       }
     }
     return false;
+  }
+
+  /**
+   * A row addressed to a partition its topic does not have. Kafka reports it as a metadata timeout
+   * (the producer waits for metadata that would show the partition); the relay tells it apart by
+   * the topic's partition count after that wait, and parks the row rather than block its share.
+   */
+  static final class MissingPartitionException extends RuntimeException {
+    private static final long serialVersionUID = 1L;
+
+    MissingPartitionException(String topic, int partition, int partitions) {
+      super(
+          "partition "
+              + partition
+              + " of topic "
+              + topic
+              + " does not exist (the topic has "
+              + partitions
+              + " partitions); replay the row once the topic has it, or discard it");
+    }
   }
 
   /** A short description for the last_error column: class and message of the root error. */
