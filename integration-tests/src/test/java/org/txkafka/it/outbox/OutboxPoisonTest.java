@@ -21,6 +21,9 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import org.apache.kafka.clients.admin.AlterConfigOp;
 import org.apache.kafka.clients.admin.ConfigEntry;
+import org.apache.kafka.clients.producer.ProducerInterceptor;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.config.ConfigResource;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -274,5 +277,99 @@ class OutboxPoisonTest {
     String error = parked.get(0).lastError();
     assertTrue(error.contains("partition 7") && error.contains("2 partitions"), error);
     admin.discard(parked.get(0).id());
+  }
+
+  /**
+   * The broker refuses records whose timestamp is out of the topic's range ({@code
+   * message.timestamp.before.max.ms}; in Kafka 4 also {@code message.timestamp.after.max.ms}, one
+   * hour by default). The producer stamps a record when the relay sends it, so that refusal is about
+   * the relay host's clock, not the row: the rows stay pending and are sent again, never parked.
+   * Parked, every row of the outbox would wait for an operator while a clock was off. Here an
+   * interceptor stamps ten records with 1970, as a clock far off would.
+   */
+  @Test
+  void rowsRefusedForTheRelaysClockAreSentAgainNotParked() throws Exception {
+    String topic = KafkaBroker.uniqueTopic("clock-off");
+    broker.createTopic(topic, 2);
+    ConfigResource resource = new ConfigResource(ConfigResource.Type.TOPIC, topic);
+    broker
+        .admin()
+        .incrementalAlterConfigs(
+            Map.of(
+                resource,
+                List.of(
+                    new AlterConfigOp(
+                        new ConfigEntry("message.timestamp.before.max.ms", "3600000"),
+                        AlterConfigOp.OpType.SET))))
+        .all()
+        .get(30, TimeUnit.SECONDS);
+    // The controller has it; wait until the broker applied it too.
+    await(
+        WAIT,
+        "the broker to apply the topic config",
+        () -> "3600000".equals(topicConfig(resource, "message.timestamp.before.max.ms")));
+    List<UUID> all = new ArrayList<>();
+    for (int i = 0; i < 30; i++) {
+      all.addAll(commit(db.dataSource(), List.of(numbered(topic, "clock-" + i % 3, i))));
+    }
+    OffClockInterceptor.stampNext(10);
+    try (TopicReader reader = new TopicReader(broker, topic);
+        OutboxRelay relay =
+            relay(relayPool, broker)
+                .batchSize(10)
+                .producerProperty("interceptor.classes", OffClockInterceptor.class.getName())
+                .build()) {
+      relay.start();
+      reader.awaitIds(WAIT, asStrings(all));
+      await(WAIT, "outbox emptied", () -> admin.pendingCount() == 0);
+      assertEquals(0, assertPerKeyOrderAfterDedup(reader.records()));
+    }
+    assertEquals(10, OffClockInterceptor.stamped.get(), "ten records stamped with 1970");
+    assertTrue(admin.parked(10).isEmpty(), "nothing parked: " + admin.parked(10));
+  }
+
+  private static String topicConfig(ConfigResource topic, String name) {
+    try {
+      return broker
+          .admin()
+          .describeConfigs(List.of(topic))
+          .all()
+          .get(30, TimeUnit.SECONDS)
+          .get(topic)
+          .get(name)
+          .value();
+    } catch (Exception e) {
+      throw new IllegalStateException("could not read " + name + " of " + topic.name(), e);
+    }
+  }
+
+  /** Stamps the next records sent with a timestamp of 1970, as a relay clock far off would. */
+  public static final class OffClockInterceptor implements ProducerInterceptor<byte[], byte[]> {
+    private static final AtomicInteger toStamp = new AtomicInteger();
+    static final AtomicInteger stamped = new AtomicInteger();
+
+    static void stampNext(int records) {
+      stamped.set(0);
+      toStamp.set(records);
+    }
+
+    @Override
+    public ProducerRecord<byte[], byte[]> onSend(ProducerRecord<byte[], byte[]> record) {
+      if (toStamp.getAndUpdate(left -> Math.max(0, left - 1)) == 0) {
+        return record;
+      }
+      stamped.incrementAndGet();
+      return new ProducerRecord<>(
+          record.topic(), record.partition(), 1L, record.key(), record.value(), record.headers());
+    }
+
+    @Override
+    public void onAcknowledgement(RecordMetadata metadata, Exception exception) {}
+
+    @Override
+    public void close() {}
+
+    @Override
+    public void configure(Map<String, ?> configs) {}
   }
 }

@@ -15,11 +15,15 @@ final class PublishErrors {
    * Whether {@code error} means this row can never be sent as it is: too large, an invalid topic
    * name, not authorised, refused by the broker's record validation. Such a row is parked instead
    * of blocking its share. Everything else (timeouts, unavailable brokers, unknown errors) is
-   * treated as transient: the row stays pending and is tried again.
+   * treated as transient: the row stays pending and is tried again. So is a record the broker
+   * refused for its timestamp ({@link #isTimestampRefusal}).
    */
   static boolean isPoison(Throwable error) {
     Throwable cause = error;
     for (int depth = 0; cause != null && depth < 5; depth++, cause = cause.getCause()) {
+      if (isTimestampRefusal(cause)) {
+        return false;
+      }
       if (cause instanceof RecordTooLargeException
           || cause instanceof RecordBatchTooLargeException
           || cause instanceof InvalidTopicException
@@ -31,6 +35,21 @@ final class PublishErrors {
       }
     }
     return false;
+  }
+
+  /**
+   * Whether the broker refused the record for its timestamp (out of the topic's {@code
+   * message.timestamp.before.max.ms} / {@code after.max.ms}). Kafka reports it as an invalid
+   * record, but the producer stamps each record when the relay sends it: the relay host's clock is
+   * off, not the row. Parked, every row would wait for an operator while the clock was off; left
+   * pending, they are sent once it is right.
+   */
+  static boolean isTimestampRefusal(Throwable error) {
+    String message = error.getMessage();
+    return error instanceof InvalidRecordException
+        && message != null
+        && message.startsWith("Timestamp ")
+        && message.contains("out of range");
   }
 
   /**
