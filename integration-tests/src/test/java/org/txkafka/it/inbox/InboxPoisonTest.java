@@ -583,6 +583,51 @@ class InboxPoisonTest {
         0, db.queryLong("SELECT count(*) FROM deferred_child"), "no orphan child committed");
   }
 
+  /**
+   * The transaction that dead-letters a record fails, first with a transient error (a
+   * serialization failure), then with another one, and succeeds the third time. The record is not
+   * skipped meanwhile (the offset moves only with the dead letter), and it ends with exactly one
+   * dead letter and one forward to the dead-letter topic: the failed attempts left nothing behind.
+   */
+  @Test
+  void deadLetterTransactionThatFailsIsRetriedAndLeavesOneDeadLetterAndOneForward() {
+    db.execute(
+        "CREATE SEQUENCE refuse_dead_letter",
+        "CREATE FUNCTION refuse_dead_letter() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            + " CASE nextval('refuse_dead_letter')"
+            + " WHEN 1 THEN RAISE EXCEPTION 'refused once' USING ERRCODE = '40001';"
+            + " WHEN 2 THEN RAISE EXCEPTION 'refused twice';"
+            + " ELSE RETURN NEW; END CASE; END $$",
+        "CREATE TRIGGER refuse_dead_letter BEFORE INSERT ON txkafka_inbox_dead_letter"
+            + " FOR EACH ROW EXECUTE FUNCTION refuse_dead_letter()");
+    String deadLetterTopic = KafkaBroker.uniqueTopic("refused-dead-letter") + ".dlt";
+    try {
+      List<DeadLetter> deadLetters =
+          applyWithOneMisbehaving(
+              "refused-dl",
+              "refused-dl-6",
+              context -> {
+                throw new IllegalStateException("cannot apply refused-dl-6");
+              },
+              builder -> builder.deadLetterTopic(deadLetterTopic));
+      assertOnlyDeadLetter(deadLetters, "refused-dl-6", "cannot apply refused-dl-6");
+      assertAppliedOnceExcept("refused-dl", 20, "refused-dl-6");
+      assertEquals(
+          3,
+          db.queryLong("SELECT last_value FROM refuse_dead_letter"),
+          "two dead-letter transactions refused, the third stored");
+      assertEquals(
+          1,
+          db.queryLong("SELECT count(*) FROM txkafka_outbox WHERE topic = ?", deadLetterTopic),
+          "one forward to the dead-letter topic");
+    } finally {
+      db.execute(
+          "DROP TRIGGER refuse_dead_letter ON txkafka_inbox_dead_letter",
+          "DROP FUNCTION refuse_dead_letter()",
+          "DROP SEQUENCE refuse_dead_letter");
+    }
+  }
+
   /** What a misbehaving handler does after writing its record's ledger row. */
   private interface Misbehaviour {
     void run(org.txkafka.inbox.InboxContext context) throws Exception;
