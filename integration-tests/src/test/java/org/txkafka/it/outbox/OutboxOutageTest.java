@@ -622,6 +622,68 @@ class OutboxOutageTest {
     }
   }
 
+  /**
+   * close() while the relay's statement is stuck in the database (a trigger sleeps in the removal;
+   * in a service: a lock wait behind a long transaction). close() returns within its bound, and the
+   * shares are free for the next relay at once: PostgreSQL notices a closed socket only when it
+   * next writes to it, so a backend stuck in a statement keeps its session's advisory locks until
+   * the statement ends unless it is terminated.
+   */
+  @Test
+  void closeWhileAStatementIsStuckInTheDatabaseFreesTheSharesForTheNextRelay() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("stuck-removal");
+    broker.createTopic(topic, 2);
+    db.execute(
+        "CREATE SEQUENCE stuck_removal",
+        "CREATE FUNCTION stuck_removal() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            + " IF nextval('stuck_removal') = 1 THEN PERFORM pg_sleep(300); END IF;"
+            + " RETURN NULL; END $$",
+        "CREATE TRIGGER stuck_removal BEFORE DELETE ON txkafka_outbox"
+            + " FOR EACH STATEMENT EXECUTE FUNCTION stuck_removal()");
+    try (TopicReader reader = new TopicReader(broker, topic)) {
+      List<UUID> all = new ArrayList<>();
+      OutboxRelay first = relay(relayPool, broker).closeTimeout(Duration.ofSeconds(1)).build();
+      try {
+        first.start();
+        for (int i = 0; i < 5; i++) {
+          all.addAll(commit(db.dataSource(), List.of(numbered(topic, "stuck-" + i % 2, i))));
+        }
+        await(
+            WAIT,
+            "the relay's removal to be stuck in the trigger",
+            () ->
+                db.queryLong(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                            + " AND wait_event = 'PgSleep'")
+                    == 1);
+      } finally {
+        long closing = System.nanoTime();
+        first.close();
+        long closeMillis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - closing);
+        assertTrue(closeMillis < 30_000, "close() took " + closeMillis + " ms");
+      }
+      try (OutboxRelay next = relay(relayPool, broker).build()) {
+        next.start();
+        await(
+            Duration.ofSeconds(20),
+            "the next relay to hold every share",
+            () -> next.ownedShares().size() == Outbox.SHARE_COUNT);
+        reader.awaitIds(WAIT, asStrings(all));
+        await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+        assertPerKeyOrderAfterDedup(reader.records());
+      }
+    } finally {
+      db.queryLong(
+          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+              + " WHERE datname = current_database() AND wait_event = 'PgSleep'");
+      db.execute(
+          "DROP TRIGGER stuck_removal ON txkafka_outbox",
+          "DROP FUNCTION stuck_removal()",
+          "DROP SEQUENCE stuck_removal");
+    }
+  }
+
   /** The backends holding advisory locks in the test's database: {@code count} or {@code min}. */
   private static String advisoryLockHolders(String aggregate) {
     String holder = "count".equals(aggregate) ? "count(DISTINCT l.pid)" : "min(l.pid)";

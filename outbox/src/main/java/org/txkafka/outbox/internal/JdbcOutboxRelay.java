@@ -80,7 +80,8 @@ import org.txkafka.outbox.OutboxRelay;
  *   <li><b>close() is bounded</b> by the close timeout plus a few seconds; rows not acknowledged by
  *       then stay pending (given back), the leases are released with the session. No producer
  *       close is waited for without a bound, by close() or the relay thread: a producer whose
- *       network thread is stuck is left behind and a new one takes over.
+ *       network thread is stuck is left behind and a new one takes over. A session whose statement
+ *       is stuck in the database is terminated by close(), so its locks go with it.
  *   <li><b>A round's wait for acknowledgements is bounded</b> by the publish timeout (handing rows
  *       to the producer is bounded separately, by {@code max.block.ms} per topic and the topic
  *       backoff): past it, a watchdog thread closes the producer at once, its unacknowledged rows
@@ -229,6 +230,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       worker.interrupt();
       Session stuck = session;
       if (stuck != null) {
+        terminateBackend(stuck);
         abortQuietly(stuck.connection);
       }
       join(worker, CLOSE_GRACE);
@@ -296,6 +298,40 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           config.name(),
           timeout.plus(CLOSE_GRACE));
     }
+  }
+
+  /**
+   * Ends the backend of a session whose statement does not return (a lock wait, a slow trigger),
+   * from a connection of its own, waiting at most {@link #CLOSE_GRACE}. Closing the socket alone is
+   * not enough: PostgreSQL notices it only when it next writes to it, and until then the session
+   * keeps its advisory locks, so no other relay could take its shares. Called while the session's
+   * connection is still open, so its process id cannot belong to another session yet.
+   */
+  private void terminateBackend(Session stuck) {
+    if (stuck.backendPid() == 0) {
+      return;
+    }
+    Thread terminator =
+        new Thread(
+            () -> {
+              try (Connection connection = config.dataSource().getConnection();
+                  PreparedStatement terminate =
+                      connection.prepareStatement("SELECT pg_terminate_backend(?)")) {
+                terminate.setInt(1, stuck.backendPid());
+                terminate.execute();
+              } catch (SQLException | RuntimeException e) {
+                LOG.warn(
+                    "relay {}: could not end its stuck database session (pid {}); its shares stay"
+                        + " locked until its statement ends",
+                    config.name(),
+                    stuck.backendPid(),
+                    e);
+              }
+            },
+            config.name() + "-terminate");
+    terminator.setDaemon(true);
+    terminator.start();
+    join(terminator, CLOSE_GRACE);
   }
 
   private static void join(Thread worker, Duration timeout) {
@@ -420,7 +456,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           config.name(),
           leases.presenceId(),
           notifications != null);
-      return new Session(connection, notifications, leases);
+      int backendPid =
+          connection.isWrapperFor(PGConnection.class)
+              ? connection.unwrap(PGConnection.class).getBackendPID()
+              : 0;
+      return new Session(connection, notifications, leases, backendPid);
     } catch (SQLException | RuntimeException e) {
       abortQuietly(connection);
       throw e;
@@ -1204,8 +1244,12 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   // ---------------------------------------------------------------- small types
 
-  /** The lease connection with its notification handle (null when polling only) and leases. */
-  private record Session(Connection connection, PGConnection notifications, ShareLeases leases) {}
+  /**
+   * The lease connection with its notification handle (null when polling only), leases and backend
+   * process id (0 if the connection is not a PostgreSQL JDBC one).
+   */
+  private record Session(
+      Connection connection, PGConnection notifications, ShareLeases leases, int backendPid) {}
 
   private record BatchOutcome(boolean full, boolean troubled) {
     static final BatchOutcome EMPTY = new BatchOutcome(false, false);
