@@ -199,6 +199,33 @@ final class OutboxFixtures {
     return duplicates;
   }
 
+  /**
+   * What a compacted topic would keep: for every key, its last record (highest offset) must be its
+   * latest row (highest sequence number in the payload). A late copy of an earlier row, landing
+   * after the later rows of its key (a producer left running after its round was given up), would
+   * end the key on a stale value; the per-key order check after dedup does not see that.
+   */
+  static void assertLatestRowOfEachKeyIsLast(List<ConsumerRecord<byte[], byte[]>> records) {
+    Map<String, Integer> latest = new HashMap<>();
+    Map<String, ConsumerRecord<byte[], byte[]>> last = new HashMap<>();
+    for (ConsumerRecord<byte[], byte[]> record : records) {
+      String key = text(record.key());
+      int seq = Integer.parseInt(text(record.value()).split("\\|")[1]);
+      latest.merge(key, seq, Math::max);
+      ConsumerRecord<byte[], byte[]> before = last.get(key);
+      if (before == null || record.offset() > before.offset()) {
+        last.put(key, record);
+      }
+    }
+    for (Map.Entry<String, ConsumerRecord<byte[], byte[]>> entry : last.entrySet()) {
+      ConsumerRecord<byte[], byte[]> record = entry.getValue();
+      assertEquals(
+          latest.get(entry.getKey()).intValue(),
+          Integer.parseInt(text(record.value()).split("\\|")[1]),
+          "key " + entry.getKey() + " ends at offset " + record.offset() + " on a stale row");
+    }
+  }
+
   /** Reads a topic from the beginning, keeping every record it has seen. Not thread-safe. */
   static final class TopicReader implements AutoCloseable {
     private final KafkaConsumer<byte[], byte[]> consumer;

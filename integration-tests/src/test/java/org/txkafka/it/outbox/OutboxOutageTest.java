@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.txkafka.it.outbox.OutboxFixtures.asStrings;
 import static org.txkafka.it.outbox.OutboxFixtures.assertAllPresent;
+import static org.txkafka.it.outbox.OutboxFixtures.assertLatestRowOfEachKeyIsLast;
 import static org.txkafka.it.outbox.OutboxFixtures.assertPerKeyOrderAfterDedup;
 import static org.txkafka.it.outbox.OutboxFixtures.await;
 import static org.txkafka.it.outbox.OutboxFixtures.commit;
@@ -273,6 +274,7 @@ class OutboxOutageTest {
           await(WAIT, "outbox emptied after the freeze", () -> pendingRows(db) == 0);
           assertAllPresent(asStrings(all), reader.distinctIds());
           int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+          assertLatestRowOfEachKeyIsLast(reader.records());
           System.out.printf("frozen drain: %d messages, %d duplicates%n", all.size(), duplicates);
           // Each round reported finished once: none left open, none reported twice.
           await(WAIT, "every batch started was reported finished", () -> watch.open.get() == 0);
@@ -319,6 +321,7 @@ class OutboxOutageTest {
       await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
       assertAllPresent(asStrings(all), reader.distinctIds());
       int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+      assertLatestRowOfEachKeyIsLast(reader.records());
       System.out.printf("session ended: %d messages, %d duplicates%n", all.size(), duplicates);
       assertEquals(1, terminated.get(), "the relay's session was terminated");
       assertTrue(watch.lost.get() > 0, "the relay lost its shares with its session");
@@ -373,6 +376,7 @@ class OutboxOutageTest {
       reader.awaitIds(WAIT, asStrings(all));
       assertAllPresent(asStrings(all), reader.distinctIds());
       int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+      assertLatestRowOfEachKeyIsLast(reader.records());
       System.out.printf(
           "expired round: %d messages, %d duplicates, the rest published %d ms after it%n",
           all.size(), duplicates, recoveredMillis);
@@ -562,6 +566,7 @@ class OutboxOutageTest {
           await(WAIT, "outbox emptied after the freeze", () -> pendingRows(db) == 0);
           assertAllPresent(asStrings(all), reader.distinctIds());
           int duplicates = assertPerKeyOrderAfterDedup(reader.records());
+          assertLatestRowOfEachKeyIsLast(reader.records());
           System.out.printf(
               "abandoned, given up: %d messages, %d duplicates%n", all.size(), duplicates);
           await(WAIT, "every batch started was reported finished", () -> watch.open.get() == 0);
