@@ -10,6 +10,7 @@ import static org.txkafka.it.outbox.OutboxFixtures.commit;
 import static org.txkafka.it.outbox.OutboxFixtures.numbered;
 import static org.txkafka.it.outbox.OutboxFixtures.relay;
 
+import com.zaxxer.hikari.HikariConfig;
 import com.zaxxer.hikari.HikariDataSource;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -326,6 +327,55 @@ class OutboxPoisonTest {
     }
     assertEquals(10, OffClockInterceptor.stamped.get(), "ten records stamped with 1970");
     assertTrue(admin.parked(10).isEmpty(), "nothing parked: " + admin.parked(10));
+  }
+
+  /**
+   * The admin API on a pool that hands out connections with auto-commit off (as Spring Boot with
+   * Hibernate often configures HikariCP): replay and discard commit their own work. A bare DELETE
+   * once returned true for a discard and was rolled back when its connection went back to the pool.
+   */
+  @Test
+  void adminReplaysAndDiscardsOnAPoolWithAutoCommitOff() {
+    String topic = KafkaBroker.uniqueTopic("admin-no-autocommit");
+    List<UUID> ids =
+        commit(db.dataSource(), List.of(numbered(topic, "a", 0), numbered(topic, "b", 1)));
+    db.execute(
+        "UPDATE txkafka_outbox SET parked_at = now(), attempts = 1, last_error = 'parked by the"
+            + " test' WHERE topic = '"
+            + topic
+            + "'");
+    HikariConfig config = new HikariConfig();
+    config.setJdbcUrl(db.jdbcUrl());
+    if (db.user() != null) {
+      config.setUsername(db.user());
+    }
+    if (db.password() != null) {
+      config.setPassword(db.password());
+    }
+    config.setMaximumPoolSize(1);
+    config.setAutoCommit(false);
+    try (HikariDataSource noAutoCommit = new HikariDataSource(config)) {
+      OutboxAdmin manual = Outbox.admin(noAutoCommit);
+      List<ParkedMessage> parked = manual.parked(10);
+      assertEquals(2, parked.size(), parked.toString());
+      ParkedMessage toReplay =
+          parked.stream().filter(row -> row.messageId().equals(ids.get(0))).findFirst().get();
+      ParkedMessage toDiscard =
+          parked.stream().filter(row -> row.messageId().equals(ids.get(1))).findFirst().get();
+      assertTrue(manual.replay(toReplay.id()));
+      assertTrue(manual.discard(toDiscard.id()));
+    }
+    assertEquals(
+        1,
+        db.queryLong(
+            "SELECT count(*) FROM txkafka_outbox WHERE message_id = ? AND parked_at IS NULL",
+            ids.get(0)),
+        "the replayed row is pending");
+    assertEquals(
+        0,
+        db.queryLong("SELECT count(*) FROM txkafka_outbox WHERE message_id = ?", ids.get(1)),
+        "the discarded row is gone");
+    db.execute("DELETE FROM txkafka_outbox WHERE topic = '" + topic + "'");
   }
 
   private static String topicConfig(ConfigResource topic, String name) {

@@ -69,24 +69,19 @@ public final class JdbcOutboxAdmin implements OutboxAdmin {
 
   @Override
   public boolean replay(long id) {
-    return updateAndNotify(sql.replayOne(), id, "replay parked outbox row " + id) > 0;
+    return update(sql.replayOne(), id, "replay parked outbox row " + id, true) > 0;
   }
 
   @Override
   public int replayAll() {
-    return updateAndNotify(sql.replayAll(), null, "replay parked outbox rows");
+    return update(sql.replayAll(), null, "replay parked outbox rows", true);
   }
 
   @Override
   public boolean discard(long id) {
-    try (Connection connection = dataSource.getConnection();
-        PreparedStatement discard = connection.prepareStatement(sql.discardOne())) {
-      discard.setLong(1, id);
-      return discard.executeUpdate() > 0;
-    } catch (SQLException e) {
-      throw new TxKafkaException(
-          "could not discard parked outbox row " + id + ": " + e.getMessage(), e);
-    }
+    // In a transaction of its own, committed here: on a pool that hands out connections with
+    // auto-commit off, a bare DELETE was rolled back when the connection went back to the pool.
+    return update(sql.discardOne(), id, "discard parked outbox row " + id, false) > 0;
   }
 
   @Override
@@ -101,7 +96,11 @@ public final class JdbcOutboxAdmin implements OutboxAdmin {
     }
   }
 
-  private int updateAndNotify(String update, Long id, String what) {
+  /**
+   * Runs {@code update} in a transaction of its own and commits it, whatever the auto-commit
+   * setting of the pool's connections; with {@code notify}, wakes the relays if rows changed.
+   */
+  private int update(String update, Long id, String what, boolean notify) {
     try (Connection connection = dataSource.getConnection()) {
       boolean autoCommit = connection.getAutoCommit();
       connection.setAutoCommit(false);
@@ -113,10 +112,10 @@ public final class JdbcOutboxAdmin implements OutboxAdmin {
           }
           rows = statement.executeUpdate();
         }
-        if (rows > 0) {
-          try (PreparedStatement notify = connection.prepareStatement(sql.notifyRelays())) {
-            notify.setString(1, sql.schema);
-            notify.executeQuery().close();
+        if (rows > 0 && notify) {
+          try (PreparedStatement wake = connection.prepareStatement(sql.notifyRelays())) {
+            wake.setString(1, sql.schema);
+            wake.executeQuery().close();
           }
         }
         connection.commit();
