@@ -62,6 +62,7 @@ public final class InboxSql {
   private final String insertProcessedAllNew;
   private final String insertDeadLettered;
   private final String insertDeadLetter;
+  private final String dropReplayedDeadLetter;
   private final String pendingDeadLetters;
   private final String lockDeadLetter;
   private final String markDeadLetterReplayed;
@@ -167,8 +168,11 @@ public final class InboxSql {
             + deadLetters
             + " (consumer_group, message_id, topic, kafka_partition, kafka_offset, record_key,"
             + " payload, header_names, header_values, attempts, last_error, dead_at)"
-            + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            + " ON CONFLICT (consumer_group, message_id) DO NOTHING";
+            + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    dropReplayedDeadLetter =
+        "DELETE FROM "
+            + deadLetters
+            + " WHERE consumer_group = ? AND message_id = ? AND replayed_at IS NOT NULL";
     String columns =
         "SELECT id, message_id, topic, kafka_partition, kafka_offset, record_key, payload,"
             + " header_names, header_values, attempts, last_error, dead_at, replayed_at FROM "
@@ -436,7 +440,12 @@ public final class InboxSql {
   }
 
   /**
-   * Inserts a DEAD_LETTERED inbox row and the dead letter with the whole record.
+   * Inserts a DEAD_LETTERED inbox row and the dead letter with the whole record. A dead letter of
+   * the same message id that was replayed earlier (its inbox row since removed by retention, so the
+   * id counts as new again) is replaced: left there, it made the new one a silent no-op, and the
+   * record was reported dead-lettered while stored nowhere. A pending one cannot exist here (its
+   * inbox row is kept until it is replayed); if it did, the unique constraint fails the
+   * transaction rather than lose the record.
    *
    * @return false if the message id was already in the inbox (a duplicate: nothing inserted)
    */
@@ -460,6 +469,11 @@ public final class InboxSql {
       if (statement.executeUpdate() == 0) {
         return false;
       }
+    }
+    try (PreparedStatement statement = connection.prepareStatement(dropReplayedDeadLetter)) {
+      statement.setString(1, group);
+      statement.setString(2, record.messageId());
+      statement.executeUpdate();
     }
     try (PreparedStatement statement = connection.prepareStatement(insertDeadLetter)) {
       statement.setString(1, group);
