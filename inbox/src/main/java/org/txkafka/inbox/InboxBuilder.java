@@ -172,7 +172,8 @@ public final class InboxBuilder {
 
   /** The topics to subscribe to. Required unless {@link #topicPattern} is given. */
   public InboxBuilder topics(String... topics) {
-    this.topics = topics == null ? null : List.of(topics);
+    // Arrays.asList, not List.of: a null name is refused by build() with its setting named.
+    this.topics = topics == null ? null : new ArrayList<>(java.util.Arrays.asList(topics));
     return this;
   }
 
@@ -438,6 +439,7 @@ public final class InboxBuilder {
     requireRange("maxAttempts", maxAttempts, 1, 1000);
     requirePositive("retryBackoff", retryBackoff);
     requirePositive("maxRetryBackoff", maxRetryBackoff);
+    requireAtMost("maxRetryBackoff", maxRetryBackoff, Duration.ofHours(1));
     if (maxRetryBackoff.compareTo(retryBackoff) < 0) {
       throw new IllegalArgumentException(
           "maxRetryBackoff must be at least retryBackoff ("
@@ -447,6 +449,17 @@ public final class InboxBuilder {
     }
     if (deadLetterTopic != null) {
       requireTopic("deadLetterTopic", deadLetterTopic);
+      boolean consumed =
+          topics != null
+              ? topics.contains(deadLetterTopic)
+              : topicPattern.matcher(deadLetterTopic).matches();
+      if (consumed) {
+        throw new IllegalArgumentException(
+            "deadLetterTopic must not be a topic this inbox consumes (it would consume its own"
+                + " dead letters, fail them again and forward them again, for ever), was '"
+                + deadLetterTopic
+                + "'");
+      }
     }
     if (messageIdExtractor == null) {
       throw new IllegalArgumentException("messageIdExtractor must not be null");
@@ -456,8 +469,11 @@ public final class InboxBuilder {
       throw new IllegalArgumentException(
           "dedupRetention must be at least 1 s, was " + dedupRetention);
     }
+    requireAtMost("dedupRetention", dedupRetention, Duration.ofDays(3650));
     requirePositive("retentionInterval", retentionInterval);
+    requireAtMost("retentionInterval", retentionInterval, Duration.ofDays(1));
     requirePositive("closeTimeout", closeTimeout);
+    requireAtMost("closeTimeout", closeTimeout, Duration.ofMinutes(10));
     requirePositive("revocationTimeout", revocationTimeout);
     long maxPollInterval = maxPollIntervalMs(consumer);
     if (revocationTimeout.toMillis() >= maxPollInterval) {
@@ -621,6 +637,14 @@ public final class InboxBuilder {
     if (value < min || value > max) {
       throw new IllegalArgumentException(
           setting + " must be between " + min + " and " + max + ", was " + value);
+    }
+  }
+
+  /** After {@link #requirePositive}: a bound that keeps the duration usable as a timer. */
+  private static void requireAtMost(String setting, Duration value, Duration max) {
+    if (value.compareTo(max) > 0) {
+      throw new IllegalArgumentException(
+          setting + " must be at most " + max + ", was " + value);
     }
   }
 

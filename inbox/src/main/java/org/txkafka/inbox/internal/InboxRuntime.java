@@ -30,6 +30,9 @@ import org.txkafka.outbox.OutboxWriter;
  * closeTimeout commits or rolls back as a whole).
  */
 public final class InboxRuntime implements Inbox {
+  /** At most this many dead letters per listing, as the outbox admin lists parked rows. */
+  static final int MAX_LIST_LIMIT = 10_000;
+
   private static final Logger LOG = LoggerFactory.getLogger(InboxRuntime.class);
   private static final int NEW = 0;
   private static final int STARTED = 1;
@@ -218,8 +221,9 @@ public final class InboxRuntime implements Inbox {
 
   @Override
   public List<DeadLetter> deadLetters(int limit) {
-    if (limit < 1) {
-      throw new IllegalArgumentException("limit must be at least 1, was " + limit);
+    if (limit < 1 || limit > MAX_LIST_LIMIT) {
+      throw new IllegalArgumentException(
+          "limit must be between 1 and " + MAX_LIST_LIMIT + ", was " + limit);
     }
     return pending(0, limit);
   }

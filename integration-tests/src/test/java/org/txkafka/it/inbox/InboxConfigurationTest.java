@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.time.Clock;
 import java.time.Duration;
+import java.time.temporal.ChronoUnit;
 import java.util.Map;
 import java.util.function.UnaryOperator;
 import java.util.regex.Pattern;
@@ -40,6 +41,9 @@ class InboxConfigurationTest {
   void validConfigurationBuildsWithoutConnectingAnywhere() {
     Inbox inbox = valid().build();
     assertFalse(inbox.isRunning());
+    IllegalArgumentException tooMany =
+        assertThrows(IllegalArgumentException.class, () -> inbox.deadLetters(10_001));
+    assertTrue(tooMany.getMessage().contains("between 1 and 10000"), tooMany.getMessage());
     inbox.close();
     assertThrows(IllegalStateException.class, inbox::start, "a closed inbox cannot start");
   }
@@ -101,6 +105,19 @@ class InboxConfigurationTest {
     assertRefused(b -> b.schema("Bad;Schema"), "schema", "'Bad;Schema'");
     assertRefused(b -> b.messageIdExtractor(null), "messageIdExtractor");
     assertRefused(b -> b.deadLetterTopic(""), "deadLetterTopic", "''");
+    assertRefused(b -> b.topics("orders.placed", null), "topics", "was null");
+    assertRefused(
+        b -> b.topics("orders.placed", "orders.dlt").deadLetterTopic("orders.dlt"),
+        "deadLetterTopic must not be a topic this inbox consumes",
+        "'orders.dlt'");
+    assertRefused(
+        b ->
+            b.topics((String[]) null)
+                .topicPattern(Pattern.compile("orders\\..*"))
+                .deadLetterTopic("orders.placed.dlt"),
+        "deadLetterTopic must not be a topic this inbox consumes",
+        "'orders.placed.dlt'");
+    valid().deadLetterTopic("orders.placed.dlt").build().close();
     assertRefused(b -> b.clock((Clock) null), "clock");
     assertRefused(b -> b.listener(null), "listener");
   }
@@ -125,5 +142,13 @@ class InboxConfigurationTest {
     assertRefused(b -> b.retentionInterval(Duration.ofSeconds(-1)), "retentionInterval");
     assertRefused(b -> b.closeTimeout(null), "closeTimeout must be a positive duration, was null");
     assertRefused(b -> b.revocationTimeout(Duration.ZERO), "revocationTimeout");
+    // Huge durations are refused at build(), not when start() schedules them.
+    assertRefused(
+        b -> b.retentionInterval(ChronoUnit.FOREVER.getDuration()),
+        "retentionInterval must be at most PT24H");
+    assertRefused(b -> b.dedupRetention(Duration.ofDays(3651)), "dedupRetention must be at most");
+    assertRefused(b -> b.closeTimeout(Duration.ofHours(1)), "closeTimeout must be at most PT10M");
+    assertRefused(
+        b -> b.maxRetryBackoff(Duration.ofDays(1)), "maxRetryBackoff must be at most PT1H");
   }
 }
