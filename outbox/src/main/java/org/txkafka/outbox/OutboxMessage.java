@@ -30,6 +30,9 @@ public record OutboxMessage(
   /** The longest topic name Kafka accepts. */
   public static final int MAX_TOPIC_LENGTH = 249;
 
+  private static final java.util.regex.Pattern LEGAL_TOPIC =
+      java.util.regex.Pattern.compile("[a-zA-Z0-9._-]+");
+
   /** One record header. The name is not blank; the value may be null. */
   public record Header(String name, byte[] value) {
     /** Validates the name. */
@@ -48,6 +51,14 @@ public record OutboxMessage(
     if (topic.length() > MAX_TOPIC_LENGTH) {
       throw new IllegalArgumentException(
           "topic must be at most " + MAX_TOPIC_LENGTH + " characters, was " + topic.length());
+    }
+    // Refused here, at the business transaction, rather than committed and then parked by the relay
+    // (InvalidTopicException), waiting for an operator.
+    if (!LEGAL_TOPIC.matcher(topic).matches() || topic.equals(".") || topic.equals("..")) {
+      throw new IllegalArgumentException(
+          "topic must be a Kafka topic name ([a-zA-Z0-9._-], not '.' or '..'), was '"
+              + topic
+              + "'");
     }
     if (partition != null && partition < 0) {
       throw new IllegalArgumentException("partition must be at least 0, was " + partition);
@@ -123,7 +134,8 @@ public record OutboxMessage(
     /**
      * The message.
      *
-     * @throws IllegalArgumentException if the topic is blank or too long, or a header is invalid
+     * @throws IllegalArgumentException if the topic is not a legal Kafka topic name, the partition
+     *     is negative, or a header is invalid
      */
     public OutboxMessage build() {
       return new OutboxMessage(topic, key, payload, headers, partition);

@@ -12,6 +12,7 @@ import static org.txkafka.it.outbox.OutboxFixtures.relay;
 
 import com.zaxxer.hikari.HikariConfig;
 import com.zaxxer.hikari.HikariDataSource;
+import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -36,6 +37,7 @@ import org.txkafka.outbox.OutboxAdmin;
 import org.txkafka.outbox.OutboxMessage;
 import org.txkafka.outbox.OutboxRelay;
 import org.txkafka.outbox.ParkedMessage;
+import org.txkafka.outbox.internal.Shares;
 import org.txkafka.testkit.KafkaBroker;
 import org.txkafka.testkit.TestDatabase;
 import org.txkafka.testkit.TestPostgres;
@@ -211,7 +213,16 @@ class OutboxPoisonTest {
     try (OutboxRelay relay = relay(relayPool, broker).build();
         TopicReader reader = new TopicReader(broker, good)) {
       relay.start();
-      UUID bad = commit(db.dataSource(), List.of(numbered(invalid, "k", 0))).get(0);
+      // The writer refuses such a name; a row written by SQL (or by an older writer) can have it.
+      UUID bad = UUID.randomUUID();
+      db.queryLong(
+          "WITH written AS (INSERT INTO txkafka_outbox (message_id, share, topic, record_key,"
+              + " payload) VALUES (?, ?, ?, ?, ?) RETURNING id) SELECT count(*) FROM written",
+          bad,
+          (short) Shares.shareOf("k".getBytes(StandardCharsets.UTF_8), bad),
+          invalid,
+          "k".getBytes(StandardCharsets.UTF_8),
+          "k|0".getBytes(StandardCharsets.UTF_8));
       List<UUID> fine = commit(db.dataSource(), List.of(numbered(good, "k", 1)));
       reader.awaitIds(WAIT, asStrings(fine));
       await(WAIT, "invalid-topic row parked", () -> admin.parked(10).size() == 1);
