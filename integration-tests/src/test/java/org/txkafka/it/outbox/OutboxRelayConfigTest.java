@@ -3,6 +3,7 @@ package org.txkafka.it.outbox;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.time.Duration;
 import java.util.Map;
@@ -124,6 +125,18 @@ class OutboxRelayConfigTest {
     assertRefused(
         "producerProperties must not contain null names or values, was linger.ms=null",
         b -> b.producerProperties(nullValue()));
+  }
+
+  @Test
+  void producerSettingsKafkaRefusesAreRefusedAtBuildNotAtStart() {
+    IllegalArgumentException error =
+        assertThrows(
+            IllegalArgumentException.class,
+            () -> valid().producerProperty("linger.ms", "soon").build());
+    assertTrue(
+        error.getMessage().startsWith("producer properties: ")
+            && error.getMessage().contains("linger.ms"),
+        error.getMessage());
   }
 
   @Test

@@ -191,6 +191,12 @@ public record RelayConfig(
     props.putIfAbsent(
         ProducerConfig.BATCH_SIZE_CONFIG, OutboxRelay.Builder.DEFAULT_PRODUCER_BATCH_BYTES);
     props.putIfAbsent(ProducerConfig.CLIENT_ID_CONFIG, name);
+    // Kafka's own checks (types, ranges) at build(), not when start() makes the producer.
+    try {
+      ProducerConfig.configDef().parse(props);
+    } catch (org.apache.kafka.common.config.ConfigException e) {
+      throw new IllegalArgumentException("producer properties: " + e.getMessage(), e);
+    }
     return Collections.unmodifiableMap(props);
   }
 
