@@ -178,6 +178,24 @@ class OutboxOrderTriggerTest {
   }
 
   @Test
+  void serializableTransactionOfSeveralRowsIsOrderedAfterRowsThatCommittedBeforeIt()
+      throws Exception {
+    try (Connection first = transaction(); Connection second = transaction()) {
+      first.setTransactionIsolation(Connection.TRANSACTION_SERIALIZABLE);
+      UUID a = send(first, "acc-1"); // first's snapshot is taken here, before second commits
+      UUID b = send(first, "acc-2");
+      UUID c = send(first, "acc-1");
+      UUID late = send(second, "acc-1");
+      second.commit();
+      first.commit();
+      assertTrue(idOf(a) > idOf(late) && idOf(c) > idOf(late),
+          "a serializable transaction cannot see the row that overtook it, yet must sort after it");
+      assertTrue(idOf(a) < idOf(b) && idOf(b) < idOf(c),
+          "the transaction's own rows keep the order they were sent in");
+    }
+  }
+
+  @Test
   void severalRowsOfAnOvertakenTransactionKeepTheirOwnOrder() throws Exception {
     try (Connection first = transaction(); Connection second = transaction()) {
       lockAccount(second, "acc-1");
