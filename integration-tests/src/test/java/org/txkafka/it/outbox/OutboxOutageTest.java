@@ -253,13 +253,10 @@ class OutboxOutageTest {
       PipelineWatch watch = new PipelineWatch(broker::suspend);
       List<UUID> all = commitBacklog(topic);
       try (OutboxRelay relay =
-          relay(relayPool, broker)
-              .batchSize(20)
-              .leaseCheckInterval(Duration.ofMinutes(1))
+          pipelinedRelay(broker, watch)
               .publishTimeout(Duration.ofSeconds(3))
               .producerProperty("request.timeout.ms", 120_000)
               .producerProperty("max.block.ms", 2_000)
-              .listener(watch)
               .build()) {
         try {
           relay.start();
@@ -314,10 +311,7 @@ class OutboxOutageTest {
                                 + " relays")));
     List<UUID> all = commitBacklog(topic);
     try (OutboxRelay relay =
-            relay(relayPool, broker)
-                .batchSize(20)
-                .leaseCheckInterval(Duration.ofMinutes(1))
-                .listener(watch)
+            pipelinedRelay(broker, watch)
                 .build();
         TopicReader reader = new TopicReader(broker, topic)) {
       relay.start();
@@ -356,15 +350,12 @@ class OutboxOutageTest {
     // One key: the fourth round holds the rows of that key right after the third round's.
     List<UUID> all = commitBacklog(topic, 1);
     try (OutboxRelay relay =
-            relay(relayPool, broker)
-                .batchSize(20)
-                .leaseCheckInterval(Duration.ofMinutes(1))
+            pipelinedRelay(broker, watch)
                 .publishTimeout(Duration.ofSeconds(60))
                 .retryBackoff(Duration.ofMillis(200), Duration.ofSeconds(1))
                 .producerProperty("partitioner.class", NowhereForSomePartitioner.class.getName())
                 .producerProperty("request.timeout.ms", 1_000)
                 .producerProperty("delivery.timeout.ms", 3_000)
-                .listener(watch)
                 .build();
         TopicReader reader = new TopicReader(broker, topic)) {
       relay.start();
@@ -533,13 +524,10 @@ class OutboxOutageTest {
       PipelineWatch watch = new PipelineWatch(broker::suspend);
       List<UUID> all = commitBacklog(topic);
       try (OutboxRelay relay =
-          relay(relayPool, broker)
-              .batchSize(20)
-              .leaseCheckInterval(Duration.ofMinutes(1))
+          pipelinedRelay(broker, watch)
               .publishTimeout(Duration.ofSeconds(4))
               .producerProperty("request.timeout.ms", 120_000)
               .producerProperty("max.block.ms", 2_000)
-              .listener(watch)
               .build()) {
         long terminated;
         try {
@@ -700,6 +688,17 @@ class OutboxOutageTest {
         + holder
         + " FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
         + " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()";
+  }
+
+  /**
+   * A relay that drains a backlog as a pipeline of rounds of 20 rows, watched by {@code watch}, with
+   * no lease check during the drain (so that the pipeline is not cut short by one).
+   */
+  private static OutboxRelay.Builder pipelinedRelay(KafkaBroker broker, PipelineWatch watch) {
+    return relay(relayPool, broker)
+        .batchSize(20)
+        .leaseCheckInterval(Duration.ofMinutes(1))
+        .listener(watch);
   }
 
   /** 400 rows over 5 keys, 20 per transaction: a backlog that fills many rounds of 20. */
