@@ -278,8 +278,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (current == null) {
       return;
     }
-    Thread closer =
-        new Thread(
+    boolean closed =
+        runBounded(
+            "close",
             () -> {
               try {
                 current.close(timeout);
@@ -287,11 +288,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
                 LOG.debug("relay {}: closing the producer failed", config.name(), e);
               }
             },
-            config.name() + "-close");
-    closer.setDaemon(true);
-    closer.start();
-    join(closer, timeout.plus(CLOSE_GRACE));
-    if (closer.isAlive()) {
+            timeout.plus(CLOSE_GRACE));
+    if (!closed) {
       LOG.warn(
           "relay {}: the producer did not close within {} (its network thread is stuck); left"
               + " behind, a new producer takes over",
@@ -311,27 +309,38 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (stuck.backendPid() == 0) {
       return;
     }
-    Thread terminator =
-        new Thread(
-            () -> {
-              try (Connection connection = config.dataSource().getConnection();
-                  PreparedStatement terminate =
-                      connection.prepareStatement("SELECT pg_terminate_backend(?)")) {
-                terminate.setInt(1, stuck.backendPid());
-                terminate.execute();
-              } catch (SQLException | RuntimeException e) {
-                LOG.warn(
-                    "relay {}: could not end its stuck database session (pid {}); its shares stay"
-                        + " locked until its statement ends",
-                    config.name(),
-                    stuck.backendPid(),
-                    e);
-              }
-            },
-            config.name() + "-terminate");
-    terminator.setDaemon(true);
-    terminator.start();
-    join(terminator, CLOSE_GRACE);
+    runBounded(
+        "terminate",
+        () -> {
+          try (Connection connection = config.dataSource().getConnection();
+              PreparedStatement terminate =
+                  connection.prepareStatement("SELECT pg_terminate_backend(?)")) {
+            terminate.setInt(1, stuck.backendPid());
+            terminate.execute();
+          } catch (SQLException | RuntimeException e) {
+            LOG.warn(
+                "relay {}: could not end its stuck database session (pid {}); its shares stay"
+                    + " locked until its statement ends",
+                config.name(),
+                stuck.backendPid(),
+                e);
+          }
+        },
+        CLOSE_GRACE);
+  }
+
+  /**
+   * Runs {@code task} on a daemon thread of its own and waits for it at most {@code bound}; a task
+   * that does not end (a stuck close, a statement that never returns) is left behind.
+   *
+   * @return whether the task ended within the bound
+   */
+  private boolean runBounded(String what, Runnable task, Duration bound) {
+    Thread worker = new Thread(task, config.name() + "-" + what);
+    worker.setDaemon(true);
+    worker.start();
+    join(worker, bound);
+    return !worker.isAlive();
   }
 
   private static void join(Thread worker, Duration timeout) {
