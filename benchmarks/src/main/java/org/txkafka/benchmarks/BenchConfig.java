@@ -25,6 +25,8 @@ import java.util.Set;
  * @param writerTransactions transactions per side of the writer-overhead row
  * @param backlog records the inbox drains in the memory row (the smaller run uses a tenth)
  * @param heapMax -Xmx of the child JVM of the memory row
+ * @param warmupPercent the size of the unmeasured warm-up run of each side of rows 1 to 4, in
+ *     percent of the side's measured count (0: none, the sides start in a cold JVM)
  * @param rows the row numbers to run
  */
 record BenchConfig(
@@ -44,10 +46,16 @@ record BenchConfig(
     int writerTransactions,
     int backlog,
     String heapMax,
+    int warmupPercent,
     Set<Integer> rows) {
 
   MessageSet messageSet(long idSeed) {
     return new MessageSet(messages, keys, payloadBytes, idSeed);
+  }
+
+  /** The warm-up's size for a side that measures {@code count} messages: 0 for none. */
+  int warmupCount(int count) {
+    return warmupPercent == 0 ? 0 : Math.max(1, (int) ((long) count * warmupPercent / 100));
   }
 
   boolean runs(int row) {

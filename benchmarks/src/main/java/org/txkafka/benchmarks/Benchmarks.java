@@ -97,6 +97,9 @@ public final class Benchmarks implements Callable<Integer> {
   @Option(names = "--heap-max", description = "-Xmx of the inbox child JVM in row 7 (default ${DEFAULT-VALUE}).", defaultValue = "256m")
   String heapMax;
 
+  @Option(names = "--warmup", description = "Unmeasured warm-up run of each side of rows 1-4 first, in percent of its measured messages (default ${DEFAULT-VALUE}; 0: none, cold JVM).", defaultValue = "25")
+  int warmupPercent;
+
   @Option(names = "--rows", split = ",", description = "Rows to run (default all: 1,2,3,4,5,6,7).")
   List<Integer> rows;
 
@@ -149,6 +152,7 @@ public final class Benchmarks implements Callable<Integer> {
         pick(writerTransactions, 5_000, 300),
         pick(backlog, 1_000_000, 20_000),
         heapMax,
+        warmupPercent,
         selected);
   }
 
@@ -212,6 +216,8 @@ public final class Benchmarks implements Callable<Integer> {
     require(config.writerTransactions() >= 1,
         "writer-transactions must be at least 1, was " + config.writerTransactions());
     require(config.backlog() >= 10, "backlog must be at least 10, was " + config.backlog());
+    require(config.warmupPercent() >= 0 && config.warmupPercent() <= 100,
+        "warmup must be between 0 and 100 (percent), was " + config.warmupPercent());
     for (int row : config.rows()) {
       require(row >= 1 && row <= 7, "rows must be between 1 and 7, was " + row);
     }

@@ -36,6 +36,7 @@ final class Profiler {
   private Map<String, Long> cpuAtStart;
   private long wallAtStart;
   private BackendSampler backends;
+  private ThreadSampler threads;
 
   /**
    * @param postgresBackends the process ids of the PostgreSQL backends serving the run's database
@@ -49,9 +50,11 @@ final class Profiler {
   /** Starts a recording for the side {@code name}. */
   Recording start() throws IOException, ParseException {
     Recording recording = new Recording(Configuration.getConfiguration("profile"));
+    recording.enable("jdk.ExecutionSample").withPeriod(java.time.Duration.ofMillis(2));
     recording.start();
     cpuAtStart = cpuByProcessGroup();
     backends = new BackendSampler();
+    threads = new ThreadSampler();
     wallAtStart = System.nanoTime();
     return recording;
   }
@@ -133,12 +136,89 @@ final class Profiler {
     }
   }
 
+  /**
+   * Follows the CPU time of each thread of this JVM while a side runs, from /proc/self/task (Linux
+   * only: elsewhere it reports nothing), every 100 ms, so that threads which end during the side
+   * count too (less their last 100 ms). JFR's execution samples see only threads running Java
+   * code; this also shows the JIT compilers and the garbage collector. Threads are grouped by their
+   * name without its trailing number (the kernel keeps the first 15 characters of a name).
+   */
+  private static final class ThreadSampler implements Runnable {
+    private static final Path TASKS = Path.of("/proc/self/task");
+    private static final long NANOS_PER_TICK = 10_000_000L; // USER_HZ is 100 on Linux
+    private final Map<Long, long[]> ticksByTid = new HashMap<>(); // tid -> {at start, latest}
+    private final Map<Long, String> nameByTid = new HashMap<>();
+    private final Set<Long> atStart;
+    private volatile boolean running = true;
+    private final Thread thread = new Thread(this, "thread-cpu-sampler");
+
+    ThreadSampler() {
+      atStart = new java.util.HashSet<>();
+      sample(true);
+      thread.setDaemon(true);
+      thread.start();
+    }
+
+    private synchronized void sample(boolean first) {
+      if (!Files.isDirectory(TASKS)) {
+        return;
+      }
+      try (var tasks = Files.list(TASKS)) {
+        for (Path task : (Iterable<Path>) tasks::iterator) {
+          try {
+            long tid = Long.parseLong(task.getFileName().toString());
+            String stat = Files.readString(task.resolve("stat"));
+            int close = stat.lastIndexOf(')');
+            String name = stat.substring(stat.indexOf('(') + 1, close);
+            String[] fields = stat.substring(close + 2).split(" ");
+            long ticks = Long.parseLong(fields[11]) + Long.parseLong(fields[12]); // utime, stime
+            if (first) {
+              atStart.add(tid);
+            }
+            long[] seen = ticksByTid.computeIfAbsent(tid, t -> new long[] {atStart.contains(t) ? ticks : 0, ticks});
+            seen[1] = ticks;
+            nameByTid.put(tid, name.replaceAll("[-#_ ]?\\d+$", ""));
+          } catch (IOException | RuntimeException endedOrUnreadable) {
+            // the thread ended between the listing and the read: its last sample stands
+          }
+        }
+      } catch (IOException unreadable) {
+        // no /proc: nothing to report
+      }
+    }
+
+    @Override
+    public void run() {
+      while (running) {
+        try {
+          Thread.sleep(100);
+        } catch (InterruptedException e) {
+          return;
+        }
+        sample(false);
+      }
+    }
+
+    synchronized Map<String, Long> stop() {
+      running = false;
+      thread.interrupt();
+      sample(false);
+      Map<String, Long> byName = new HashMap<>();
+      ticksByTid.forEach(
+          (tid, seen) ->
+              byName.merge(nameByTid.get(tid), Math.max(0, seen[1] - seen[0]) * NANOS_PER_TICK, Long::sum));
+      byName.values().removeIf(nanos -> nanos == 0);
+      return byName;
+    }
+  }
+
   /** Stops {@code recording}, writes it as {@code name}.jfr and prints its summary. */
   void stopAndSummarise(Recording recording, String name) throws IOException {
     recording.stop();
     long wall = System.nanoTime() - wallAtStart;
     Map<String, Long> cpuAtEnd = cpuByProcessGroup();
     cpuAtEnd.put("postgres backends of the run's database", backends.stop());
+    Map<String, Long> cpuByThread = threads.stop();
     Files.createDirectories(directory);
     Path file = directory.resolve(name.replaceAll("[^A-Za-z0-9_.-]", "_") + ".jfr");
     recording.dump(file);
@@ -180,6 +260,18 @@ final class Profiler {
         wall / 1e9,
         Runtime.getRuntime().availableProcessors(),
         split.length() > 2 ? split.substring(0, split.length() - 2) : "-");
+    StringBuilder byThread = new StringBuilder();
+    cpuByThread.entrySet().stream()
+        .sorted(Map.Entry.<String, Long>comparingByValue().reversed())
+        .limit(TOP)
+        .forEach(
+            e ->
+                byThread.append(
+                    String.format(Locale.ROOT, "%s %.2f s, ", e.getKey(), e.getValue() / 1e9)));
+    out.printf(
+        Locale.ROOT,
+        "     cpu by thread in this JVM (JIT and GC threads too): %s%n",
+        byThread.length() > 2 ? byThread.substring(0, byThread.length() - 2) : "-");
     print("cpu (on-CPU samples in this JVM)", cpu, cpuSamples);
     print("waiting in native code (I/O), by the calling library frame", waiting, waitSamples);
   }

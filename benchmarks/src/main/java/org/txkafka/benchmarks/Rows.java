@@ -61,12 +61,55 @@ final class Rows {
     }
   }
 
+  /**
+   * Runs a side once on the first {@code count} messages of a set of its own (fresh topics,
+   * tables, consumer group), unmeasured, so that the measured run finds this JVM's JIT done with
+   * the side's code, as in a service that has been running for a while. Every side of rows 1 to 4
+   * gets the same share of warm-up, ours and the baselines alike. Without it the first side of a
+   * run paid for the compilation (session 8: in a cold `--rows 2`, the JIT compiler threads used
+   * 1.8 of the benchmark JVM's 3.1 CPU-seconds of the inbox's drain, the inbox's own threads 0.7).
+   */
+  private void warmUp(String label, int count, WarmUp side) {
+    if (count == 0) {
+      return;
+    }
+    long start = System.nanoTime();
+    try {
+      side.run(ctx.config.messageSet(100 + currentRow).withCount(count));
+      out.printf(
+          java.util.Locale.ROOT,
+          "   warm-up %s: %d messages in %.1f s, not counted%n",
+          label,
+          count,
+          (System.nanoTime() - start) / 1e9);
+    } catch (Exception | AssertionError e) {
+      e.printStackTrace();
+      out.println("   warm-up " + label + ": failed (" + e + "); the measured side runs cold");
+    }
+  }
+
+  @FunctionalInterface
+  private interface WarmUp {
+    void run(MessageSet set) throws Exception;
+  }
+
   private RowResult inboxVsNaive() {
     MessageSet set = ctx.config.messageSet(1);
     String topic = ctx.topic("bench-inbox");
     ctx.produce(topic, set);
     String inboxTable = ctx.businessTable("bench_event_inbox");
     String naiveTable = ctx.businessTable("bench_event_naive");
+    warmUp("inbox", ctx.config.warmupCount(set.count()), warm -> {
+      String warmTopic = ctx.topic("warmup-inbox");
+      ctx.produce(warmTopic, warm);
+      OurComponents.inbox(ctx, warmTopic, ctx.businessTable("warmup_event_inbox"), warm.count());
+    });
+    warmUp("naive consumer", ctx.config.warmupCount(ctx.config.naiveLimit()), warm -> {
+      String warmTopic = ctx.topic("warmup-naive");
+      ctx.produce(warmTopic, warm);
+      NaiveConsumer.run(
+          ctx, warmTopic, ctx.businessTable("warmup_event_naive"), warm.count(), Duration.ofMinutes(20));
+    });
     inboxOutcome =
         side("inbox", () -> OurComponents.inbox(ctx, topic, inboxTable, set.count()));
     Outcome naive =
@@ -90,6 +133,8 @@ final class Rows {
   private RowResult inboxVsCeiling() {
     MessageSet set = ctx.config.messageSet(1);
     String table = ctx.businessTable("bench_event_ceiling");
+    warmUp("JDBC ceiling", ctx.config.warmupCount(set.count()), warm ->
+        JdbcBatchCeiling.run(ctx, warm, ctx.businessTable("warmup_event_ceiling")));
     Outcome ceiling = side("JDBC ceiling", () -> JdbcBatchCeiling.run(ctx, set, table));
     return new RowResult(2, "inbox vs JDBC batch ceiling")
         .side(inboxOutcome)
@@ -109,6 +154,10 @@ final class Rows {
     MessageSet set = ctx.config.messageSet(3);
     String relayTopic = ctx.topic("bench-relay");
     String rawTopic = ctx.topic("bench-raw");
+    warmUp("outbox relay", ctx.config.warmupCount(set.count()), warm ->
+        OurComponents.relayDrain(ctx, warm, ctx.topic("warmup-relay")));
+    warmUp("raw producer", ctx.config.warmupCount(set.count()), warm ->
+        RawProducer.run(ctx, warm, ctx.topic("warmup-raw")));
     Outcome relay = side("outbox relay", () -> OurComponents.relayDrain(ctx, set, relayTopic));
     Outcome raw = side("raw producer", () -> RawProducer.run(ctx, set, rawTopic));
     return new RowResult(3, "outbox relay vs raw KafkaProducer")
@@ -129,6 +178,10 @@ final class Rows {
     MessageSet set = ctx.config.messageSet(4).withCount(ctx.config.liveMessages());
     String relayTopic = ctx.topic("bench-relay-live");
     String gruelboxTopic = ctx.topic("bench-gruelbox");
+    warmUp("outbox relay", ctx.config.warmupCount(set.count()), warm ->
+        OurComponents.relayLive(ctx, warm, ctx.topic("warmup-relay-live")));
+    warmUp("gruelbox", ctx.config.warmupCount(set.count()), warm ->
+        GruelboxOutbox.run(ctx, warm, ctx.topic("warmup-gruelbox")));
     Outcome relay = side("outbox relay", () -> OurComponents.relayLive(ctx, set, relayTopic));
     Outcome gruelbox = side("gruelbox", () -> GruelboxOutbox.run(ctx, set, gruelboxTopic));
     return new RowResult(4, "outbox relay vs gruelbox outbox")

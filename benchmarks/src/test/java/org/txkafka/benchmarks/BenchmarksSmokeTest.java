@@ -82,6 +82,17 @@ class BenchmarksSmokeTest {
               .find(),
           "no measurement for " + baseline + "\n" + output);
     }
+    // Every side of rows 1 to 4 ran its warm-up first (25 % by default), and none failed.
+    for (String warmed :
+        List.of("inbox", "naive consumer", "JDBC ceiling", "outbox relay", "raw producer", "gruelbox")) {
+      assertTrue(
+          Pattern.compile("(?m)^   warm-up " + Pattern.quote(warmed) + ": [1-9]\\d* messages in ")
+              .matcher(output)
+              .find(),
+          "no warm-up of " + warmed + "\n" + output);
+    }
+    assertTrue(
+        !Pattern.compile("(?m)^   warm-up .*: failed \\(").matcher(output).find(), "a warm-up failed\n" + output);
     // A side may be "not run" only because its component is not in the build; a side that threw
     // is a broken harness or component and must fail this test.
     assertTrue(!output.contains("NOT RUN: failed"), "a side failed\n" + output);
@@ -97,6 +108,19 @@ class BenchmarksSmokeTest {
     int code = commandLine.execute("--quick", "--partitions", "0");
     assertEquals(2, code);
     assertTrue(buffer.toString(StandardCharsets.UTF_8).contains("partitions must be at least 1, was 0"),
+        buffer.toString(StandardCharsets.UTF_8));
+  }
+
+  @Test
+  void warmupAboveAHundredPercentIsRefusedWithTheSettingNamed() {
+    ByteArrayOutputStream buffer = new ByteArrayOutputStream();
+    PrintStream err = new PrintStream(buffer, true, StandardCharsets.UTF_8);
+    CommandLine commandLine = new CommandLine(new Benchmarks(err));
+    commandLine.setErr(new java.io.PrintWriter(err, true));
+    int code = commandLine.execute("--quick", "--warmup", "101");
+    assertEquals(2, code);
+    assertTrue(
+        buffer.toString(StandardCharsets.UTF_8).contains("warmup must be between 0 and 100 (percent), was 101"),
         buffer.toString(StandardCharsets.UTF_8));
   }
 }
