@@ -270,6 +270,10 @@ public final class KafkaBroker implements AutoCloseable {
           "share.coordinator.state.topic.min.isr=1",
           "group.initial.rebalance.delay.ms=0",
           "group.consumer.min.session.timeout.ms=1000",
+          // The consumer group protocol (KIP-848) moves partitions at members' heartbeats, every
+          // 5 s by default: tests that rebalance within seconds need them more often.
+          "group.consumer.min.heartbeat.interval.ms=500",
+          "group.consumer.heartbeat.interval.ms=500",
           "group.min.session.timeout.ms=1000",
           "num.partitions=1",
           "auto.create.topics.enable=false",

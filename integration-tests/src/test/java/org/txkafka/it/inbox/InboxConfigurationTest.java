@@ -84,6 +84,12 @@ class InboxConfigurationTest {
         "many");
     assertRefused(
         b -> b.kafkaProperty("max.poll.interval.ms", "soon"), "max.poll.interval.ms", "soon");
+    // The consumer group protocol (KIP-848) refuses the classic protocol's client settings: at
+    // build(), not when the consumer is made at start().
+    assertRefused(
+        b -> b.kafkaProperty("group.protocol", "consumer").kafkaProperty("session.timeout.ms", "6000"),
+        "kafkaProperties are invalid",
+        "session.timeout.ms cannot be set when group.protocol=CONSUMER");
     assertRefused(
         b ->
             b.kafkaProperty("max.poll.interval.ms", "10000")

@@ -43,12 +43,40 @@ class InboxRebalanceTest {
     db.close();
   }
 
+  /** The classic group protocol with cooperative (incremental) rebalancing. */
   @Test
   void membersJoiningAndLeavingDuringProcessingKeepExactlyOnce() throws Exception {
     KafkaBroker broker = KafkaBroker.shared();
-    String topic = KafkaBroker.uniqueTopic("inbox-rebalance");
+    Map<String, Object> properties = new HashMap<>(InboxTestSupport.consumerProperties(broker));
+    properties.put(
+        "partition.assignment.strategy",
+        "org.apache.kafka.clients.consumer.CooperativeStickyAssignor");
+    membersJoinAndLeave(broker, properties, "inbox-rebalance");
+  }
+
+  /**
+   * The consumer group protocol of KIP-848 ({@code group.protocol=consumer}, Kafka 4's new
+   * rebalance protocol, run by the broker's coordinator with its own assignor): the consumer is
+   * another implementation (the asynchronous consumer), whose rebalance callbacks run inside
+   * {@code poll} like the classic one's. The inbox must keep the same promise on it. The classic
+   * client settings it refuses (session timeout and heartbeat interval, now the broker's) are left
+   * out.
+   */
+  @Test
+  void membersJoiningAndLeavingWithTheConsumerGroupProtocolKeepExactlyOnce() throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    Map<String, Object> properties = new HashMap<>(InboxTestSupport.consumerProperties(broker));
+    properties.remove("session.timeout.ms");
+    properties.remove("heartbeat.interval.ms");
+    properties.put("group.protocol", "consumer");
+    membersJoinAndLeave(broker, properties, "inbox-rebalance-kip848");
+  }
+
+  private void membersJoinAndLeave(KafkaBroker broker, Map<String, Object> properties, String prefix)
+      throws Exception {
+    String topic = KafkaBroker.uniqueTopic(prefix);
     broker.createTopic(topic, 6);
-    List<Message> messages = InboxTestSupport.messages("rebalance-", 4000);
+    List<Message> messages = InboxTestSupport.messages(prefix + "-", 4000);
     String group = "rebalance-" + topic;
     AtomicInteger assignments = new AtomicInteger();
     AtomicInteger revocations = new AtomicInteger();
@@ -68,13 +96,13 @@ class InboxRebalanceTest {
     List<Inbox> members = new ArrayList<>();
     int started = 0;
     try (HikariDataSource dataSource = db.newDataSource(5)) {
-      members.add(member(broker, dataSource, topic, group, started++, listener));
+      members.add(member(properties, dataSource, topic, group, started++, listener));
       Thread producer =
           InboxTestSupport.produceSlowly(broker, topic, messages, Duration.ofSeconds(12));
       for (int round = 0; round < 10; round++) {
         Thread.sleep(1200);
         if (members.size() < 3 && (members.size() == 1 || random.nextBoolean())) {
-          members.add(member(broker, dataSource, topic, group, started++, listener));
+          members.add(member(properties, dataSource, topic, group, started++, listener));
         } else {
           members.remove(random.nextInt(members.size())).close();
         }
@@ -83,7 +111,8 @@ class InboxRebalanceTest {
       await(
           "every record to be applied",
           Duration.ofSeconds(120),
-          () -> db.queryLong("SELECT count(DISTINCT message_id) FROM ledger") == messages.size());
+          () -> db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic)
+                  == messages.size());
       await(
           "every offset to be stored",
           Duration.ofSeconds(60),
@@ -98,8 +127,11 @@ class InboxRebalanceTest {
       }
       assertTrue(started >= 5, "members started: " + started);
       assertTrue(revocations.get() > 0, "partitions moved between members");
-      assertEquals(messages.size(), db.queryLong("SELECT count(*) FROM ledger"), "ledger rows");
-      assertEquals(InboxTestSupport.sum(messages), db.queryLong("SELECT sum(amount) FROM ledger"));
+      assertEquals(
+          messages.size(), db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic), "ledger rows");
+      assertEquals(
+          InboxTestSupport.sum(messages),
+          db.queryLong("SELECT sum(amount) FROM ledger WHERE topic = ?", topic));
       assertTrue(
           db.queryLong("SELECT max(owner_epoch) FROM txkafka_inbox_offset WHERE topic = ?", topic)
               > 1,
@@ -107,8 +139,9 @@ class InboxRebalanceTest {
       assertEquals(
           0,
           db.queryLong(
-              "SELECT count(*) FROM (SELECT message_id FROM ledger GROUP BY message_id"
-                  + " HAVING count(*) > 1) d"),
+              "SELECT count(*) FROM (SELECT message_id FROM ledger WHERE topic = ?"
+                  + " GROUP BY message_id HAVING count(*) > 1) d",
+              topic),
           "no message applied twice");
     } finally {
       for (Inbox member : members) {
@@ -118,16 +151,12 @@ class InboxRebalanceTest {
   }
 
   private static Inbox member(
-      KafkaBroker broker,
+      Map<String, Object> properties,
       DataSource dataSource,
       String topic,
       String group,
       int number,
       InboxListener listener) {
-    Map<String, Object> properties = new HashMap<>(InboxTestSupport.consumerProperties(broker));
-    properties.put(
-        "partition.assignment.strategy",
-        "org.apache.kafka.clients.consumer.CooperativeStickyAssignor");
     Inbox inbox =
         Inbox.builder()
             .kafkaProperties(properties)
