@@ -274,6 +274,9 @@ public final class KafkaBroker implements AutoCloseable {
           // 5 s by default: tests that rebalance within seconds need them more often.
           "group.consumer.min.heartbeat.interval.ms=500",
           "group.consumer.heartbeat.interval.ms=500",
+          // and a killed member's partitions (and static instance id) back within seconds, as
+          // the classic protocol's tests get with their 6 s session timeout (45 s by default).
+          "group.consumer.session.timeout.ms=6000",
           "group.min.session.timeout.ms=1000",
           "num.partitions=1",
           "auto.create.topics.enable=false",

@@ -11,6 +11,7 @@ import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.common.errors.UnreleasedInstanceIdException;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import org.txkafka.TxKafkaException;
@@ -24,10 +25,19 @@ import org.txkafka.outbox.OutboxWriter;
  * The {@link Inbox} behind {@code Inbox.builder()}: wires the poll thread, the worker pool, the
  * partition claims, the retention job and the dead-letter API together.
  *
- * <p>Invariants: the consumer is created, used and closed only on the poll thread; a partition is
- * claimed (owner epoch bumped) before any of its records is processed; close() never returns while
- * a batch it waited for is half-committed (transactions are atomic; what is still running after
- * closeTimeout commits or rolls back as a whole).
+ * <p>Invariants: a consumer is used and closed only on the poll thread (the first is made by
+ * start(), so that Kafka's refusal of a setting reaches the caller); a partition is claimed (owner
+ * epoch bumped) before any of its records is processed; close() never returns while a batch it
+ * waited for is half-committed (transactions are atomic; what is still running after closeTimeout
+ * commits or rolls back as a whole).
+ *
+ * <p>Joining again: with Kafka's consumer group protocol (KIP-848) and static membership
+ * ({@code group.instance.id}), a member restarted after its process was killed is refused ({@link
+ * UnreleasedInstanceIdException}) until the broker times out the session of the killed one, which
+ * never left the group. That is a wait, not an error: the poll thread closes the refused consumer
+ * and joins again with a new one, with backoff, until it is let in or the inbox is closed. The new
+ * consumer is a new member: every partition it gets is claimed again (new owner epoch), so nothing
+ * the old one had in flight can commit after it.
  */
 public final class InboxRuntime implements Inbox {
   /** At most this many dead letters per listing, as the outbox admin lists parked rows. */
@@ -48,7 +58,12 @@ public final class InboxRuntime implements Inbox {
   private final String ownerId;
   private final AtomicInteger lifecycle = new AtomicInteger(NEW);
   private volatile boolean closing;
-  private PollLoop loop;
+  private volatile PollLoop loop;
+  /** True while the poll thread waits to join the group again ({@link #pollUntilClosed}). */
+  private volatile boolean rejoining;
+  /** Why joining again failed (a new consumer could not be made), or null. */
+  private volatile Throwable rejoinFailure;
+  private BatchProcessor processor;
   private Thread pollThread;
   private ExecutorService workers;
   private ScheduledExecutorService retention;
@@ -84,10 +99,9 @@ public final class InboxRuntime implements Inbox {
     workers =
         Executors.newFixedThreadPool(
             settings.concurrency(), threads("txkafka-inbox-worker-" + group, true));
-    BatchProcessor processor =
-        new BatchProcessor(settings, transactions, sql, writer, metrics, () -> closing);
+    processor = new BatchProcessor(settings, transactions, sql, writer, metrics, () -> closing);
     loop = new PollLoop(settings, consumer, workers, processor, this::claim, metrics);
-    pollThread = threads("txkafka-inbox-poll-" + group, false).newThread(loop);
+    pollThread = threads("txkafka-inbox-poll-" + group, false).newThread(this::pollUntilClosed);
     pollThread.start();
     retention =
         Executors.newSingleThreadScheduledExecutor(
@@ -98,14 +112,78 @@ public final class InboxRuntime implements Inbox {
     LOG.info("inbox of group {} started as owner {}", group, ownerId);
   }
 
+  /**
+   * The poll thread: runs the poll loop, and when its member was refused because a killed
+   * incarnation of it still holds its static instance id, joins again with a new consumer after a
+   * backoff (see the class comment). Any other failure ends the inbox, as before.
+   */
+  private void pollUntilClosed() {
+    int refusals = 0;
+    while (true) {
+      PollLoop current = loop;
+      current.run();
+      if (closing || !(current.failure() instanceof UnreleasedInstanceIdException)) {
+        return;
+      }
+      rejoining = true;
+      try {
+        refusals++;
+        long waitMillis = backoffMillis(refusals);
+        LOG.warn(
+            "group {}: the broker refused this member ({}): its static instance id is still held"
+                + " by an earlier member that ended without leaving the group (a killed"
+                + " process); the broker releases it when that member's session times out."
+                + " Joining again with a new consumer in {} ms (refusal {})",
+            settings.groupId(),
+            current.failure().getMessage(),
+            waitMillis,
+            refusals);
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(waitMillis);
+        while (!closing && System.nanoTime() < deadline) {
+          try {
+            Thread.sleep(Math.min(50, Math.max(1, (deadline - System.nanoTime()) / 1_000_000)));
+          } catch (InterruptedException e) {
+            // only close() stops this thread, through the closing flag
+          }
+        }
+        if (closing) {
+          return;
+        }
+        KafkaConsumer<byte[], byte[]> consumer;
+        try {
+          consumer = new KafkaConsumer<>(settings.consumerProperties());
+        } catch (RuntimeException e) {
+          rejoinFailure = e;
+          LOG.error(
+              "group {}: a new consumer could not be made; the inbox stops", settings.groupId(), e);
+          return;
+        }
+        loop = new PollLoop(settings, consumer, workers, processor, this::claim, metrics);
+        if (closing) {
+          loop.stop(); // close() may have stopped the loop before this one: it then closes at once
+        }
+      } finally {
+        rejoining = false;
+      }
+    }
+  }
+
   @Override
   public boolean isRunning() {
-    return lifecycle.get() == STARTED && loop != null && loop.isRunning();
+    PollLoop current = loop;
+    return lifecycle.get() == STARTED
+        && current != null
+        && rejoinFailure == null
+        && (rejoining || current.isRunning());
   }
 
   @Override
   public Throwable failure() {
-    return loop == null ? null : loop.failure();
+    PollLoop current = loop;
+    if (rejoinFailure != null) {
+      return rejoinFailure;
+    }
+    return current == null || rejoining ? null : current.failure();
   }
 
   /** Claims a partition in the database (bumps the epoch), retrying while the database fails. */

@@ -92,8 +92,13 @@ public final class InboxMemberMain {
         };
     Map<String, Object> properties = new HashMap<>();
     properties.put("bootstrap.servers", System.getProperty("bootstrap"));
-    properties.put("session.timeout.ms", "6000");
-    properties.put("heartbeat.interval.ms", "1000");
+    if ("consumer".equals(System.getProperty("groupProtocol"))) {
+      // KIP-848: the broker owns session timeout and heartbeat interval.
+      properties.put("group.protocol", "consumer");
+    } else {
+      properties.put("session.timeout.ms", "6000");
+      properties.put("heartbeat.interval.ms", "1000");
+    }
     properties.put("max.poll.interval.ms", "20000");
     String instanceId = System.getProperty("instanceId");
     if (instanceId != null) {
