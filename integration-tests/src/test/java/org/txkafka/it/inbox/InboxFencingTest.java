@@ -7,12 +7,14 @@ import static org.txkafka.it.inbox.InboxTestSupport.await;
 import com.zaxxer.hikari.HikariDataSource;
 import java.time.Duration;
 import java.util.Collection;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import org.apache.kafka.common.TopicPartition;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.txkafka.inbox.Inbox;
@@ -30,10 +32,10 @@ import org.txkafka.testkit.TestPostgres;
  */
 @Timeout(value = 4, unit = TimeUnit.MINUTES)
 class InboxFencingTest {
-  private static TestDatabase db;
+  private TestDatabase db;
 
-  @BeforeAll
-  static void setUp() {
+  @BeforeEach // a database per test: each counts the same tables
+  void setUp() {
     db = TestPostgres.shared().createDatabase().migrate();
     InboxTestSupport.createLedger(db);
     // An audit of every change of a stored offset, to catch a regression or a stale-epoch write.
@@ -50,16 +52,32 @@ class InboxFencingTest {
             + " FOR EACH ROW EXECUTE FUNCTION audit_offset()");
   }
 
-  @AfterAll
-  static void tearDown() {
+  @AfterEach
+  void tearDown() {
     db.close();
   }
 
   @Test
   void memberStalledPastSessionTimeoutCannotCommitAfterAnotherMemberTookItsPartition()
       throws Exception {
+    stalledMemberIsFenced("classic");
+  }
+
+  /**
+   * The same on Kafka's consumer group protocol (KIP-848): the broker expires the stalled member's
+   * session (6 s on the test broker) and gives its partition to the successor; woken, the zombie
+   * is told its member epoch is fenced and loses its partitions, but its batch in flight must
+   * still fail in the database.
+   */
+  @Test
+  void memberStalledPastSessionTimeoutOnTheConsumerGroupProtocolCannotCommitAfterATakeover()
+      throws Exception {
+    stalledMemberIsFenced("consumer");
+  }
+
+  private void stalledMemberIsFenced(String groupProtocol) throws Exception {
     KafkaBroker broker = KafkaBroker.shared();
-    String topic = KafkaBroker.uniqueTopic("inbox-fencing");
+    String topic = KafkaBroker.uniqueTopic("inbox-fencing-" + groupProtocol);
     broker.createTopic(topic, 1);
     List<Message> messages = InboxTestSupport.messages("fence-", 400);
     InboxTestSupport.produce(broker, topic, messages);
@@ -75,6 +93,7 @@ class InboxFencingTest {
         };
     try (ChildJvm zombie =
             InboxMemberMain.builder(db, broker, topic, group, "zombie")
+                .systemProperty("groupProtocol", groupProtocol)
                 .systemProperty("stallMessageId", stallId)
                 .systemProperty("stallMillis", "3000")
                 .systemProperty("maxBatchSize", "20")
@@ -84,9 +103,15 @@ class InboxFencingTest {
       zombie.suspend();
       long zombieAppliedBeforeTakeover =
           db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'zombie'");
+      Map<String, Object> properties = new HashMap<>(InboxTestSupport.consumerProperties(broker));
+      if (groupProtocol.equals("consumer")) {
+        properties.remove("session.timeout.ms");
+        properties.remove("heartbeat.interval.ms");
+        properties.put("group.protocol", "consumer");
+      }
       try (Inbox successor =
           Inbox.builder()
-              .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+              .kafkaProperties(properties)
               .groupId(group)
               .topics(topic)
               .dataSource(dataSource)
