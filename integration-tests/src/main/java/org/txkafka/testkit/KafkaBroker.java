@@ -152,6 +152,33 @@ public final class KafkaBroker implements AutoCloseable {
     }
   }
 
+  /**
+   * The sum of the end offsets of every partition of {@code topic}: how many records were ever
+   * appended to it (a consumer that stored these offsets has read everything).
+   */
+  public long endOffsetSum(String topic) {
+    try {
+      int partitions =
+          admin().describeTopics(List.of(topic)).allTopicNames().get(10, TimeUnit.SECONDS)
+              .get(topic).partitions().size();
+      Map<org.apache.kafka.common.TopicPartition, org.apache.kafka.clients.admin.OffsetSpec> wanted =
+          new java.util.HashMap<>();
+      for (int p = 0; p < partitions; p++) {
+        wanted.put(
+            new org.apache.kafka.common.TopicPartition(topic, p),
+            org.apache.kafka.clients.admin.OffsetSpec.latest());
+      }
+      return admin().listOffsets(wanted).all().get(10, TimeUnit.SECONDS).values().stream()
+          .mapToLong(info -> info.offset())
+          .sum();
+    } catch (ExecutionException | java.util.concurrent.TimeoutException e) {
+      throw new IllegalStateException("end offsets of " + topic + " unavailable", e);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new IllegalStateException("interrupted", e);
+    }
+  }
+
   /** An admin client for this broker, closed with it. */
   public synchronized Admin admin() {
     if (admin == null) {

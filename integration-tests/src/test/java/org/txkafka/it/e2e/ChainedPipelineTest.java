@@ -143,7 +143,17 @@ class ChainedPipelineTest {
           && System.nanoTime() < deadline) {
         Thread.sleep(200);
       }
-      Thread.sleep(1_000); // lets any wrong extra application land before the checks
+      // Both inboxes read their topics to the end, resends included: a wrong extra application
+      // would have landed by now.
+      while ((storedOffsets(paymentsDb, "payments-service") < broker.endOffsetSum(ordersTopic)
+              || storedOffsets(ordersDb, "orders-service") < broker.endOffsetSum(paymentsTopic))
+          && System.nanoTime() < deadline) {
+        Thread.sleep(200);
+      }
+      assertEquals(broker.endOffsetSum(ordersTopic), storedOffsets(paymentsDb, "payments-service"),
+          "the payments inbox read the orders topic to its end");
+      assertEquals(broker.endOffsetSum(paymentsTopic), storedOffsets(ordersDb, "orders-service"),
+          "the orders inbox read the payments topic to its end");
       assertEquals(committed, ordersDb.queryLong("SELECT count(*) FROM orders"));
       assertEquals(committed, ordersDb.queryLong("SELECT count(*) FROM orders WHERE status = 'PAID'"),
           "every committed order was paid");
@@ -178,6 +188,12 @@ class ChainedPipelineTest {
   }
 
   /** Reads the first {@code count} records of the topic and produces them again, headers and all. */
+  private static long storedOffsets(TestDatabase db, String group) {
+    return db.queryLong(
+        "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset WHERE consumer_group = ?",
+        group);
+  }
+
   private static void resendFirstRecords(KafkaBroker broker, String topic, int count) {
     List<ConsumerRecord<byte[], byte[]>> seen = new ArrayList<>();
     try (KafkaConsumer<byte[], byte[]> consumer = new KafkaConsumer<>(Map.of(

@@ -105,6 +105,15 @@ class InboxDuplicatesTest {
           db.queryLong("SELECT count(DISTINCT message_id) FROM ledger"),
           "distinct ids in the ledger");
       assertEquals(expectedRows, db.queryLong("SELECT count(*) FROM txkafka_inbox"), "inbox rows");
+      // The counters move after each batch's commit, so after its stored offset: wait for them.
+      await(
+          "the processed and duplicates metrics",
+          Duration.ofSeconds(30),
+          () ->
+              (long) registry.get("txkafka.inbox.records.processed").counter().count()
+                      == expectedRows
+                  && (long) registry.get("txkafka.inbox.records.duplicates").counter().count()
+                      == all.size() - expectedRows);
       double duplicates = registry.get("txkafka.inbox.records.duplicates").counter().count();
       double processed = registry.get("txkafka.inbox.records.processed").counter().count();
       assertEquals(all.size() - expectedRows, (long) duplicates, "duplicates metric");

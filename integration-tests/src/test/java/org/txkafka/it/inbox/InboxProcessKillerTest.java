@@ -310,6 +310,7 @@ class InboxProcessKillerTest {
         long deadline = System.nanoTime() + Duration.ofSeconds(90).toNanos();
         while (true) {
           if (!member.isAlive()) {
+            member.waitFor(Duration.ofSeconds(30)); // and its output read to the end
             assertTrue(
                 member.output().contains("HALT " + killer),
                 "the member died on the killer record, not otherwise:\n" + member.output());

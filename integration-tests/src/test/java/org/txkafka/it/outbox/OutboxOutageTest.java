@@ -570,8 +570,10 @@ class OutboxOutageTest {
       reader.awaitIds(WAIT, asStrings(all));
       await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
       await(WAIT, "shares held again", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
-      assertEquals(
-          2, db.queryLong("SELECT last_value FROM refuse_removal_once"), "one removal refused");
+      // Only the first removal is refused (nextval 1); more rounds may follow it.
+      assertTrue(
+          db.queryLong("SELECT last_value FROM refuse_removal_once") >= 2,
+          "the refused removal was followed by one that succeeded");
       assertEquals(
           1, db.queryLong(advisoryLockHolders("count")), "one session holds the relay's locks");
       long after = db.queryLong(advisoryLockHolders("min"));
@@ -793,7 +795,10 @@ class OutboxOutageTest {
       // Each round starts with another share, so the failed attempts spread over the waiting rows.
       await(WAIT, "failed attempts counted", () -> db.queryLong(
           "SELECT coalesce(sum(attempts), 0) FROM txkafka_outbox WHERE topic = ?", missing) >= 2);
-      assertEquals(waiting.size(), pendingRows(db), "the rows wait, neither lost nor parked");
+      // The flowing rows of a round are removed after its acknowledgements, which a round holding
+      // a waiting row reaches only after that row's max.block.ms: wait for their removal.
+      await(WAIT, "only the waiting rows left, neither lost nor parked",
+          () -> pendingRows(db) == waiting.size());
       UUID tried = waiting.stream().filter(id -> attempts(id) > 0).findFirst().orElseThrow();
       assertTrue(lastError(tried).contains("TimeoutException"), lastError(tried));
 

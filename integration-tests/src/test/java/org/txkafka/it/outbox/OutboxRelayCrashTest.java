@@ -176,7 +176,17 @@ class OutboxRelayCrashTest {
               () -> "inbox applied " + db.queryLong("SELECT count(*) FROM crash_applied"),
               () -> db.queryLong("SELECT count(DISTINCT message_id) FROM crash_applied")
                   >= expected.size());
-          OutboxFixtures.sleep(1_000); // lets a wrong second application land before the checks
+          // Every record of the topic, duplicates included, was read: a wrong second
+          // application would have landed by now.
+          long records = broker.endOffsetSum(topic);
+          await(
+              WAIT,
+              "the inbox to store offsets at the topic's end (" + records + " records)",
+              () -> db.queryLong(
+                      "SELECT coalesce(sum(next_offset), 0) FROM txkafka_inbox_offset"
+                          + " WHERE consumer_group = ?",
+                      "crash-downstream-" + topic)
+                  == records);
         }
         assertEquals(expected.size(), db.queryLong("SELECT count(*) FROM crash_applied"),
             "each message applied exactly once");
