@@ -65,8 +65,10 @@ import org.txkafka.outbox.internal.RelayConfig;
  *   <li>A relay whose database session ends in the middle of a batch may still finish sending it
  *       while another relay already took the shares over: the overlap is at most that one batch, and
  *       after duplicates are removed every key is still in order. A relay that is frozen (long GC
- *       pause, SIGSTOP) keeps its session and so its shares: nobody publishes them until it resumes
- *       or its session ends (turn on TCP keepalives so that a dead network path ends it).
+ *       pause, SIGSTOP, a paused VM) keeps its shares for {@link Builder#leaseTimeout(Duration)}
+ *       (30 s by default), after which PostgreSQL ends its session; with the timeout off, until
+ *       it resumes or its session ends otherwise (turn on TCP keepalives so that a dead network
+ *       path ends it).
  *   <li>Sealing serialises the commits of transactions that send the same key (only their last
  *       step, after their own statements). A transaction with more than 256 distinct keys locks
  *       the shares of its rows instead, so that it never needs more than 64 locks.
@@ -167,6 +169,8 @@ public interface OutboxRelay extends AutoCloseable {
     public static final Duration DEFAULT_POLL_INTERVAL = Duration.ofSeconds(1);
     /** Default of {@link #leaseCheckInterval(Duration)}. */
     public static final Duration DEFAULT_LEASE_CHECK_INTERVAL = Duration.ofSeconds(1);
+    /** Default of {@link #leaseTimeout(Duration)}. */
+    public static final Duration DEFAULT_LEASE_TIMEOUT = Duration.ofSeconds(30);
     /** Default of {@link #retryBackoff(Duration, Duration)}: first wait. */
     public static final Duration DEFAULT_INITIAL_BACKOFF = Duration.ofMillis(100);
     /** Default of {@link #retryBackoff(Duration, Duration)}: longest wait. */
@@ -191,6 +195,8 @@ public interface OutboxRelay extends AutoCloseable {
     private Duration pollInterval = DEFAULT_POLL_INTERVAL;
     private boolean listenNotify = true;
     private Duration leaseCheckInterval = DEFAULT_LEASE_CHECK_INTERVAL;
+    private Duration leaseTimeout;
+    private boolean leaseTimeoutGiven;
     private Duration initialBackoff = DEFAULT_INITIAL_BACKOFF;
     private Duration maxBackoff = DEFAULT_MAX_BACKOFF;
     private Duration closeTimeout = DEFAULT_CLOSE_TIMEOUT;
@@ -284,6 +290,27 @@ public interface OutboxRelay extends AutoCloseable {
      */
     public Builder leaseCheckInterval(Duration leaseCheckInterval) {
       this.leaseCheckInterval = leaseCheckInterval;
+      return this;
+    }
+
+    /**
+     * How long a frozen relay keeps its shares: the relay's database session is ended by
+     * PostgreSQL ({@code idle_session_timeout}) when it sent no statement for this long, which
+     * frees its shares for the other relays. A running relay keeps its session busy, from a
+     * keepalive thread, even while it waits for Kafka; a relay whose whole process stands still
+     * (SIGSTOP, a paused VM, a GC pause this long) does not, and its shares are taken over about
+     * this long plus a lease check interval after it stopped. When it runs again it notices the
+     * ended session at its next statement and gives up its shares; what it had in flight may
+     * still reach Kafka, as duplicates that receivers remove by message id, in per-key order
+     * after that. {@link Duration#ZERO} turns it off (a frozen relay then keeps its shares until
+     * it runs again or its network connection breaks). PostgreSQL 14 or later; on older servers
+     * the relay logs a warning and runs without it. At least 3 x {@link
+     * #leaseCheckInterval(Duration)}, at most 1 hour. Defaults to 30 seconds, or to 3 x the lease
+     * check interval when that is longer.
+     */
+    public Builder leaseTimeout(Duration leaseTimeout) {
+      this.leaseTimeout = leaseTimeout;
+      this.leaseTimeoutGiven = true;
       return this;
     }
 
@@ -391,6 +418,12 @@ public interface OutboxRelay extends AutoCloseable {
               pollInterval,
               listenNotify,
               leaseCheckInterval,
+              leaseTimeoutGiven
+                  ? leaseTimeout
+                  : leaseCheckInterval != null
+                          && leaseCheckInterval.multipliedBy(3).compareTo(DEFAULT_LEASE_TIMEOUT) > 0
+                      ? leaseCheckInterval.multipliedBy(3)
+                      : DEFAULT_LEASE_TIMEOUT,
               initialBackoff,
               maxBackoff,
               closeTimeout,

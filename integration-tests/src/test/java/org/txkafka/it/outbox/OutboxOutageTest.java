@@ -94,6 +94,64 @@ class OutboxOutageTest {
     db.close();
   }
 
+  /**
+   * The lease timeout ends only a frozen relay's session, not that of a relay that waits: here the
+   * relay thread waits for the acknowledgements of a frozen broker for 5 s, five times its 1 s
+   * lease timeout, without a statement of its own; the keepalive keeps its session (the same
+   * backend holds the locks throughout, no share is lost) and everything is published once the
+   * broker is back. Without the keepalive PostgreSQL ends the session after 1 s.
+   */
+  @Test
+  void relayWaitingForAFrozenBrokerLongerThanItsLeaseTimeoutKeepsItsSession() {
+    try (KafkaBroker broker = KafkaBroker.startDedicated()) {
+      String topic = KafkaBroker.uniqueTopic("lease-keepalive");
+      broker.createTopic(topic, 1);
+      AtomicInteger lost = new AtomicInteger();
+      OutboxRelay.Listener losses =
+          new OutboxRelay.Listener() {
+            @Override
+            public void sharesReleased(Set<Integer> shares, boolean wasLost) {
+              if (wasLost) {
+                lost.incrementAndGet();
+              }
+            }
+          };
+      try (OutboxRelay relay =
+              relay(relayPool, broker)
+                  .leaseTimeout(Duration.ofSeconds(1))
+                  .publishTimeout(Duration.ofSeconds(60))
+                  .listener(losses)
+                  .build();
+          TopicReader reader = new TopicReader(broker, topic)) {
+        relay.start();
+        await(WAIT, "all shares", () -> relay.ownedShares().size() == Outbox.SHARE_COUNT);
+        long holder = db.queryLong(advisoryLockHolders("min"));
+        List<UUID> before = commit(db.dataSource(), List.of(numbered(topic, "k", 0)));
+        reader.awaitIds(WAIT, asStrings(before));
+        List<UUID> during = new ArrayList<>();
+        broker.suspend();
+        try {
+          for (int i = 1; i <= 10; i++) {
+            during.addAll(commit(db.dataSource(), List.of(numbered(topic, "k", i))));
+          }
+          OutboxFixtures.sleep(5_000);
+          assertEquals(0, lost.get(), "no share lost while waiting for the frozen broker");
+          assertEquals(
+              holder, db.queryLong(advisoryLockHolders("min")), "the same session holds the locks");
+        } finally {
+          broker.resume();
+        }
+        List<UUID> all = new ArrayList<>(before);
+        all.addAll(during);
+        reader.awaitIds(WAIT, asStrings(all));
+        await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+        assertPerKeyOrderAfterDedup(reader.records());
+        assertEquals(0, lost.get(), "no share lost");
+        assertEquals(holder, db.queryLong(advisoryLockHolders("min")), "still the same session");
+      }
+    }
+  }
+
   @Test
   void rowsWrittenWhileTheBrokerIsDownWaitInTheOutboxAndArePublishedWhenItReturns() {
     try (KafkaBroker broker = KafkaBroker.startDedicated()) {

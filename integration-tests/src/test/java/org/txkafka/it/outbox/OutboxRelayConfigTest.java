@@ -86,6 +86,28 @@ class OutboxRelayConfigTest {
   }
 
   @Test
+  void leaseTimeoutIsCheckedAgainstTheLeaseCheckIntervalAndItsDefaultFollowsIt() {
+    assertRefused("leaseTimeout must be set, was null", b -> b.leaseTimeout(null));
+    assertRefused(
+        "leaseTimeout must be between PT0S and PT1H, was PT-1S",
+        b -> b.leaseTimeout(Duration.ofSeconds(-1)));
+    assertRefused(
+        "leaseTimeout must be between PT0S and PT1H, was PT1H0.001S",
+        b -> b.leaseTimeout(Duration.ofHours(1).plusMillis(1)));
+    assertRefused(
+        "leaseTimeout must be 0 (off) or at least 3 x leaseCheckInterval (PT3S), was PT2.999S",
+        b -> b.leaseTimeout(Duration.ofMillis(2999)));
+    assertRefused(
+        "leaseTimeout must be 0 (off) or at least 3 x leaseCheckInterval (PT30S), was PT20S",
+        b -> b.leaseCheckInterval(Duration.ofSeconds(10)).leaseTimeout(Duration.ofSeconds(20)));
+    // Off, the smallest allowed, and a lease check interval whose triple exceeds the 30 s default
+    // (the default then follows it instead of refusing a setting the user did not make).
+    valid().leaseTimeout(Duration.ZERO).build().close();
+    valid().leaseTimeout(Duration.ofSeconds(3)).build().close();
+    valid().leaseCheckInterval(Duration.ofMinutes(1)).build().close();
+  }
+
+  @Test
   void badSchemaNameAndMeterRegistryAreRefused() {
     assertRefused(
         "schema must be a lower-case unquoted PostgreSQL identifier ([a-z_][a-z0-9_$]*, at most"

@@ -179,7 +179,8 @@ class OutboxRelayFailoverTest {
       Set<Integer> frozenShares = holdings(relays).get(0);
       Set<Integer> liveShares = holdings(relays).get(1);
 
-      // SIGSTOP: a very long GC pause. Its session stays open, so its leases stay held.
+      // SIGSTOP: a long GC pause. Its session stays open, so its leases stay held (for its lease
+      // timeout, 30 s by default, far longer than this freeze; the next test lets it expire).
       frozen.suspend();
       long frozenAt = System.currentTimeMillis();
       List<UUID> toFrozen = new ArrayList<>();
@@ -214,6 +215,74 @@ class OutboxRelayFailoverTest {
       System.out.printf(
           "frozen: relay stopped for %d ms, its %d rows published after it resumed%n",
           resumedAt - frozenAt, toFrozen.size());
+    } finally {
+      relays.forEach(ChildJvm::close);
+    }
+  }
+
+  /**
+   * With a lease timeout, a frozen relay does not keep its shares for good: PostgreSQL ends its
+   * session after the timeout (the frozen process sends no keepalive), its locks go, and the other
+   * relay takes its shares and publishes their rows while it is still frozen. Woken, it finds its
+   * session ended and gives its shares up; nothing is lost and every key stays in order once
+   * duplicates (its rounds in flight) are removed.
+   */
+  @Test
+  void frozenRelayLosesItsSharesAfterTheLeaseTimeoutAndTheOtherPublishesThem() {
+    String topic = KafkaBroker.uniqueTopic("frozen-lease");
+    broker.createTopic(topic, 2);
+    List<ChildJvm> relays = new ArrayList<>();
+    try (TopicReader reader = new TopicReader(broker, topic)) {
+      String lease = "-DleaseTimeoutMillis=3000";
+      relays.add(OutboxFixtures.startRelayProcess(db, broker, "lease-a", 50, lease));
+      relays.add(OutboxFixtures.startRelayProcess(db, broker, "lease-b", 50, lease));
+      await(
+          WAIT,
+          () -> "even split, now " + holdings(relays),
+          () -> holdings(relays).stream().allMatch(h -> h.size() == Outbox.SHARE_COUNT / 2));
+      ChildJvm frozen = relays.get(0);
+      Set<Integer> frozenShares = holdings(relays).get(0);
+
+      frozen.suspend();
+      long frozenAt = System.currentTimeMillis();
+      List<UUID> toFrozen = new ArrayList<>();
+      List<UUID> toLive = new ArrayList<>();
+      for (int i = 0; toFrozen.size() < 20 || toLive.size() < 20; i++) {
+        String key = "key-" + i;
+        int share = Shares.shareOf(key.getBytes(StandardCharsets.UTF_8), null);
+        (frozenShares.contains(share) ? toFrozen : toLive)
+            .addAll(commit(db.dataSource(), List.of(numbered(topic, key, 0))));
+      }
+      // While the frozen relay still stands still, the live one publishes everything.
+      reader.awaitIds(WAIT, asStrings(toFrozen));
+      long takenOverAt = System.currentTimeMillis();
+      reader.awaitIds(WAIT, asStrings(toLive));
+      await(WAIT, "outbox emptied while one relay is frozen", () -> pendingRows(db) == 0);
+      assertEquals(
+          Outbox.SHARE_COUNT, holdings(relays).get(1).size(), "the live relay holds every share");
+      assertEquals(
+          1L,
+          db.queryLong(
+              "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_database d ON d.oid ="
+                  + " l.database WHERE l.locktype = 'advisory' AND d.datname = current_database()"),
+          "one session holds advisory locks: the frozen relay's was ended");
+
+      frozen.resume();
+      frozen.awaitLine(" LOST ", WAIT); // it noticed its ended session
+      List<UUID> afterResume = new ArrayList<>();
+      for (int i = 1000; afterResume.size() < 20; i++) {
+        afterResume.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i, 1))));
+      }
+      List<UUID> all = new ArrayList<>(toFrozen);
+      all.addAll(toLive);
+      all.addAll(afterResume);
+      reader.awaitIds(WAIT, asStrings(all));
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      assertAllPresent(asStrings(all), reader.distinctIds());
+      assertPerKeyOrderAfterDedup(reader.records());
+      System.out.printf(
+          "frozen with a 3 s lease timeout: its rows published %d ms after the freeze%n",
+          takenOverAt - frozenAt);
     } finally {
       relays.forEach(ChildJvm::close);
     }

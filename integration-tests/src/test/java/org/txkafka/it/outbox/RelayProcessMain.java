@@ -24,7 +24,7 @@ public final class RelayProcessMain {
     String bootstrap = args[3];
     String name = args[4];
     int batchSize = Integer.parseInt(args[5]);
-    OutboxRelay relay =
+    OutboxRelay.Builder builder =
         Outbox.relay()
             .dataSource(OutboxFixtures.unpooled(url, user, password))
             .producerProperty("bootstrap.servers", bootstrap)
@@ -34,8 +34,12 @@ public final class RelayProcessMain {
             .leaseCheckInterval(Duration.ofMillis(200))
             .retryBackoff(Duration.ofMillis(50), Duration.ofSeconds(1))
             .closeTimeout(Duration.ofSeconds(10))
-            .listener(new PrintingListener())
-            .build();
+            .listener(new PrintingListener());
+    String leaseTimeoutMillis = System.getProperty("leaseTimeoutMillis");
+    if (leaseTimeoutMillis != null) {
+      builder.leaseTimeout(Duration.ofMillis(Long.parseLong(leaseTimeoutMillis)));
+    }
+    OutboxRelay relay = builder.build();
     CountDownLatch closed = new CountDownLatch(1);
     Runtime.getRuntime()
         .addShutdownHook(

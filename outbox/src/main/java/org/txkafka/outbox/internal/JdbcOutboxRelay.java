@@ -82,6 +82,13 @@ import org.txkafka.outbox.OutboxRelay;
  *       close is waited for without a bound, by close() or the relay thread: a producer whose
  *       network thread is stuck is left behind and a new one takes over. A session whose statement
  *       is stuck in the database is terminated by close(), so its locks go with it.
+ *   <li><b>A frozen relay does not keep its shares for good</b> (unless {@code leaseTimeout} is
+ *       off): the lease session has PostgreSQL's {@code idle_session_timeout} set to the lease
+ *       timeout, and a keepalive thread sends a statement on it every quarter of that, so only a
+ *       relay whose whole process stands still lets it expire; PostgreSQL then ends the session
+ *       and drops its locks. The keepalive runs on the physical PostgreSQL connection, whose
+ *       driver serialises statements of several threads; it never reads or removes rows, so
+ *       invariant 3 stands: after the session ended, no statement of the relay succeeds on it.
  *   <li><b>A round's wait for acknowledgements is bounded</b> by the publish timeout (handing rows
  *       to the producer is bounded separately, by {@code max.block.ms} per topic and the topic
  *       backoff): past it, a watchdog thread closes the producer at once, its unacknowledged rows
@@ -140,6 +147,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   /** Closes a producer whose round outlived the publish timeout (see {@link #publishBatch}). */
   private final ScheduledExecutorService watchdog;
+  /** Sends the lease session's keepalive statements ({@link #keepSessionAlive}). */
+  private final ScheduledExecutorService keepalive;
 
   /** Runs each round's flush, so that the relay thread can read and remove meanwhile. */
   private final ExecutorService flusher;
@@ -171,6 +180,16 @@ public final class JdbcOutboxRelay implements OutboxRelay {
             });
     bounds.setRemoveOnCancelPolicy(true);
     this.watchdog = bounds;
+    ScheduledThreadPoolExecutor pings =
+        new ScheduledThreadPoolExecutor(
+            1,
+            task -> {
+              Thread thread = new Thread(task, config.name() + "-keepalive");
+              thread.setDaemon(true);
+              return thread;
+            });
+    pings.setRemoveOnCancelPolicy(true);
+    this.keepalive = pings;
     // A thread per flush running at once: normally one, reused; a flush stuck on an abandoned
     // producer must not hold up the flush of its replacement.
     this.flusher =
@@ -194,6 +213,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       state.set(State.CLOSED);
       metrics.close();
       watchdog.shutdownNow();
+      keepalive.shutdownNow();
       flusher.shutdownNow();
       throw e;
     }
@@ -208,6 +228,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (state.compareAndSet(State.NEW, State.CLOSED)) {
       metrics.close();
       watchdog.shutdownNow();
+      keepalive.shutdownNow();
       flusher.shutdownNow();
       return;
     }
@@ -237,6 +258,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     }
     closeProducer(CLOSE_GRACE);
     watchdog.shutdownNow();
+    keepalive.shutdownNow();
     flusher.shutdownNow();
     metrics.close();
     owned = Set.of();
@@ -469,11 +491,58 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           connection.isWrapperFor(PGConnection.class)
               ? connection.unwrap(PGConnection.class).getBackendPID()
               : 0;
-      return new Session(connection, notifications, leases, backendPid);
+      ScheduledFuture<?> pings = keepSessionAlive(connection);
+      return new Session(connection, notifications, leases, backendPid, pings);
     } catch (SQLException | RuntimeException e) {
       abortQuietly(connection);
       throw e;
     }
+  }
+
+  /**
+   * Sets the lease session's {@code idle_session_timeout} to the lease timeout and schedules its
+   * keepalive, a statement every quarter of it, on the physical PostgreSQL connection (not through
+   * a pool's wrapper, which is not meant for two threads). Returns null when the timeout is off,
+   * the connection is not a PostgreSQL JDBC one, or the server is older than 14 (no such setting).
+   */
+  private ScheduledFuture<?> keepSessionAlive(Connection connection) throws SQLException {
+    Duration timeout = config.leaseTimeout();
+    if (timeout.isZero()) {
+      return null;
+    }
+    if (!connection.isWrapperFor(PGConnection.class)) {
+      LOG.warn(
+          "relay {}: the data source does not give a PostgreSQL JDBC connection; no lease timeout"
+              + " (a frozen relay keeps its shares until it runs again)",
+          config.name());
+      return null;
+    }
+    Connection physical = (Connection) connection.unwrap(PGConnection.class);
+    int version = physical.getMetaData().getDatabaseMajorVersion();
+    if (version < 14) {
+      LOG.warn(
+          "relay {}: PostgreSQL {} has no idle_session_timeout (14 and later); no lease timeout"
+              + " (a frozen relay keeps its shares until it runs again)",
+          config.name(),
+          version);
+      return null;
+    }
+    try (Statement set = connection.createStatement()) {
+      set.execute("SET idle_session_timeout = " + timeout.toMillis());
+    }
+    long period = Math.max(1, timeout.toMillis() / 4);
+    return keepalive.scheduleWithFixedDelay(
+        () -> {
+          try (Statement ping = physical.createStatement()) {
+            ping.execute("SELECT 1");
+          } catch (SQLException | RuntimeException e) {
+            // The relay thread notices an ended session at its next statement and starts over.
+            LOG.debug("relay {}: keepalive failed", config.name(), e);
+          }
+        },
+        period,
+        period,
+        TimeUnit.MILLISECONDS);
   }
 
   /**
@@ -1146,6 +1215,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (lost == null) {
       return;
     }
+    lost.stopKeepalive();
     Set<Integer> shares = lost.leases.forgetAll();
     owned = Set.of();
     abortQuietly(lost.connection);
@@ -1163,8 +1233,14 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (!shares.isEmpty()) {
       notifyListener(listener -> listener.sharesReleased(shares, false));
     }
+    current.stopKeepalive();
     try {
       current.leases.releaseAll();
+      if (current.keepalive != null) {
+        try (Statement reset = current.connection.createStatement()) {
+          reset.execute("RESET idle_session_timeout"); // a pool may hand the session out again
+        }
+      }
       if (current.notifications != null) {
         try (Statement unlisten = current.connection.createStatement()) {
           unlisten.execute("UNLISTEN *");
@@ -1254,11 +1330,22 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   // ---------------------------------------------------------------- small types
 
   /**
-   * The lease connection with its notification handle (null when polling only), leases and backend
-   * process id (0 if the connection is not a PostgreSQL JDBC one).
+   * The lease connection with its notification handle (null when polling only), leases, backend
+   * process id (0 if the connection is not a PostgreSQL JDBC one) and keepalive (null without a
+   * lease timeout).
    */
   private record Session(
-      Connection connection, PGConnection notifications, ShareLeases leases, int backendPid) {}
+      Connection connection,
+      PGConnection notifications,
+      ShareLeases leases,
+      int backendPid,
+      ScheduledFuture<?> keepalive) {
+    void stopKeepalive() {
+      if (keepalive != null) {
+        keepalive.cancel(false);
+      }
+    }
+  }
 
   private record BatchOutcome(boolean full, boolean troubled) {
     static final BatchOutcome EMPTY = new BatchOutcome(false, false);

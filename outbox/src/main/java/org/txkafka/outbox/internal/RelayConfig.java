@@ -29,6 +29,7 @@ public record RelayConfig(
     Duration pollInterval,
     boolean listenNotify,
     Duration leaseCheckInterval,
+    Duration leaseTimeout,
     Duration initialBackoff,
     Duration maxBackoff,
     Duration closeTimeout,
@@ -54,6 +55,7 @@ public record RelayConfig(
       Duration pollInterval,
       boolean listenNotify,
       Duration leaseCheckInterval,
+      Duration leaseTimeout,
       Duration initialBackoff,
       Duration maxBackoff,
       Duration closeTimeout,
@@ -78,6 +80,16 @@ public record RelayConfig(
     requireBetween("pollInterval", pollInterval, Duration.ofMillis(10), Duration.ofHours(1));
     requireBetween(
         "leaseCheckInterval", leaseCheckInterval, Duration.ofMillis(50), Duration.ofMinutes(1));
+    requireBetween("leaseTimeout", leaseTimeout, Duration.ZERO, Duration.ofHours(1));
+    if (!leaseTimeout.isZero() && leaseTimeout.compareTo(leaseCheckInterval.multipliedBy(3)) < 0) {
+      // While the relay waits for notifications (at most a lease check interval) the session is
+      // idle and the keepalive waits for the connection: the timeout must leave room for both.
+      throw new IllegalArgumentException(
+          "leaseTimeout must be 0 (off) or at least 3 x leaseCheckInterval ("
+              + leaseCheckInterval.multipliedBy(3)
+              + "), was "
+              + leaseTimeout);
+    }
     requireBetween(
         "retryBackoff initial", initialBackoff, Duration.ofMillis(1), Duration.ofMinutes(10));
     requireBetween("retryBackoff max", maxBackoff, initialBackoff, Duration.ofMinutes(10));
@@ -102,6 +114,7 @@ public record RelayConfig(
         pollInterval,
         listenNotify,
         leaseCheckInterval,
+        leaseTimeout,
         initialBackoff,
         maxBackoff,
         closeTimeout,
