@@ -134,15 +134,8 @@ public final class KafkaBroker implements AutoCloseable {
    */
   private boolean allPartitionsOnline(String topic, int partitions)
       throws InterruptedException, java.util.concurrent.TimeoutException {
-    Map<org.apache.kafka.common.TopicPartition, org.apache.kafka.clients.admin.OffsetSpec> wanted =
-        new java.util.HashMap<>();
-    for (int p = 0; p < partitions; p++) {
-      wanted.put(
-          new org.apache.kafka.common.TopicPartition(topic, p),
-          org.apache.kafka.clients.admin.OffsetSpec.latest());
-    }
     try {
-      admin().listOffsets(wanted).all().get(10, TimeUnit.SECONDS);
+      admin().listOffsets(latest(topic, partitions)).all().get(10, TimeUnit.SECONDS);
       return true;
     } catch (ExecutionException e) {
       if (e.getCause() instanceof org.apache.kafka.common.errors.RetriableException) {
@@ -161,14 +154,7 @@ public final class KafkaBroker implements AutoCloseable {
       int partitions =
           admin().describeTopics(List.of(topic)).allTopicNames().get(10, TimeUnit.SECONDS)
               .get(topic).partitions().size();
-      Map<org.apache.kafka.common.TopicPartition, org.apache.kafka.clients.admin.OffsetSpec> wanted =
-          new java.util.HashMap<>();
-      for (int p = 0; p < partitions; p++) {
-        wanted.put(
-            new org.apache.kafka.common.TopicPartition(topic, p),
-            org.apache.kafka.clients.admin.OffsetSpec.latest());
-      }
-      return admin().listOffsets(wanted).all().get(10, TimeUnit.SECONDS).values().stream()
+      return admin().listOffsets(latest(topic, partitions)).all().get(10, TimeUnit.SECONDS).values().stream()
           .mapToLong(info -> info.offset())
           .sum();
     } catch (ExecutionException | java.util.concurrent.TimeoutException e) {
@@ -177,6 +163,19 @@ public final class KafkaBroker implements AutoCloseable {
       Thread.currentThread().interrupt();
       throw new IllegalStateException("interrupted", e);
     }
+  }
+
+  /** A list-offsets request for the end of each of the {@code partitions} of {@code topic}. */
+  private static Map<org.apache.kafka.common.TopicPartition, org.apache.kafka.clients.admin.OffsetSpec>
+      latest(String topic, int partitions) {
+    Map<org.apache.kafka.common.TopicPartition, org.apache.kafka.clients.admin.OffsetSpec> wanted =
+        new java.util.HashMap<>();
+    for (int p = 0; p < partitions; p++) {
+      wanted.put(
+          new org.apache.kafka.common.TopicPartition(topic, p),
+          org.apache.kafka.clients.admin.OffsetSpec.latest());
+    }
+    return wanted;
   }
 
   /** An admin client for this broker, closed with it. */

@@ -169,12 +169,7 @@ class OutboxRelayFailoverTest {
     broker.createTopic(topic, 2);
     List<ChildJvm> relays = new ArrayList<>();
     try (TopicReader reader = new TopicReader(broker, topic)) {
-      relays.add(OutboxFixtures.startRelayProcess(db, broker, "frozen-a", 50));
-      relays.add(OutboxFixtures.startRelayProcess(db, broker, "frozen-b", 50));
-      await(
-          WAIT,
-          () -> "even split, now " + holdings(relays),
-          () -> holdings(relays).stream().allMatch(h -> h.size() == Outbox.SHARE_COUNT / 2));
+      startTwoSplittingEvenly(relays, "frozen");
       ChildJvm frozen = relays.get(0);
       Set<Integer> frozenShares = holdings(relays).get(0);
       Set<Integer> liveShares = holdings(relays).get(1);
@@ -185,12 +180,7 @@ class OutboxRelayFailoverTest {
       long frozenAt = System.currentTimeMillis();
       List<UUID> toFrozen = new ArrayList<>();
       List<UUID> toLive = new ArrayList<>();
-      for (int i = 0; toFrozen.size() < 20 || toLive.size() < 20; i++) {
-        String key = "key-" + i;
-        int share = Shares.shareOf(key.getBytes(StandardCharsets.UTF_8), null);
-        (frozenShares.contains(share) ? toFrozen : toLive)
-            .addAll(commit(db.dataSource(), List.of(numbered(topic, key, 0))));
-      }
+      commitToBoth(topic, frozenShares, toFrozen, toLive);
       reader.awaitIds(WAIT, asStrings(toLive));
       OutboxFixtures.sleep(2_000);
       reader.poll(200);
@@ -233,13 +223,7 @@ class OutboxRelayFailoverTest {
     broker.createTopic(topic, 2);
     List<ChildJvm> relays = new ArrayList<>();
     try (TopicReader reader = new TopicReader(broker, topic)) {
-      String lease = "-DleaseTimeoutMillis=3000";
-      relays.add(OutboxFixtures.startRelayProcess(db, broker, "lease-a", 50, lease));
-      relays.add(OutboxFixtures.startRelayProcess(db, broker, "lease-b", 50, lease));
-      await(
-          WAIT,
-          () -> "even split, now " + holdings(relays),
-          () -> holdings(relays).stream().allMatch(h -> h.size() == Outbox.SHARE_COUNT / 2));
+      startTwoSplittingEvenly(relays, "lease", "-DleaseTimeoutMillis=3000");
       ChildJvm frozen = relays.get(0);
       Set<Integer> frozenShares = holdings(relays).get(0);
 
@@ -247,12 +231,7 @@ class OutboxRelayFailoverTest {
       long frozenAt = System.currentTimeMillis();
       List<UUID> toFrozen = new ArrayList<>();
       List<UUID> toLive = new ArrayList<>();
-      for (int i = 0; toFrozen.size() < 20 || toLive.size() < 20; i++) {
-        String key = "key-" + i;
-        int share = Shares.shareOf(key.getBytes(StandardCharsets.UTF_8), null);
-        (frozenShares.contains(share) ? toFrozen : toLive)
-            .addAll(commit(db.dataSource(), List.of(numbered(topic, key, 0))));
-      }
+      commitToBoth(topic, frozenShares, toFrozen, toLive);
       // While the frozen relay still stands still, the live one publishes everything.
       reader.awaitIds(WAIT, asStrings(toFrozen));
       long takenOverAt = System.currentTimeMillis();
@@ -285,6 +264,28 @@ class OutboxRelayFailoverTest {
           takenOverAt - frozenAt);
     } finally {
       relays.forEach(ChildJvm::close);
+    }
+  }
+
+  /** Starts relays {@code <prefix>-a} and {@code -b} and waits until each holds half the shares. */
+  private static void startTwoSplittingEvenly(
+      List<ChildJvm> relays, String prefix, String... jvmOptions) {
+    relays.add(OutboxFixtures.startRelayProcess(db, broker, prefix + "-a", 50, jvmOptions));
+    relays.add(OutboxFixtures.startRelayProcess(db, broker, prefix + "-b", 50, jvmOptions));
+    await(
+        WAIT,
+        () -> "even split, now " + holdings(relays),
+        () -> holdings(relays).stream().allMatch(h -> h.size() == Outbox.SHARE_COUNT / 2));
+  }
+
+  /** Commits rows of distinct keys until 20 fell in {@code frozenShares} and 20 outside them. */
+  private static void commitToBoth(
+      String topic, Set<Integer> frozenShares, List<UUID> toFrozen, List<UUID> toLive) {
+    for (int i = 0; toFrozen.size() < 20 || toLive.size() < 20; i++) {
+      String key = "key-" + i;
+      int share = Shares.shareOf(key.getBytes(StandardCharsets.UTF_8), null);
+      (frozenShares.contains(share) ? toFrozen : toLive)
+          .addAll(commit(db.dataSource(), List.of(numbered(topic, key, 0))));
     }
   }
 

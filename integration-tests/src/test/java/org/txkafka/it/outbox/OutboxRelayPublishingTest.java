@@ -81,6 +81,76 @@ class OutboxRelayPublishingTest {
     db.close();
   }
 
+  /**
+   * A server that refuses the lease timeout's {@code SET idle_session_timeout} (a proxy, a
+   * PostgreSQL-compatible server, a policy) costs the relay its lease timeout, not its work: it
+   * warns and publishes. Before, the refusal failed every session the relay opened, for ever.
+   */
+  @Test
+  void relayWhoseServerRefusesTheLeaseTimeoutRunsWithoutIt() throws Exception {
+    String topic = topic(1);
+    AtomicInteger refused = new AtomicInteger();
+    javax.sql.DataSource refusing = refusingIdleSessionTimeout(db.dataSource(), refused);
+    List<UUID> ids = commit(db.dataSource(), List.of(numbered(topic, "k", 1), numbered(topic, "k", 2)));
+    try (OutboxRelay relay = relay(refusing, broker).build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      relay.start();
+      reader.awaitIds(WAIT, asStrings(ids));
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      assertTrue(refused.get() >= 1, "the SET was refused: " + refused.get());
+      assertEquals(Outbox.SHARE_COUNT, relay.ownedShares().size());
+    }
+  }
+
+  /**
+   * {@code dataSource} whose statements refuse {@code SET idle_session_timeout} as a server
+   * without the setting would (SQLState 42704), counting the refusals; everything else, including
+   * {@code unwrap} to the driver's connection, is the real PostgreSQL connection.
+   */
+  private static javax.sql.DataSource refusingIdleSessionTimeout(
+      javax.sql.DataSource dataSource, AtomicInteger refused) {
+    org.postgresql.ds.PGSimpleDataSource unpooled = new org.postgresql.ds.PGSimpleDataSource() {
+      @Override
+      public Connection getConnection() throws java.sql.SQLException {
+        Connection real = dataSource.getConnection();
+        return (Connection) java.lang.reflect.Proxy.newProxyInstance(
+            Connection.class.getClassLoader(),
+            new Class<?>[] {Connection.class},
+            (proxy, method, args) -> {
+              Object result = invoke(method, real, args);
+              if (method.getName().equals("createStatement") && result instanceof java.sql.Statement statement) {
+                return java.lang.reflect.Proxy.newProxyInstance(
+                    java.sql.Statement.class.getClassLoader(),
+                    new Class<?>[] {java.sql.Statement.class},
+                    (p, m, a) -> {
+                      if (m.getName().equals("execute")
+                          && a != null
+                          && a[0] instanceof String sql
+                          && sql.startsWith("SET idle_session_timeout")) {
+                        refused.incrementAndGet();
+                        throw new java.sql.SQLException(
+                            "unrecognized configuration parameter \"idle_session_timeout\"",
+                            "42704");
+                      }
+                      return invoke(m, statement, a);
+                    });
+              }
+              return result;
+            });
+      }
+    };
+    return unpooled;
+  }
+
+  private static Object invoke(java.lang.reflect.Method method, Object target, Object[] args)
+      throws Throwable {
+    try {
+      return method.invoke(target, args);
+    } catch (java.lang.reflect.InvocationTargetException e) {
+      throw e.getCause();
+    }
+  }
+
   private static String topic(int partitions) {
     String topic = KafkaBroker.uniqueTopic("outbox");
     broker.createTopic(topic, partitions);

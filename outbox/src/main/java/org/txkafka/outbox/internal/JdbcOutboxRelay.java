@@ -84,11 +84,15 @@ import org.txkafka.outbox.OutboxRelay;
  *       is stuck in the database is terminated by close(), so its locks go with it.
  *   <li><b>A frozen relay does not keep its shares for good</b> (unless {@code leaseTimeout} is
  *       off): the lease session has PostgreSQL's {@code idle_session_timeout} set to the lease
- *       timeout, and a keepalive thread sends a statement on it every quarter of that, so only a
- *       relay whose whole process stands still lets it expire; PostgreSQL then ends the session
- *       and drops its locks. The keepalive runs on the physical PostgreSQL connection, whose
- *       driver serialises statements of several threads; it never reads or removes rows, so
- *       invariant 3 stands: after the session ended, no statement of the relay succeeds on it.
+ *       timeout, and a keepalive thread sends a statement on it every quarter of that, so a relay
+ *       whose whole process stands still lets it expire; PostgreSQL then ends the session and
+ *       drops its locks. The keepalive runs on the physical PostgreSQL connection, whose driver
+ *       serialises statements of several threads; it never reads or removes rows, so invariant 3
+ *       stands: after the session ended, no statement of the relay succeeds on it. No keepalive
+ *       runs on a session given back to a pool: releasing waits for a running one first. What it
+ *       does not cover: the keepalive shows that the process runs, not that the relay thread makes
+ *       progress (a listener callback that never returns keeps the shares), and a process frozen
+ *       while the server is still sending it a large result leaves the session busy, not idle.
  *   <li><b>A round's wait for acknowledgements is bounded</b> by the publish timeout (handing rows
  *       to the producer is bounded separately, by {@code max.block.ms} per topic and the topic
  *       backoff): past it, a watchdog thread closes the producer at once, its unacknowledged rows
@@ -97,8 +101,10 @@ import org.txkafka.outbox.OutboxRelay;
  *       again follows them. A producer that never gets an answer cannot stall its shares for good.
  * </ol>
  *
- * <p>Thread-safety: the public methods may be called from any thread; all SQL and producer sends
- * run on the relay thread.
+ * <p>Thread-safety: the public methods may be called from any thread; all SQL that reads, removes
+ * or parks rows or takes and gives back leases, and all producer sends, run on the relay thread
+ * (the keepalive's {@code SELECT 1} runs on its own thread, and close() may end a stuck session
+ * from a connection of its own).
  */
 public final class JdbcOutboxRelay implements OutboxRelay {
   private static final Logger LOG = LoggerFactory.getLogger(JdbcOutboxRelay.class);
@@ -518,17 +524,30 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       return null;
     }
     Connection physical = (Connection) connection.unwrap(PGConnection.class);
-    int version = physical.getMetaData().getDatabaseMajorVersion();
-    if (version < 14) {
-      LOG.warn(
-          "relay {}: PostgreSQL {} has no idle_session_timeout (14 and later); no lease timeout"
-              + " (a frozen relay keeps its shares until it runs again)",
-          config.name(),
-          version);
-      return null;
-    }
     try (Statement set = connection.createStatement()) {
+      // A feature test, not a version test: servers that speak PostgreSQL's protocol without
+      // this setting (before 14, or other implementations) answer null.
+      try (ResultSet known =
+          set.executeQuery("SELECT current_setting('idle_session_timeout', true)")) {
+        if (!known.next() || known.getString(1) == null) {
+          LOG.warn(
+              "relay {}: the server has no idle_session_timeout (PostgreSQL 14 and later); no"
+                  + " lease timeout (a frozen relay keeps its shares until it runs again)",
+              config.name());
+          return null;
+        }
+      }
       set.execute("SET idle_session_timeout = " + timeout.toMillis());
+    } catch (SQLException e) {
+      if (e.getSQLState() != null && e.getSQLState().startsWith("08")) {
+        throw e; // the connection failed: the relay starts over with a new session
+      }
+      LOG.warn(
+          "relay {}: the server refused idle_session_timeout ({}); no lease timeout (a frozen"
+              + " relay keeps its shares until it runs again)",
+          config.name(),
+          e.getMessage());
+      return null;
     }
     long period = Math.max(1, timeout.toMillis() / 4);
     return keepalive.scheduleWithFixedDelay(
@@ -543,6 +562,23 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         period,
         period,
         TimeUnit.MILLISECONDS);
+  }
+
+  /**
+   * Waits (bounded) until no keepalive runs: the keepalive thread is single, so a task submitted
+   * after a cancelled one runs only when that one's run, if any, is over. A pooled connection must
+   * not be handed back while a keepalive may still run on it.
+   */
+  private boolean keepaliveIdle() {
+    try {
+      keepalive.submit(() -> {}).get(CLOSE_GRACE.toMillis(), TimeUnit.MILLISECONDS);
+      return true;
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      return false;
+    } catch (ExecutionException | TimeoutException | RuntimeException e) {
+      return false; // RejectedExecutionException: shut down, nothing runs any more
+    }
   }
 
   /**
@@ -1234,6 +1270,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       notifyListener(listener -> listener.sharesReleased(shares, false));
     }
     current.stopKeepalive();
+    if (current.keepalive != null && !keepaliveIdle()) {
+      LOG.debug("relay {}: a keepalive still runs; dropping the session", config.name());
+      loseSession();
+      return;
+    }
     try {
       current.leases.releaseAll();
       if (current.keepalive != null) {
