@@ -92,6 +92,9 @@ public final class InboxBuilder {
   /** Default {@link #retentionInterval}: 5 minutes. */
   public static final Duration DEFAULT_RETENTION_INTERVAL = Duration.ofMinutes(5);
 
+  /** Default {@link #rejoinTimeout}: 5 minutes. */
+  public static final Duration DEFAULT_REJOIN_TIMEOUT = Duration.ofMinutes(5);
+
   /** Default {@link #closeTimeout}: 30 s. */
   public static final Duration DEFAULT_CLOSE_TIMEOUT = Duration.ofSeconds(30);
 
@@ -126,6 +129,7 @@ public final class InboxBuilder {
   private Duration dedupRetention = DEFAULT_DEDUP_RETENTION;
   private Duration retentionInterval = DEFAULT_RETENTION_INTERVAL;
   private Duration closeTimeout = DEFAULT_CLOSE_TIMEOUT;
+  private Duration rejoinTimeout = DEFAULT_REJOIN_TIMEOUT;
   private Duration revocationTimeout = DEFAULT_REVOCATION_TIMEOUT;
   private Duration transactionIdleTimeout = DEFAULT_TRANSACTION_IDLE_TIMEOUT;
   private Clock clock = Clock.systemUTC();
@@ -332,6 +336,19 @@ public final class InboxBuilder {
   }
 
   /**
+   * How long the inbox keeps joining again while the broker refuses it because its static
+   * instance id ({@code group.instance.id}) is still held (Kafka's consumer group protocol: a
+   * member restarted after a kill is refused until the killed one's session times out, 45 s by
+   * default). Refused for longer than this, the id is held by a live member (the same id on two
+   * processes?): the inbox stops, with {@link Inbox#failure()} saying so. Positive, at most 1
+   * hour. Defaults to 5 minutes.
+   */
+  public InboxBuilder rejoinTimeout(Duration rejoinTimeout) {
+    this.rejoinTimeout = rejoinTimeout;
+    return this;
+  }
+
+  /**
    * Bound for {@link Inbox#close()} to let in-flight batches finish. Positive. Defaults to 30 s.
    */
   public InboxBuilder closeTimeout(Duration closeTimeout) {
@@ -472,6 +489,8 @@ public final class InboxBuilder {
     requireAtMost("dedupRetention", dedupRetention, Duration.ofDays(3650));
     requirePositive("retentionInterval", retentionInterval);
     requireAtMost("retentionInterval", retentionInterval, Duration.ofDays(1));
+    requirePositive("rejoinTimeout", rejoinTimeout);
+    requireAtMost("rejoinTimeout", rejoinTimeout, Duration.ofHours(1));
     requirePositive("closeTimeout", closeTimeout);
     requireAtMost("closeTimeout", closeTimeout, Duration.ofMinutes(10));
     requirePositive("revocationTimeout", revocationTimeout);
@@ -522,6 +541,7 @@ public final class InboxBuilder {
             closeTimeout,
             revocationTimeout,
             transactionIdleTimeout,
+            rejoinTimeout,
             clock,
             meterRegistry,
             listener);

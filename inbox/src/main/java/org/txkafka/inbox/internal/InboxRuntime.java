@@ -35,7 +35,9 @@ import org.txkafka.outbox.OutboxWriter;
  * ({@code group.instance.id}), a member restarted after its process was killed is refused ({@link
  * UnreleasedInstanceIdException}) until the broker times out the session of the killed one, which
  * never left the group. That is a wait, not an error: the poll thread closes the refused consumer
- * and joins again with a new one, with backoff, until it is let in or the inbox is closed. The new
+ * and joins again with a new one, with backoff, until it is let in, the inbox is closed, or the
+ * refusals went on for longer than {@code rejoinTimeout} (then a live member holds the id: the
+ * inbox stops, saying so). Meanwhile it is running and has no failure. The new
  * consumer is a new member: every partition it gets is claimed again (new owner epoch), so nothing
  * the old one had in flight can commit after it.
  */
@@ -61,8 +63,11 @@ public final class InboxRuntime implements Inbox {
   private volatile PollLoop loop;
   /** True while the poll thread waits to join the group again ({@link #pollUntilClosed}). */
   private volatile boolean rejoining;
-  /** Why joining again failed (a new consumer could not be made), or null. */
-  private volatile Throwable rejoinFailure;
+  /** Why the poll thread stopped joining again (refused too long, no new consumer), or null. */
+  private volatile Throwable gaveUp;
+
+  /** A refused loop that had run longer than this ends a streak of refusals (they come at once). */
+  private static final long REFUSAL_STREAK_BREAK_NANOS = TimeUnit.SECONDS.toNanos(60);
   private BatchProcessor processor;
   private Thread pollThread;
   private ExecutorService workers;
@@ -113,21 +118,44 @@ public final class InboxRuntime implements Inbox {
   }
 
   /**
-   * The poll thread: runs the poll loop, and when its member was refused because a killed
-   * incarnation of it still holds its static instance id, joins again with a new consumer after a
-   * backoff (see the class comment). Any other failure ends the inbox, as before.
+   * The poll thread: runs the poll loop, and when its member was refused because its static
+   * instance id is still held, joins again with a new consumer after a backoff (see the class
+   * comment), for at most {@code rejoinTimeout} of refusals in a row. Any other failure ends the
+   * inbox, as before.
    */
   private void pollUntilClosed() {
     int refusals = 0;
+    long refusedSince = 0;
     while (true) {
       PollLoop current = loop;
+      long started = System.nanoTime();
       current.run();
-      if (closing || !(current.failure() instanceof UnreleasedInstanceIdException)) {
+      Throwable failure = current.failure();
+      if (closing || !waitsToJoin(failure)) {
+        return;
+      }
+      long now = System.nanoTime();
+      if (refusals == 0 || now - started > REFUSAL_STREAK_BREAK_NANOS) {
+        refusals = 0; // the loop before ran a while: a new streak of refusals
+        refusedSince = started;
+      }
+      refusals++;
+      if (now - refusedSince > settings.rejoinTimeout().toNanos()) {
+        gaveUp =
+            new IllegalStateException(
+                "the broker refused this member of group "
+                    + settings.groupId()
+                    + " for longer than rejoinTimeout ("
+                    + settings.rejoinTimeout()
+                    + "): its static instance id (group.instance.id "
+                    + settings.consumerProperties().get("group.instance.id")
+                    + ") is held by a live member; is it set the same on two processes?",
+                failure);
+        LOG.error("{}", gaveUp.getMessage());
         return;
       }
       rejoining = true;
       try {
-        refusals++;
         long waitMillis = backoffMillis(refusals);
         LOG.warn(
             "group {}: the broker refused this member ({}): its static instance id is still held"
@@ -135,7 +163,7 @@ public final class InboxRuntime implements Inbox {
                 + " process); the broker releases it when that member's session times out."
                 + " Joining again with a new consumer in {} ms (refusal {})",
             settings.groupId(),
-            current.failure().getMessage(),
+            failure.getMessage(),
             waitMillis,
             refusals);
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(waitMillis);
@@ -153,7 +181,7 @@ public final class InboxRuntime implements Inbox {
         try {
           consumer = new KafkaConsumer<>(settings.consumerProperties());
         } catch (RuntimeException e) {
-          rejoinFailure = e;
+          gaveUp = e;
           LOG.error(
               "group {}: a new consumer could not be made; the inbox stops", settings.groupId(), e);
           return;
@@ -168,22 +196,32 @@ public final class InboxRuntime implements Inbox {
     }
   }
 
+  /** A failure after which the member joins again instead of stopping ({@link #pollUntilClosed}). */
+  private static boolean waitsToJoin(Throwable failure) {
+    return failure instanceof UnreleasedInstanceIdException;
+  }
+
   @Override
   public boolean isRunning() {
+    boolean waiting = rejoining;
     PollLoop current = loop;
+    // By the failure's type, not only the flag: a refused loop shuts its consumer down (seconds)
+    // before the poll thread waits to join again, and the inbox is not stopped meanwhile.
     return lifecycle.get() == STARTED
         && current != null
-        && rejoinFailure == null
-        && (rejoining || current.isRunning());
+        && failure() == null
+        && (waiting || current.isRunning() || waitsToJoin(current.failure()));
   }
 
   @Override
   public Throwable failure() {
-    PollLoop current = loop;
-    if (rejoinFailure != null) {
-      return rejoinFailure;
+    Throwable given = gaveUp;
+    if (given != null) {
+      return given;
     }
-    return current == null || rejoining ? null : current.failure();
+    PollLoop current = loop;
+    Throwable failure = current == null ? null : current.failure();
+    return waitsToJoin(failure) ? null : failure; // a refusal is a wait, also when closed during it
   }
 
   /** Claims a partition in the database (bumps the epoch), retrying while the database fails. */

@@ -41,6 +41,7 @@ public record InboxSettings(
     Duration closeTimeout,
     Duration revocationTimeout,
     Duration transactionIdleTimeout,
+    Duration rejoinTimeout,
     Clock clock,
     Object meterRegistry,
     InboxListener listener) {}

@@ -154,6 +154,9 @@ class InboxConfigurationTest {
         "retentionInterval must be at most PT24H");
     assertRefused(b -> b.dedupRetention(Duration.ofDays(3651)), "dedupRetention must be at most");
     assertRefused(b -> b.closeTimeout(Duration.ofHours(1)), "closeTimeout must be at most PT10M");
+    assertRefused(b -> b.rejoinTimeout(null), "rejoinTimeout must be a positive duration, was null");
+    assertRefused(b -> b.rejoinTimeout(Duration.ZERO), "rejoinTimeout must be a positive duration");
+    assertRefused(b -> b.rejoinTimeout(Duration.ofHours(2)), "rejoinTimeout must be at most PT1H");
     assertRefused(
         b -> b.maxRetryBackoff(Duration.ofDays(1)), "maxRetryBackoff must be at most PT1H");
   }

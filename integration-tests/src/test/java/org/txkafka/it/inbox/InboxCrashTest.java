@@ -99,6 +99,7 @@ class InboxCrashTest {
       long closeMillis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - closeStart);
       assertTrue(closeMillis < 15_000, "close() while waiting to join took " + closeMillis + " ms");
       assertTrue(!waiting.isRunning());
+      assertNull(waiting.failure(), "closed while waiting to join is a clean close, not a failure");
 
       // Refused again, then let in when the killed member's session is over.
       try (Inbox successor = inbox(properties, dataSource, topic, group)) {
@@ -113,6 +114,54 @@ class InboxCrashTest {
     }
     assertEquals(messages.size(), db.queryLong("SELECT count(*) FROM ledger"), "ledger rows");
     assertEquals(InboxTestSupport.sum(messages), db.queryLong("SELECT sum(amount) FROM ledger"));
+  }
+
+  /**
+   * Refused for longer than its rejoin timeout, the instance id is held by a live member (here
+   * two live inboxes were given the same {@code group.instance.id}): the refused one stops with a
+   * failure that says so, instead of waiting for ever; the other goes on applying records.
+   */
+  @Test
+  void memberRefusedForLongerThanItsRejoinTimeoutStopsAndSaysTheInstanceIdIsHeld()
+      throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-same-instance");
+    broker.createTopic(topic, 2);
+    List<Message> messages = InboxTestSupport.messages("same-", 200);
+    String group = "same-" + topic;
+    Map<String, Object> properties = new HashMap<>();
+    properties.put("bootstrap.servers", broker.bootstrapServers());
+    properties.put("group.protocol", "consumer");
+    properties.put("group.instance.id", "same-member");
+    try (HikariDataSource dataSource = db.newDataSource(4);
+        Inbox first = inbox(properties, dataSource, topic, group)) {
+      first.start();
+      InboxTestSupport.produce(broker, topic, messages.subList(0, 100));
+      await("the first member to apply records", Duration.ofSeconds(60),
+          () -> db.queryLong("SELECT count(*) FROM ledger") == 100);
+      try (Inbox second = Inbox.builder()
+          .kafkaProperties(properties)
+          .groupId(group)
+          .topics(topic)
+          .dataSource(dataSource)
+          .handler(InboxTestSupport.ledgerHandler("second"))
+          .rejoinTimeout(Duration.ofSeconds(4))
+          .build()) {
+        second.start();
+        await("the refused member to give up", Duration.ofSeconds(60), () -> !second.isRunning());
+        Throwable failure = second.failure();
+        assertTrue(failure instanceof IllegalStateException, String.valueOf(failure));
+        assertTrue(
+            failure.getMessage().contains("group.instance.id same-member")
+                && failure.getMessage().contains("held by a live member"),
+            failure.getMessage());
+      }
+      InboxTestSupport.produce(broker, topic, messages.subList(100, 200));
+      await("the first member to go on", Duration.ofSeconds(60),
+          () -> db.queryLong("SELECT count(*) FROM ledger") == 200);
+      assertTrue(first.isRunning());
+      assertEquals(0L, db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'second'"));
+    }
   }
 
   private static Inbox inbox(
