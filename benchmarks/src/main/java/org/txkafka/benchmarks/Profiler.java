@@ -82,38 +82,26 @@ final class Profiler {
     return process.info().totalCpuDuration().map(d -> d.toNanos()).orElse(0L);
   }
 
-  /**
-   * Follows the CPU time of the PostgreSQL backends of the run's database while a side runs: every
-   * 100 ms it lists them (pg_stat_activity) and reads each one's CPU time, so that the backends of
-   * pools opened and closed during the side count too (a backend that ends loses at most its last
-   * 100 ms). Other databases on a shared server are not counted.
-   */
-  private final class BackendSampler implements Runnable {
-    private final Map<Long, long[]> cpuByPid = new HashMap<>(); // pid -> {at first sight, latest}
-    private final Set<Long> atStart;
+  /** Calls {@link #sample} every 100 ms on a daemon thread of its own until {@link #halt}. */
+  private abstract static class PeriodicSampler implements Runnable {
     private volatile boolean running = true;
-    private final Thread thread = new Thread(this, "postgres-cpu-sampler");
+    private final Thread thread;
 
-    BackendSampler() {
-      atStart = postgresBackends.get();
-      sample();
+    PeriodicSampler(String name) {
+      thread = new Thread(this, name);
       thread.setDaemon(true);
+    }
+
+    abstract void sample();
+
+    /** Takes the first sample and starts the thread. */
+    final void begin() {
+      sample();
       thread.start();
     }
 
-    private synchronized void sample() {
-      for (long pid : postgresBackends.get()) {
-        long cpu = ProcessHandle.of(pid).map(Profiler::cpuNanos).orElse(-1L);
-        if (cpu < 0) {
-          continue;
-        }
-        long[] seen = cpuByPid.computeIfAbsent(pid, p -> new long[] {atStart.contains(p) ? cpu : 0, cpu});
-        seen[1] = cpu;
-      }
-    }
-
     @Override
-    public void run() {
+    public final void run() {
       while (running) {
         try {
           Thread.sleep(100);
@@ -124,10 +112,45 @@ final class Profiler {
       }
     }
 
-    synchronized long stop() {
+    /** Stops the thread and takes the last sample. */
+    final void halt() {
       running = false;
       thread.interrupt();
       sample();
+    }
+  }
+
+  /**
+   * Follows the CPU time of the PostgreSQL backends of the run's database while a side runs: every
+   * 100 ms it lists them (pg_stat_activity) and reads each one's CPU time, so that the backends of
+   * pools opened and closed during the side count too (a backend that ends loses at most its last
+   * 100 ms). Other databases on a shared server are not counted.
+   */
+  private final class BackendSampler extends PeriodicSampler {
+    private final Map<Long, long[]> cpuByPid = new HashMap<>(); // pid -> {at first sight, latest}
+    private final Set<Long> atStart;
+
+    BackendSampler() {
+      super("postgres-cpu-sampler");
+      atStart = postgresBackends.get();
+      begin();
+    }
+
+    @Override
+    synchronized void sample() {
+      for (long pid : postgresBackends.get()) {
+        long cpu = ProcessHandle.of(pid).map(Profiler::cpuNanos).orElse(-1L);
+        if (cpu < 0) {
+          continue;
+        }
+        long[] seen = cpuByPid.computeIfAbsent(pid, p -> new long[] {atStart.contains(p) ? cpu : 0, cpu});
+        seen[1] = cpu;
+      }
+    }
+
+
+    synchronized long stop() {
+      halt();
       long total = 0;
       for (long[] seen : cpuByPid.values()) {
         total += Math.max(0, seen[1] - seen[0]);
@@ -143,23 +166,22 @@ final class Profiler {
    * code; this also shows the JIT compilers and the garbage collector. Threads are grouped by their
    * name without its trailing number (the kernel keeps the first 15 characters of a name).
    */
-  private static final class ThreadSampler implements Runnable {
+  private static final class ThreadSampler extends PeriodicSampler {
     private static final Path TASKS = Path.of("/proc/self/task");
     private static final long NANOS_PER_TICK = 10_000_000L; // USER_HZ is 100 on Linux
     private final Map<Long, long[]> ticksByTid = new HashMap<>(); // tid -> {at start, latest}
     private final Map<Long, String> nameByTid = new HashMap<>();
     private final Set<Long> atStart;
-    private volatile boolean running = true;
-    private final Thread thread = new Thread(this, "thread-cpu-sampler");
+    private boolean first = true;
 
     ThreadSampler() {
+      super("thread-cpu-sampler");
       atStart = new java.util.HashSet<>();
-      sample(true);
-      thread.setDaemon(true);
-      thread.start();
+      begin();
     }
 
-    private synchronized void sample(boolean first) {
+    @Override
+    synchronized void sample() {
       if (!Files.isDirectory(TASKS)) {
         return;
       }
@@ -185,24 +207,11 @@ final class Profiler {
       } catch (IOException unreadable) {
         // no /proc: nothing to report
       }
-    }
-
-    @Override
-    public void run() {
-      while (running) {
-        try {
-          Thread.sleep(100);
-        } catch (InterruptedException e) {
-          return;
-        }
-        sample(false);
-      }
+      first = false;
     }
 
     synchronized Map<String, Long> stop() {
-      running = false;
-      thread.interrupt();
-      sample(false);
+      halt();
       Map<String, Long> byName = new HashMap<>();
       ticksByTid.forEach(
           (tid, seen) ->
