@@ -340,8 +340,9 @@ public final class InboxBuilder {
    * instance id ({@code group.instance.id}) is still held (Kafka's consumer group protocol: a
    * member restarted after a kill is refused until the killed one's session times out, 45 s by
    * default). Refused for longer than this, the id is held by a live member (the same id on two
-   * processes?): the inbox stops, with {@link Inbox#failure()} saying so. Positive, at most 1
-   * hour. Defaults to 5 minutes.
+   * processes?): the inbox stops, with {@link Inbox#failure()} saying so. A full group (the
+   * broker's {@code group.consumer.max.size}, which a killed member also fills until its session
+   * times out) is waited out the same way. Positive, at most 1 hour. Defaults to 5 minutes.
    */
   public InboxBuilder rejoinTimeout(Duration rejoinTimeout) {
     this.rejoinTimeout = rejoinTimeout;

@@ -59,13 +59,21 @@ public final class KafkaBroker implements AutoCloseable {
 
   /** A new broker of the caller's own; the caller closes it. */
   public static KafkaBroker startDedicated() {
+    return startDedicated(Map.of());
+  }
+
+  /**
+   * A new broker of the caller's own with {@code extraConfig} added to (or overriding) its
+   * server.properties; the caller closes it.
+   */
+  public static KafkaBroker startDedicated(Map<String, String> extraConfig) {
     try {
       Path base = Paths.get(System.getProperty("java.io.tmpdir"));
       Files.createDirectories(base);
       Path dir = Files.createTempDirectory(base, "kafka-");
       int[] ports = freePorts(2);
       KafkaBroker broker = new KafkaBroker(dir, ports[0], ports[1]);
-      broker.format();
+      broker.format(extraConfig);
       broker.start();
       return broker;
     } catch (IOException e) {
@@ -274,7 +282,7 @@ public final class KafkaBroker implements AutoCloseable {
     }
   }
 
-  private void format() throws IOException {
+  private void format(Map<String, String> extraConfig) throws IOException {
     Path config = dir.resolve("server.properties");
     try (Writer out = Files.newBufferedWriter(config, StandardCharsets.UTF_8)) {
       out.write(String.join("\n",
@@ -308,6 +316,9 @@ public final class KafkaBroker implements AutoCloseable {
           "auto.create.topics.enable=false",
           "log.flush.interval.messages=9223372036854775807",
           ""));
+      for (Map.Entry<String, String> setting : extraConfig.entrySet()) {
+        out.write(setting.getKey() + "=" + setting.getValue() + "\n");
+      }
     }
     ChildJvm tool = ChildJvm.builder("kafka.tools.StorageTool")
         .name("kafka-storage-format")

@@ -11,6 +11,7 @@ import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.common.errors.GroupMaxSizeReachedException;
 import org.apache.kafka.common.errors.UnreleasedInstanceIdException;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -147,9 +148,13 @@ public final class InboxRuntime implements Inbox {
                     + settings.groupId()
                     + " for longer than rejoinTimeout ("
                     + settings.rejoinTimeout()
-                    + "): its static instance id (group.instance.id "
-                    + settings.consumerProperties().get("group.instance.id")
-                    + ") is held by a live member; is it set the same on two processes?",
+                    + "): "
+                    + (failure instanceof GroupMaxSizeReachedException
+                        ? "the group is full (the broker's group.consumer.max.size) with live"
+                            + " members; more members than it allows?"
+                        : "its static instance id (group.instance.id "
+                            + settings.consumerProperties().get("group.instance.id")
+                            + ") is held by a live member; is it set the same on two processes?"),
                 failure);
         LOG.error("{}", gaveUp.getMessage());
         return;
@@ -158,12 +163,11 @@ public final class InboxRuntime implements Inbox {
       try {
         long waitMillis = backoffMillis(refusals);
         LOG.warn(
-            "group {}: the broker refused this member ({}): its static instance id is still held"
-                + " by an earlier member that ended without leaving the group (a killed"
-                + " process); the broker releases it when that member's session times out."
-                + " Joining again with a new consumer in {} ms (refusal {})",
+            "group {}: the broker refused this member ({}): {}. Joining again with a new consumer"
+                + " in {} ms (refusal {})",
             settings.groupId(),
             failure.getMessage(),
+            refusal(failure),
             waitMillis,
             refusals);
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(waitMillis);
@@ -196,9 +200,25 @@ public final class InboxRuntime implements Inbox {
     }
   }
 
-  /** A failure after which the member joins again instead of stopping ({@link #pollUntilClosed}). */
+  /**
+   * A failure after which the member joins again instead of stopping ({@link #pollUntilClosed}):
+   * its static instance id still held, or the group full ({@code group.consumer.max.size}); after
+   * a kill -9 both last until the broker times out the killed member's session.
+   */
   private static boolean waitsToJoin(Throwable failure) {
-    return failure instanceof UnreleasedInstanceIdException;
+    return failure instanceof UnreleasedInstanceIdException
+        || failure instanceof GroupMaxSizeReachedException;
+  }
+
+  /** Why the broker refused this member, for the logs and the failure of giving up. */
+  private String refusal(Throwable failure) {
+    return failure instanceof GroupMaxSizeReachedException
+        ? "the group is full (the broker's group.consumer.max.size): a member killed without"
+            + " leaving keeps its place until its session times out"
+        : "its static instance id (group.instance.id "
+            + settings.consumerProperties().get("group.instance.id")
+            + ") is still held: a member killed without leaving keeps it until its session times"
+            + " out";
   }
 
   @Override

@@ -19,6 +19,7 @@ import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.common.KafkaException;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.errors.RetriableException;
+import org.apache.kafka.common.errors.GroupMaxSizeReachedException;
 import org.apache.kafka.common.errors.UnreleasedInstanceIdException;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -146,7 +147,7 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
           sleepQuietly(500);
         }
       }
-    } catch (UnreleasedInstanceIdException e) {
+    } catch (UnreleasedInstanceIdException | GroupMaxSizeReachedException e) {
       failure = e; // the inbox joins again with a new consumer (InboxRuntime), and says so
       running = false;
     } catch (RuntimeException | Error e) {

@@ -33,7 +33,7 @@ import org.txkafka.testkit.TestPostgres;
 class InboxCrashTest {
   private static final int KILLS = 6;
   /** What the inbox logs when the broker refuses it for an instance id a killed member holds. */
-  private static final String STILL_HELD = "its static instance id is still held";
+  private static final String STILL_HELD = "is still held: a member killed without leaving";
   private static TestDatabase db;
 
   @BeforeEach // a database per test: the two tests count the same tables

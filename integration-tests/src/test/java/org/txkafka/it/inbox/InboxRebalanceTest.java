@@ -1,6 +1,7 @@
 package org.txkafka.it.inbox;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.txkafka.it.inbox.InboxTestSupport.await;
 
@@ -70,6 +71,74 @@ class InboxRebalanceTest {
     properties.remove("heartbeat.interval.ms");
     properties.put("group.protocol", "consumer");
     membersJoinAndLeave(broker, properties, "inbox-rebalance-kip848");
+  }
+
+  /**
+   * A full group (the broker's {@code group.consumer.max.size}, here 1) refuses a new member
+   * ({@code GroupMaxSizeReachedException}), as it does after a kill -9 until the killed member's
+   * session times out. The refused inbox waits and joins again (running, no failure) and takes
+   * over when the place frees; refused for longer than its rejoin timeout, it stops and says the
+   * group is full.
+   */
+  @Test
+  void memberRefusedByAFullGroupWaitsAndJoinsWhenAPlaceFrees() throws Exception {
+    try (KafkaBroker broker = KafkaBroker.startDedicated(Map.of("group.consumer.max.size", "1"))) {
+      String topic = KafkaBroker.uniqueTopic("inbox-full-group");
+      broker.createTopic(topic, 2);
+      List<Message> messages = InboxTestSupport.messages("full-", 300);
+      String group = "full-" + topic;
+      Map<String, Object> properties = new HashMap<>();
+      properties.put("bootstrap.servers", broker.bootstrapServers());
+      properties.put("group.protocol", "consumer");
+      try (HikariDataSource dataSource = db.newDataSource(6)) {
+        Inbox first = fullGroupMember(properties, dataSource, topic, group, "first", Duration.ofMinutes(5));
+        first.start();
+        InboxTestSupport.produce(broker, topic, messages.subList(0, 100));
+        await("the first member to apply records", Duration.ofSeconds(60),
+            () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == 100);
+        try (Inbox waiting =
+                fullGroupMember(properties, dataSource, topic, group, "second", Duration.ofMinutes(5));
+            Inbox givingUp =
+                fullGroupMember(properties, dataSource, topic, group, "third", Duration.ofSeconds(3))) {
+          waiting.start();
+          givingUp.start();
+          await("the third member to give up", Duration.ofSeconds(60), () -> !givingUp.isRunning());
+          assertTrue(givingUp.failure() instanceof IllegalStateException, String.valueOf(givingUp.failure()));
+          assertTrue(givingUp.failure().getMessage().contains("the group is full"),
+              givingUp.failure().getMessage());
+          assertTrue(waiting.isRunning(), "the second member waits to join, it has not stopped");
+          assertNull(waiting.failure());
+          first.close();
+          InboxTestSupport.produce(broker, topic, messages.subList(100, 300));
+          await("the second member to take over and apply the rest", Duration.ofSeconds(90),
+              () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == 300);
+          assertTrue(db.queryLong(
+                  "SELECT count(*) FROM ledger WHERE topic = ? AND applied_by = 'second'", topic) > 0,
+              "the waiting member applied records once it was let in");
+        } finally {
+          first.close();
+        }
+      }
+      assertEquals(300, db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic));
+      assertEquals(300, db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic), "no doubles");
+    }
+  }
+
+  private static Inbox fullGroupMember(
+      Map<String, Object> properties,
+      DataSource dataSource,
+      String topic,
+      String group,
+      String name,
+      Duration rejoinTimeout) {
+    return Inbox.builder()
+        .kafkaProperties(properties)
+        .groupId(group)
+        .topics(topic)
+        .dataSource(dataSource)
+        .handler(InboxTestSupport.ledgerHandler(name))
+        .rejoinTimeout(rejoinTimeout)
+        .build();
   }
 
   private void membersJoinAndLeave(KafkaBroker broker, Map<String, Object> properties, String prefix)
