@@ -52,21 +52,42 @@ class InboxProcessKillerTest {
 
   @Test
   void recordThatKillsTheProcessEveryTimeIsDeadLetteredAfterMaxAttemptsStarts() throws Exception {
+    killerIsDeadLettered("classic");
+  }
+
+  /**
+   * The same on Kafka's consumer group protocol (KIP-848), where each restarted life (same static
+   * instance id) is first refused until the broker times out the dead life's session, and joins
+   * again on its own: the crash-loop protection still counts each death once.
+   */
+  @Test
+  void recordThatKillsTheProcessEveryTimeOnTheConsumerGroupProtocolIsDeadLettered()
+      throws Exception {
+    killerIsDeadLettered("consumer");
+  }
+
+  private void killerIsDeadLettered(String groupProtocol) throws Exception {
     KafkaBroker broker = KafkaBroker.shared();
-    String topic = KafkaBroker.uniqueTopic("inbox-killer");
+    String topic = KafkaBroker.uniqueTopic("inbox-killer-" + groupProtocol);
     broker.createTopic(topic, 1);
-    List<Message> messages = InboxTestSupport.messages("killer-", MESSAGES);
+    // Message ids of their own: the class's tests share one database.
+    List<Message> messages =
+        InboxTestSupport.messages(groupProtocol.equals("classic") ? "killer-" : "killer-848-", MESSAGES);
     String killer = messages.get(KILLER_INDEX).messageId();
     InboxTestSupport.produce(broker, topic, messages);
     String group = "killer-" + topic;
 
-    Lives lives = live(topic, group, killer, 0, () -> storedOffset(topic) == MESSAGES);
+    Lives lives =
+        live(topic, group, killer, 0, false, groupProtocol, () -> storedOffset(topic) == MESSAGES);
     assertTrue(
         lives.finished, "the partition got past the killer record within " + MAX_LIVES + " lives");
     // The first death is in a batch (marked before it ran); each following life applies the lost
     // batch one record at a time and dies on the killer's start mark number 1, 2 .. maxAttempts;
     // the next one finds maxAttempts earlier starts and dead-letters it.
     assertEquals(MAX_ATTEMPTS + 1, lives.deaths, "deaths (" + lives.log + ")");
+    if (groupProtocol.equals("consumer")) {
+      assertTrue(lives.refused >= 1, "lives refused and joined again: " + lives.refused);
+    }
 
     assertKillerDeadLetteredForItsStarts(killer);
     assertEquals(
@@ -105,7 +126,8 @@ class InboxProcessKillerTest {
     String group = "killer-jpa-" + topic;
 
     Lives lives =
-        live(topic, group, killer, 0, true, () -> storedOffset(topic) == messages.size());
+        live(
+            topic, group, killer, 0, true, "classic", () -> storedOffset(topic) == messages.size());
     assertTrue(
         lives.finished, "the partition got past the killer record within " + MAX_LIVES + " lives");
     assertEquals(MAX_ATTEMPTS + 1, lives.deaths, "deaths (" + lives.log + ")");
@@ -279,6 +301,8 @@ class InboxProcessKillerTest {
   /** How the member's lives ended. */
   private static final class Lives {
     int deaths;
+    /** Lives the broker refused at first, their instance id still held by the dead life. */
+    int refused;
     boolean finished;
     final List<String> log = new ArrayList<>();
   }
@@ -290,7 +314,7 @@ class InboxProcessKillerTest {
   private static Lives live(
       String topic, String group, String killer, int slowMillis, BooleanSupplier done)
       throws Exception {
-    return live(topic, group, killer, slowMillis, false, done);
+    return live(topic, group, killer, slowMillis, false, "classic", done);
   }
 
   private static Lives live(
@@ -299,18 +323,22 @@ class InboxProcessKillerTest {
       String killer,
       int slowMillis,
       boolean jpa,
+      String groupProtocol,
       BooleanSupplier done)
       throws Exception {
     KafkaBroker broker = KafkaBroker.shared();
     Lives lives = new Lives();
     for (int life = 1; life <= MAX_LIVES && !lives.finished; life++) {
-      try (ChildJvm member = start(broker, topic, group, killer, slowMillis, jpa)) {
+      try (ChildJvm member = start(broker, topic, group, killer, slowMillis, jpa, groupProtocol)) {
         String ready = member.awaitLine("READY", Duration.ofSeconds(60));
         assertEquals(jpa, ready.contains("JPA"), "the member's transaction owner: " + ready);
         long deadline = System.nanoTime() + Duration.ofSeconds(90).toNanos();
         while (true) {
           if (!member.isAlive()) {
             member.waitFor(Duration.ofSeconds(30)); // and its output read to the end
+            if (member.output().contains("is still held: a member killed without leaving")) {
+              lives.refused++;
+            }
             assertTrue(
                 member.output().contains("HALT " + killer),
                 "the member died on the killer record, not otherwise:\n" + member.output());
@@ -341,8 +369,15 @@ class InboxProcessKillerTest {
   }
 
   private static ChildJvm start(
-      KafkaBroker broker, String topic, String group, String killer, int slowMillis, boolean jpa) {
+      KafkaBroker broker,
+      String topic,
+      String group,
+      String killer,
+      int slowMillis,
+      boolean jpa,
+      String groupProtocol) {
     return InboxMemberMain.builder(db, broker, topic, group, "killer")
+        .systemProperty("groupProtocol", groupProtocol)
         .systemProperty("jpa", String.valueOf(jpa))
         .systemProperty("instanceId", "killer-member")
         .systemProperty("maxBatchSize", "40")
