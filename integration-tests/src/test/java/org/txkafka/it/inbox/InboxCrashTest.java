@@ -8,7 +8,6 @@ import static org.txkafka.it.inbox.InboxTestSupport.await;
 import com.zaxxer.hikari.HikariDataSource;
 import java.time.Duration;
 import java.util.ArrayList;
-import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Random;
@@ -83,9 +82,7 @@ class InboxCrashTest {
           () -> db.queryLong("SELECT count(*) FROM ledger") > 0);
       member.kill();
     }
-    Map<String, Object> properties = new HashMap<>();
-    properties.put("bootstrap.servers", broker.bootstrapServers());
-    properties.put("group.protocol", "consumer");
+    Map<String, Object> properties = InboxTestSupport.consumerProperties(broker, "consumer");
     properties.put("group.instance.id", "crash-member");
     try (HikariDataSource dataSource = db.newDataSource(3)) {
       // Refused at once, then closed while it waits to join again.
@@ -129,9 +126,7 @@ class InboxCrashTest {
     broker.createTopic(topic, 2);
     List<Message> messages = InboxTestSupport.messages("same-", 200);
     String group = "same-" + topic;
-    Map<String, Object> properties = new HashMap<>();
-    properties.put("bootstrap.servers", broker.bootstrapServers());
-    properties.put("group.protocol", "consumer");
+    Map<String, Object> properties = InboxTestSupport.consumerProperties(broker, "consumer");
     properties.put("group.instance.id", "same-member");
     try (HikariDataSource dataSource = db.newDataSource(4);
         Inbox first = inbox(properties, dataSource, topic, group)) {

@@ -7,7 +7,6 @@ import static org.txkafka.it.inbox.InboxTestSupport.await;
 import com.zaxxer.hikari.HikariDataSource;
 import java.time.Duration;
 import java.util.Collection;
-import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
@@ -103,12 +102,7 @@ class InboxFencingTest {
       zombie.suspend();
       long zombieAppliedBeforeTakeover =
           db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'zombie'");
-      Map<String, Object> properties = new HashMap<>(InboxTestSupport.consumerProperties(broker));
-      if (groupProtocol.equals("consumer")) {
-        properties.remove("session.timeout.ms");
-        properties.remove("heartbeat.interval.ms");
-        properties.put("group.protocol", "consumer");
-      }
+      Map<String, Object> properties = InboxTestSupport.consumerProperties(broker, groupProtocol);
       try (Inbox successor =
           Inbox.builder()
               .kafkaProperties(properties)

@@ -66,10 +66,7 @@ class InboxRebalanceTest {
   @Test
   void membersJoiningAndLeavingWithTheConsumerGroupProtocolKeepExactlyOnce() throws Exception {
     KafkaBroker broker = KafkaBroker.shared();
-    Map<String, Object> properties = new HashMap<>(InboxTestSupport.consumerProperties(broker));
-    properties.remove("session.timeout.ms");
-    properties.remove("heartbeat.interval.ms");
-    properties.put("group.protocol", "consumer");
+    Map<String, Object> properties = InboxTestSupport.consumerProperties(broker, "consumer");
     membersJoinAndLeave(broker, properties, "inbox-rebalance-kip848");
   }
 
@@ -87,9 +84,7 @@ class InboxRebalanceTest {
       broker.createTopic(topic, 2);
       List<Message> messages = InboxTestSupport.messages("full-", 300);
       String group = "full-" + topic;
-      Map<String, Object> properties = new HashMap<>();
-      properties.put("bootstrap.servers", broker.bootstrapServers());
-      properties.put("group.protocol", "consumer");
+      Map<String, Object> properties = InboxTestSupport.consumerProperties(broker, "consumer");
       try (HikariDataSource dataSource = db.newDataSource(6)) {
         Inbox first = fullGroupMember(properties, dataSource, topic, group, "first", Duration.ofMinutes(5));
         first.start();

@@ -176,6 +176,21 @@ final class InboxTestSupport {
         group);
   }
 
+  /**
+   * Kafka consumer properties for tests on {@code groupProtocol} ("classic" or "consumer"), as a
+   * map the caller may change. With "consumer" (KIP-848) the broker owns the session timeout and
+   * heartbeat interval (the test broker's: 6 s and 500 ms), so they are left out.
+   */
+  static Map<String, Object> consumerProperties(KafkaBroker broker, String groupProtocol) {
+    Map<String, Object> properties = new java.util.HashMap<>(consumerProperties(broker));
+    if (groupProtocol.equals("consumer")) {
+      properties.remove("session.timeout.ms");
+      properties.remove("heartbeat.interval.ms");
+      properties.put("group.protocol", "consumer");
+    }
+    return properties;
+  }
+
   /** Kafka consumer properties for tests: quick to notice dead members. */
   static Map<String, Object> consumerProperties(KafkaBroker broker) {
     return Map.of(
