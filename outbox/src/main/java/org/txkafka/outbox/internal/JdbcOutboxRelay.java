@@ -174,37 +174,37 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     this.config = config;
     this.sql = new OutboxSql(config.schema());
     this.metrics = RelayMetrics.create(config);
-    // Cancelled bounds (every round that ends in time) leave the queue at once, instead of
-    // waiting there, holding their producer, until their delay would have passed.
-    ScheduledThreadPoolExecutor bounds =
-        new ScheduledThreadPoolExecutor(
-            1,
-            task -> {
-              Thread thread = new Thread(task, config.name() + "-watchdog");
-              thread.setDaemon(true);
-              return thread;
-            });
-    bounds.setRemoveOnCancelPolicy(true);
-    this.watchdog = bounds;
-    ScheduledThreadPoolExecutor pings =
-        new ScheduledThreadPoolExecutor(
-            1,
-            task -> {
-              Thread thread = new Thread(task, config.name() + "-keepalive");
-              thread.setDaemon(true);
-              return thread;
-            });
-    pings.setRemoveOnCancelPolicy(true);
-    this.keepalive = pings;
+    this.watchdog = scheduler(config.name() + "-watchdog");
+    this.keepalive = scheduler(config.name() + "-keepalive");
     // A thread per flush running at once: normally one, reused; a flush stuck on an abandoned
     // producer must not hold up the flush of its replacement.
-    this.flusher =
-        Executors.newCachedThreadPool(
-            task -> {
-              Thread thread = new Thread(task, config.name() + "-flusher");
-              thread.setDaemon(true);
-              return thread;
-            });
+    this.flusher = Executors.newCachedThreadPool(daemon(config.name() + "-flusher"));
+  }
+
+  /**
+   * A one-thread scheduler on a daemon thread whose cancelled tasks (every round bound that ends in
+   * time) leave its queue at once, instead of waiting there, holding their producer, until their
+   * delay would have passed.
+   */
+  private static ScheduledExecutorService scheduler(String name) {
+    ScheduledThreadPoolExecutor scheduler = new ScheduledThreadPoolExecutor(1, daemon(name));
+    scheduler.setRemoveOnCancelPolicy(true);
+    return scheduler;
+  }
+
+  private static java.util.concurrent.ThreadFactory daemon(String name) {
+    return task -> {
+      Thread thread = new Thread(task, name);
+      thread.setDaemon(true);
+      return thread;
+    };
+  }
+
+  /** Stops the watchdog, keepalive and flusher threads (start failure, close). */
+  private void stopHelperThreads() {
+    watchdog.shutdownNow();
+    keepalive.shutdownNow();
+    flusher.shutdownNow();
   }
 
   @Override
@@ -218,9 +218,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     } catch (RuntimeException e) {
       state.set(State.CLOSED);
       metrics.close();
-      watchdog.shutdownNow();
-      keepalive.shutdownNow();
-      flusher.shutdownNow();
+      stopHelperThreads();
       throw e;
     }
     Thread worker = new Thread(this::run, config.name());
@@ -233,9 +231,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   public void close() {
     if (state.compareAndSet(State.NEW, State.CLOSED)) {
       metrics.close();
-      watchdog.shutdownNow();
-      keepalive.shutdownNow();
-      flusher.shutdownNow();
+      stopHelperThreads();
       return;
     }
     if (!state.compareAndSet(State.RUNNING, State.CLOSED)) {
@@ -263,9 +259,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       join(worker, CLOSE_GRACE);
     }
     closeProducer(CLOSE_GRACE);
-    watchdog.shutdownNow();
-    keepalive.shutdownNow();
-    flusher.shutdownNow();
+    stopHelperThreads();
     metrics.close();
     owned = Set.of();
   }
