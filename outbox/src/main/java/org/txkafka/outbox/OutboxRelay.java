@@ -303,10 +303,13 @@ public interface OutboxRelay extends AutoCloseable {
      * ended session at its next statement and gives up its shares; what it had in flight may
      * still reach Kafka, as duplicates that receivers remove by message id, in per-key order
      * after that. {@link Duration#ZERO} turns it off (a frozen relay then keeps its shares until
-     * it runs again or its network connection breaks). The keepalive shows that the process runs,
-     * not that the relay thread makes progress: a relay thread blocked for good (a listener that
-     * never returns) keeps its shares; and a process frozen while the server is still sending it a
-     * large batch leaves the session busy rather than idle. PostgreSQL 14 or later; where the
+     * it runs again or its network connection breaks). The keepalive also stops when the relay
+     * thread itself is stuck (a listener that never returns) for longer than the bound of what it
+     * was doing (a send: the producer's {@code max.block.ms}; waiting for acknowledgements: {@link
+     * #publishTimeout(Duration)}) plus this timeout, so a stuck relay loses its shares in at most
+     * about twice this; if its thread resumes, it confirms its session before it sends again and
+     * sends nothing it read before if the session ended. A process frozen while the server is
+     * still sending it a large batch leaves the session busy rather than idle. PostgreSQL 14 or later; where the
      * server has no such setting or refuses it, the relay logs a warning and runs without it. At
      * least 3 x {@link
      * #leaseCheckInterval(Duration)}, at most 1 hour. Defaults to 30 seconds, or to 3 x the lease

@@ -11,6 +11,7 @@ import static org.txkafka.it.outbox.OutboxFixtures.commit;
 import static org.txkafka.it.outbox.OutboxFixtures.numbered;
 import static org.txkafka.it.outbox.OutboxFixtures.pendingRows;
 
+import com.zaxxer.hikari.HikariDataSource;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -22,8 +23,10 @@ import java.util.Set;
 import java.util.UUID;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -32,6 +35,7 @@ import org.junit.jupiter.api.Timeout;
 import org.txkafka.it.outbox.OutboxFixtures.TopicReader;
 import org.txkafka.outbox.Outbox;
 import org.txkafka.outbox.OutboxMessage;
+import org.txkafka.outbox.OutboxRelay;
 import org.txkafka.outbox.internal.Shares;
 import org.txkafka.testkit.ChildJvm;
 import org.txkafka.testkit.KafkaBroker;
@@ -264,6 +268,106 @@ class OutboxRelayFailoverTest {
           takenOverAt - frozenAt);
     } finally {
       relays.forEach(ChildJvm::close);
+    }
+  }
+
+  /**
+   * A relay whose own thread is stuck (here: a listener that never returns; in production a bug or
+   * a hung callback) while its process runs on does not keep its shares for good: the keepalive
+   * goes on only while the relay thread shows progress, so PostgreSQL ends the idle lease session
+   * after the lease timeout and the other relay publishes the rows. Released, the stuck relay
+   * confirms its session before it sends the round it read before the stall, finds it ended and
+   * sends none of it: every message is on Kafka exactly once, in per-key order.
+   */
+  @Test
+  void stuckRelayThreadLosesItsSharesAndSendsNothingItReadBeforeWhenItResumes() throws Exception {
+    String topic = KafkaBroker.uniqueTopic("stuck-thread");
+    broker.createTopic(topic, 2);
+    CountDownLatch release = new CountDownLatch(1);
+    AtomicBoolean stuck = new AtomicBoolean();
+    AtomicInteger stuckRows = new AtomicInteger();
+    AtomicInteger lost = new AtomicInteger();
+    OutboxRelay.Listener stuckOnFirstBatch =
+        new OutboxRelay.Listener() {
+          @Override
+          public void batchStarting(Set<Integer> shares, int rows) {
+            if (stuck.compareAndSet(false, true)) {
+              stuckRows.set(rows);
+              try {
+                release.await(3, TimeUnit.MINUTES);
+              } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+              }
+            }
+          }
+
+          @Override
+          public void sharesReleased(Set<Integer> shares, boolean wasLost) {
+            if (wasLost) {
+              lost.incrementAndGet();
+            }
+          }
+        };
+    try (HikariDataSource stuckPool = db.newDataSource(2);
+        HikariDataSource otherPool = db.newDataSource(2);
+        OutboxRelay stuckRelay =
+            OutboxFixtures.relay(stuckPool, broker)
+                .name("stuck-a")
+                .leaseTimeout(Duration.ofSeconds(3))
+                .listener(stuckOnFirstBatch)
+                .build();
+        OutboxRelay other =
+            OutboxFixtures.relay(otherPool, broker)
+                .name("stuck-b")
+                .leaseTimeout(Duration.ofSeconds(3))
+                .build();
+        TopicReader reader = new TopicReader(broker, topic)) {
+      stuckRelay.start();
+      await(WAIT, "all shares", () -> stuckRelay.ownedShares().size() == Outbox.SHARE_COUNT);
+      List<UUID> before = new ArrayList<>();
+      for (int i = 0; i < 40; i++) {
+        before.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 8, i))));
+      }
+      await(WAIT, "the relay thread stuck in its listener", stuck::get);
+      long stuckAt = System.nanoTime();
+      other.start();
+
+      reader.awaitIds(WAIT, asStrings(before));
+      long takenOverMillis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - stuckAt);
+      await(WAIT, "outbox emptied while the relay thread is stuck", () -> pendingRows(db) == 0);
+      assertEquals(1, release.getCount(), "the relay thread was stuck all along");
+      assertEquals(Outbox.SHARE_COUNT, other.ownedShares().size(), "the other relay holds all");
+      assertEquals(
+          1L,
+          db.queryLong(
+              "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_database d ON d.oid ="
+                  + " l.database WHERE l.locktype = 'advisory' AND d.datname = current_database()"),
+          "one session holds advisory locks: the stuck relay's was ended");
+      assertTrue(stuckRows.get() > 0, "the stuck relay had read a round");
+
+      release.countDown();
+      await(WAIT, "the resumed relay noticed its ended session", () -> lost.get() == 1);
+      List<UUID> after = new ArrayList<>();
+      for (int i = 40; i < 60; i++) {
+        after.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 8, i))));
+      }
+      List<UUID> all = new ArrayList<>(before);
+      all.addAll(after);
+      reader.awaitIds(WAIT, asStrings(all));
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      long onKafka = broker.endOffsetSum(topic);
+      reader.pollUntil(WAIT, onKafka + " records", r -> r.records().size() >= onKafka);
+      assertAllPresent(asStrings(all), reader.distinctIds());
+      assertEquals(
+          all.size(),
+          reader.records().size(),
+          "every message exactly once: the resumed relay sent nothing of the "
+              + stuckRows.get()
+              + " rows it read before it got stuck");
+      assertPerKeyOrderAfterDedup(reader.records());
+      System.out.printf(
+          "stuck relay thread, 3 s lease timeout: its rows published by the other %d ms after%n",
+          takenOverMillis);
     }
   }
 

@@ -30,6 +30,7 @@ import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.locks.LockSupport;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.Producer;
+import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.KafkaException;
 import org.apache.kafka.common.errors.ApiException;
@@ -89,10 +90,16 @@ import org.txkafka.outbox.OutboxRelay;
  *       drops its locks. The keepalive runs on the physical PostgreSQL connection, whose driver
  *       serialises statements of several threads; it never reads or removes rows, so invariant 3
  *       stands: after the session ended, no statement of the relay succeeds on it. No keepalive
- *       runs on a session given back to a pool: releasing waits for a running one first. What it
- *       does not cover: the keepalive shows that the process runs, not that the relay thread makes
- *       progress (a listener callback that never returns keeps the shares), and a process frozen
- *       while the server is still sending it a large result leaves the session busy, not idle.
+ *       runs on a session given back to a pool: releasing waits for a running one first.
+ *       <b>Nor does a stuck relay thread keep them</b>: the keepalive goes on only while the relay
+ *       thread shows progress, within the bound it declared for what it does (a send: the
+ *       producer's {@code max.block.ms}; a round's acknowledgements: the publish timeout) plus the
+ *       lease timeout. A thread stuck longer (a listener that never returns, a bug) lets the
+ *       session expire like a frozen process. If it resumes, it sends nothing more before a
+ *       statement confirmed that its session is still open: a round read before the stall is
+ *       otherwise given up unsent. What it does not cover: a process frozen while the server is
+ *       still sending it a large result leaves the session busy, not idle, and so does a relay
+ *       thread waiting for a statement of its own (close() ends such a session).
  *   <li><b>A round's wait for acknowledgements is bounded</b> by the publish timeout (handing rows
  *       to the producer is bounded separately, by {@code max.block.ms} per topic and the topic
  *       backoff): past it, a watchdog thread closes the producer at once, its unacknowledged rows
@@ -165,6 +172,21 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private volatile Session session;
   private volatile Set<Integer> owned = Set.of();
 
+  /**
+   * System.nanoTime by which the relay thread must show progress again for the keepalive to go on
+   * keeping its lease session open ({@link #progressWithin}).
+   */
+  private volatile long progressDeadline;
+
+  /**
+   * Set by the keepalive when it found the progress deadline passed and withheld its statement;
+   * the relay thread confirms that its session is still open before it sends anything again.
+   */
+  private volatile boolean keepaliveWithheld;
+
+  /** The producer's max.block.ms: the longest a send or a metadata lookup may block. */
+  private final long maxBlockNanos;
+
   /** Relay thread only: the wake-up slot this session holds, -1 if none ({@link #takeWakeSlot}). */
   private int heldWakeSlot = -1;
   private long wakeSlotRetryNanos = WAKE_SLOT_RETRY_MIN_NANOS;
@@ -176,6 +198,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     this.metrics = RelayMetrics.create(config);
     this.watchdog = scheduler(config.name() + "-watchdog");
     this.keepalive = scheduler(config.name() + "-keepalive");
+    this.maxBlockNanos =
+        TimeUnit.MILLISECONDS.toNanos(
+            Long.parseLong(
+                String.valueOf(config.producerProperties().get(ProducerConfig.MAX_BLOCK_MS_CONFIG))
+                    .trim()));
     // A thread per flush running at once: normally one, reused; a flush stuck on an abandoned
     // producer must not hold up the flush of its replacement.
     this.flusher = Executors.newCachedThreadPool(daemon(config.name() + "-flusher"));
@@ -383,6 +410,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     boolean work = true;
     try {
       while (!stopping) {
+        progressWithin(0);
         try {
           if (session == null) {
             session = openSession();
@@ -443,6 +471,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
               TimeUnit.NANOSECONDS.toMillis(backoffNanos),
               e);
           metrics.failed(1);
+          progressWithin(CLOSE_GRACE.toNanos());
           closeProducer(CLOSE_GRACE);
           sleep(backoffNanos);
           backoffNanos = Math.min(backoffNanos * 2, config.maxBackoff().toNanos());
@@ -544,8 +573,27 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       return null;
     }
     long period = Math.max(1, timeout.toMillis() / 4);
+    progressWithin(0);
+    keepaliveWithheld = false;
     return keepalive.scheduleWithFixedDelay(
         () -> {
+          if (System.nanoTime() - progressDeadline > 0) {
+            // The relay thread is stuck past every bound it declared: let the session end, so
+            // that another relay takes the shares. It goes on if the thread resumes first.
+            if (!keepaliveWithheld) {
+              keepaliveWithheld = true;
+              LOG.warn(
+                  "relay {}: the relay thread has shown no progress for longer than its own"
+                      + " bounds plus the lease timeout of {}; the keepalive stops, so that"
+                      + " PostgreSQL ends the lease session after {} without a statement and"
+                      + " another relay can take shares {}",
+                  config.name(),
+                  timeout,
+                  timeout,
+                  owned);
+            }
+            return;
+          }
           try (Statement ping = physical.createStatement()) {
             ping.execute("SELECT 1");
           } catch (SQLException | RuntimeException e) {
@@ -556,6 +604,34 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         period,
         period,
         TimeUnit.MILLISECONDS);
+  }
+
+  /**
+   * Relay thread only: declares that it is making progress and that what it does next may take up
+   * to {@code boundNanos} (a send waiting for metadata, the wait for a round's acknowledgements),
+   * so that the keepalive goes on for that long plus the lease timeout. A relay thread that shows
+   * nothing for longer (a listener that never returns, a bug) stops the keepalive: PostgreSQL then
+   * ends its idle lease session and drops its locks, and another relay takes its shares.
+   */
+  private void progressWithin(long boundNanos) {
+    progressDeadline = System.nanoTime() + boundNanos + config.leaseTimeout().toNanos();
+  }
+
+  /**
+   * Relay thread only, after the keepalive withheld its statement: the session may have ended
+   * while this thread stood still, and another relay may publish its shares now. A round read
+   * before is sent only if the session is still open (then its locks are held, and the statement
+   * restarts its idle time): else this throws, the round is given up unsent and the session lost,
+   * so no stale copy of a row reaches Kafka after the next owner's.
+   */
+  private void confirmSession(Session current) throws SQLException {
+    try (Statement check = current.connection.createStatement()) {
+      check.execute("SELECT 1");
+    }
+    keepaliveWithheld = false;
+    LOG.info(
+        "relay {}: the relay thread runs again and its lease session is still open; going on",
+        config.name());
   }
 
   /**
@@ -639,6 +715,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         return readWhenWaited;
       }
       long slice = Math.min(remaining, MAX_WAIT_SLICE_NANOS);
+      progressWithin(0);
       if (current.notifications == null) {
         LockSupport.parkNanos(slice);
         continue;
@@ -764,7 +841,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     // Rounds started and not finished, oldest first (at most two).
     List<Round> open = new ArrayList<>(2);
     try {
-      send(rows, open);
+      send(current, rows, open);
       while (true) {
         Round round = open.get(0);
         List<OutboxRow> ahead = List.of();
@@ -779,7 +856,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         }
         awaitAcknowledgements(round);
         if (!ahead.isEmpty() && round.acknowledgedCleanly() && !stopping) {
-          send(ahead, open);
+          send(current, ahead, open);
         }
         BatchOutcome outcome = finish(current, round);
         open.remove(0);
@@ -825,7 +902,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * Hands {@code rows} to the producer as a new round (added to {@code open} before anything is
    * sent, so that a failure half-way gives it up) and starts its flush on the flusher thread.
    */
-  private void send(List<OutboxRow> rows, List<Round> open) {
+  private void send(Session current, List<OutboxRow> rows, List<Round> open)
+      throws SQLException {
     Set<Integer> shareSet = new TreeSet<>();
     for (OutboxRow row : rows) {
       shareSet.add(row.share());
@@ -836,6 +914,10 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     for (OutboxRow row : rows) {
       if (stopping) {
         break;
+      }
+      progressWithin(maxBlockNanos);
+      if (keepaliveWithheld) {
+        confirmSession(current);
       }
       if (round.stalledShares.contains(row.share())) {
         continue;
@@ -865,6 +947,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       // must not overtake it, and other rows of its topic would wait max.block.ms each.
       Throwable immediate = immediateFailure(attempt.future);
       if (immediate != null && row.partition() != null) {
+        progressWithin(maxBlockNanos);
         int partitions = partitionCount(round.sender, row.topic());
         if (partitions > 0 && row.partition() >= partitions) {
           immediate =
@@ -917,6 +1000,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * the producer does not end it.
    */
   private void awaitAcknowledgements(Round round) {
+    progressWithin(config.publishTimeout().toNanos() + CLOSE_GRACE.toNanos());
     try {
       round.flushing.get(
           config.publishTimeout().toNanos() + CLOSE_GRACE.toNanos(), TimeUnit.NANOSECONDS);
@@ -1350,6 +1434,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       if (remaining <= 0) {
         return;
       }
+      progressWithin(0);
       LockSupport.parkNanos(Math.min(remaining, MAX_WAIT_SLICE_NANOS));
     }
   }
