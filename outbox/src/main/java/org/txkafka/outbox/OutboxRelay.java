@@ -122,7 +122,9 @@ public interface OutboxRelay extends AutoCloseable {
   /**
    * Callbacks for observing a relay: logging, tests, custom metrics. Every method has a no-op
    * default. They are called on the relay thread, must be quick, and must not throw (an exception
-   * thrown is logged and ignored).
+   * thrown is logged and ignored). A callback that does not return within {@link
+   * Builder#leaseTimeout(Duration)} counts as a stuck relay thread: the relay's lease session is
+   * left to end, and its shares go to another relay.
    */
   interface Listener {
 
@@ -309,11 +311,10 @@ public interface OutboxRelay extends AutoCloseable {
      * #publishTimeout(Duration)}) plus this timeout, so a stuck relay loses its shares in at most
      * about twice this; if its thread resumes, it confirms its session before it sends again and
      * sends nothing it read before if the session ended. A process frozen while the server is
-     * still sending it a large batch leaves the session busy rather than idle. PostgreSQL 14 or later; where the
-     * server has no such setting or refuses it, the relay logs a warning and runs without it. At
-     * least 3 x {@link
-     * #leaseCheckInterval(Duration)}, at most 1 hour. Defaults to 30 seconds, or to 3 x the lease
-     * check interval when that is longer.
+     * still sending it a large batch leaves the session busy rather than idle. PostgreSQL 14 or
+     * later; where the server has no such setting or refuses it, the relay logs a warning and runs
+     * without it. At least 3 x {@link #leaseCheckInterval(Duration)}, at most 1 hour. Defaults to
+     * 30 seconds, or to 3 x the lease check interval when that is longer.
      */
     public Builder leaseTimeout(Duration leaseTimeout) {
       this.leaseTimeout = leaseTimeout;

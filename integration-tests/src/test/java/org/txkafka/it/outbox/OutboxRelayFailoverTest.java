@@ -280,17 +280,50 @@ class OutboxRelayFailoverTest {
    * sends none of it: every message is on Kafka exactly once, in per-key order.
    */
   @Test
-  void stuckRelayThreadLosesItsSharesAndSendsNothingItReadBeforeWhenItResumes() throws Exception {
-    String topic = KafkaBroker.uniqueTopic("stuck-thread");
+  void relayThreadStuckBeforeSendingLosesItsSharesAndSendsNothingItReadBeforeWhenItResumes() {
+    stuckRelayThread(Stall.BATCH_STARTING);
+  }
+
+  /**
+   * The same stall after a round was acknowledged and removed, when the relay thread had just
+   * declared the long bound of its wait for acknowledgements (the publish timeout, 2 min by
+   * default): the stuck listener still gets only the lease timeout, so the rows committed during
+   * the stall are published by the other relay within seconds, not minutes.
+   */
+  @Test
+  void relayThreadStuckAfterARoundLosesItsSharesWithinTheLeaseTimeoutNotThePublishTimeout() {
+    stuckRelayThread(Stall.BATCH_FINISHED);
+  }
+
+  private enum Stall {
+    BATCH_STARTING,
+    BATCH_FINISHED
+  }
+
+  private static void stuckRelayThread(Stall where) {
+    String topic = KafkaBroker.uniqueTopic("stuck-" + where.name().toLowerCase());
     broker.createTopic(topic, 2);
     CountDownLatch release = new CountDownLatch(1);
     AtomicBoolean stuck = new AtomicBoolean();
     AtomicInteger stuckRows = new AtomicInteger();
     AtomicInteger lost = new AtomicInteger();
-    OutboxRelay.Listener stuckOnFirstBatch =
+    OutboxRelay.Listener stuckOnce =
         new OutboxRelay.Listener() {
           @Override
           public void batchStarting(Set<Integer> shares, int rows) {
+            if (where == Stall.BATCH_STARTING) {
+              stall(rows);
+            }
+          }
+
+          @Override
+          public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
+            if (where == Stall.BATCH_FINISHED) {
+              stall(published);
+            }
+          }
+
+          private void stall(int rows) {
             if (stuck.compareAndSet(false, true)) {
               stuckRows.set(rows);
               try {
@@ -314,7 +347,7 @@ class OutboxRelayFailoverTest {
             OutboxFixtures.relay(stuckPool, broker)
                 .name("stuck-a")
                 .leaseTimeout(Duration.ofSeconds(3))
-                .listener(stuckOnFirstBatch)
+                .listener(stuckOnce)
                 .build();
         OutboxRelay other =
             OutboxFixtures.relay(otherPool, broker)
@@ -331,8 +364,14 @@ class OutboxRelayFailoverTest {
       await(WAIT, "the relay thread stuck in its listener", stuck::get);
       long stuckAt = System.nanoTime();
       other.start();
+      List<UUID> during = new ArrayList<>();
+      for (int i = 40; i < 60; i++) {
+        during.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 8, i))));
+      }
 
-      reader.awaitIds(WAIT, asStrings(before));
+      List<UUID> beforeAndDuring = new ArrayList<>(before);
+      beforeAndDuring.addAll(during);
+      reader.awaitIds(WAIT, asStrings(beforeAndDuring));
       long takenOverMillis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - stuckAt);
       await(WAIT, "outbox emptied while the relay thread is stuck", () -> pendingRows(db) == 0);
       assertEquals(1, release.getCount(), "the relay thread was stuck all along");
@@ -343,15 +382,15 @@ class OutboxRelayFailoverTest {
               "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_database d ON d.oid ="
                   + " l.database WHERE l.locktype = 'advisory' AND d.datname = current_database()"),
           "one session holds advisory locks: the stuck relay's was ended");
-      assertTrue(stuckRows.get() > 0, "the stuck relay had read a round");
+      assertTrue(stuckRows.get() > 0, "the stuck relay had read (or published) a round");
 
       release.countDown();
       await(WAIT, "the resumed relay noticed its ended session", () -> lost.get() == 1);
       List<UUID> after = new ArrayList<>();
-      for (int i = 40; i < 60; i++) {
+      for (int i = 60; i < 80; i++) {
         after.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 8, i))));
       }
-      List<UUID> all = new ArrayList<>(before);
+      List<UUID> all = new ArrayList<>(beforeAndDuring);
       all.addAll(after);
       reader.awaitIds(WAIT, asStrings(all));
       await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
@@ -361,12 +400,14 @@ class OutboxRelayFailoverTest {
       assertEquals(
           all.size(),
           reader.records().size(),
-          "every message exactly once: the resumed relay sent nothing of the "
+          "every message exactly once: the resumed relay sent nothing it read before the stall ("
               + stuckRows.get()
-              + " rows it read before it got stuck");
+              + " rows)");
       assertPerKeyOrderAfterDedup(reader.records());
       System.out.printf(
-          "stuck relay thread, 3 s lease timeout: its rows published by the other %d ms after%n",
+          "relay thread stuck in %s, 3 s lease timeout: the other relay published its rows %d ms"
+              + " after%n",
+          where,
           takenOverMillis);
     }
   }

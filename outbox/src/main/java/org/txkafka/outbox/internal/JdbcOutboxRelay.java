@@ -184,6 +184,15 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    */
   private volatile boolean keepaliveWithheld;
 
+  /** Longest bound {@link #progressWithin} takes: about 73 years, far from wrapping around. */
+  private static final long MAX_DECLARED_BOUND_NANOS = Long.MAX_VALUE / 4;
+
+  /**
+   * Keepalive thread only: whether its last run withheld the statement (so that each stall is
+   * reported once when it begins).
+   */
+  private boolean withholding;
+
   /** The producer's max.block.ms: the longest a send or a metadata lookup may block. */
   private final long maxBlockNanos;
 
@@ -471,12 +480,13 @@ public final class JdbcOutboxRelay implements OutboxRelay {
               TimeUnit.NANOSECONDS.toMillis(backoffNanos),
               e);
           metrics.failed(1);
-          progressWithin(CLOSE_GRACE.toNanos());
+          progressWithin(CLOSE_GRACE.plus(CLOSE_GRACE).toNanos());
           closeProducer(CLOSE_GRACE);
           sleep(backoffNanos);
           backoffNanos = Math.min(backoffNanos * 2, config.maxBackoff().toNanos());
           if (!stopping) {
             try {
+              progressWithin(maxBlockNanos);
               producer = newProducer();
             } catch (RuntimeException creation) {
               LOG.warn("relay {}: cannot create the producer", config.name(), creation);
@@ -580,13 +590,15 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           if (System.nanoTime() - progressDeadline > 0) {
             // The relay thread is stuck past every bound it declared: let the session end, so
             // that another relay takes the shares. It goes on if the thread resumes first.
-            if (!keepaliveWithheld) {
-              keepaliveWithheld = true;
+            keepaliveWithheld = true;
+            if (!withholding) {
+              withholding = true;
               LOG.warn(
                   "relay {}: the relay thread has shown no progress for longer than its own"
                       + " bounds plus the lease timeout of {}; the keepalive stops, so that"
-                      + " PostgreSQL ends the lease session after {} without a statement and"
-                      + " another relay can take shares {}",
+                      + " PostgreSQL ends the lease session once it has been idle for {} (a"
+                      + " statement of the relay still running keeps it) and another relay can"
+                      + " take shares {}",
                   config.name(),
                   timeout,
                   timeout,
@@ -594,6 +606,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
             }
             return;
           }
+          withholding = false;
           try (Statement ping = physical.createStatement()) {
             ping.execute("SELECT 1");
           } catch (SQLException | RuntimeException e) {
@@ -614,7 +627,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * ends its idle lease session and drops its locks, and another relay takes its shares.
    */
   private void progressWithin(long boundNanos) {
-    progressDeadline = System.nanoTime() + boundNanos + config.leaseTimeout().toNanos();
+    // Bounded so that the sum cannot wrap (max.block.ms may be Long.MAX_VALUE: "block for ever").
+    long bound = Math.min(boundNanos, MAX_DECLARED_BOUND_NANOS);
+    progressDeadline = System.nanoTime() + bound + config.leaseTimeout().toNanos();
   }
 
   /**
@@ -820,6 +835,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private BatchOutcome publishBatch(Session current, long pipelineUntil) throws SQLException {
     if (abandonedProducer != null) {
       if (producer == abandonedProducer) {
+        progressWithin(maxBlockNanos);
         producer = newProducer();
       }
       abandonedProducer = null;
@@ -1012,6 +1028,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     } catch (ExecutionException e) {
       LOG.debug("relay {}: flush failed", config.name(), e.getCause());
     }
+    progressWithin(0);
     round.bound.cancel(false);
     // Ended by the flusher (or, interrupted, here) unless the watchdog came first: then this
     // producer is closed (or being closed).
@@ -1440,6 +1457,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   }
 
   private void notifyListener(java.util.function.Consumer<OutboxRelay.Listener> event) {
+    // A listener gets the lease timeout, whatever bound the relay thread declared before it.
+    progressWithin(0);
     try {
       event.accept(config.listener());
     } catch (RuntimeException e) {
