@@ -71,6 +71,9 @@ public final class Demo implements Callable<Integer> {
   @Option(names = "--chaos-min-kills", description = "With --chaos: keep killing until at least this many kills (default ${DEFAULT-VALUE}).", defaultValue = "4")
   int chaosMinKills;
 
+  @Option(names = "--group-protocol", description = "Consumer group protocol of the workers' inboxes: classic, or consumer (Kafka's KIP-848 protocol) (default ${DEFAULT-VALUE}).", defaultValue = "classic")
+  String groupProtocol;
+
   @Option(names = "--drain-timeout", description = "Seconds to wait without progress before giving up (default ${DEFAULT-VALUE}).", defaultValue = "120")
   int drainTimeoutSeconds;
 
@@ -107,8 +110,8 @@ public final class Demo implements Callable<Integer> {
     long started = System.nanoTime();
     out.printf(
         Locale.ROOT,
-        "txkafka demo: %d orders at %d/s, %d partitions, chaos %s, seed %d%n",
-        orders, rate, partitions, chaos ? "on" : "off", effectiveSeed);
+        "txkafka demo: %d orders at %d/s, %d partitions, chaos %s, group protocol %s, seed %d%n",
+        orders, rate, partitions, chaos ? "on" : "off", groupProtocol, effectiveSeed);
     out.println("starting a Kafka broker and finding PostgreSQL ...");
     KafkaBroker broker = KafkaBroker.shared();
     String runId = Long.toHexString(random.nextLong() & 0xffffffffL);
@@ -121,7 +124,7 @@ public final class Demo implements Callable<Integer> {
         TestDatabase paymentsDb = TestPostgres.shared().createDatabase();
         ServiceDatabase ordersDatabase = ServiceDatabase.open("orders", coordinates(ordersDb), true, List.of(PurchaseOrder.class));
         ServiceDatabase paymentsDatabase = ServiceDatabase.open("payments", coordinates(paymentsDb), true, List.of(Payment.class));
-        Workers workers = new Workers(broker.bootstrapServers(), runId, coordinates(ordersDb), coordinates(paymentsDb), out)) {
+        Workers workers = new Workers(broker.bootstrapServers(), runId, groupProtocol, coordinates(ordersDb), coordinates(paymentsDb), out)) {
       out.println("databases: orders=" + ordersDb.name() + " payments=" + paymentsDb.name()
           + " (each with its own Flyway history and the txkafka tables)");
       workers.startAll();
@@ -223,6 +226,8 @@ public final class Demo implements Callable<Integer> {
     require(partitions >= 1 && partitions <= 64, "partitions must be between 1 and 64, was " + partitions);
     require(chaosMinKills >= 0, "chaos-min-kills must be at least 0, was " + chaosMinKills);
     require(drainTimeoutSeconds >= 1, "drain-timeout must be at least 1, was " + drainTimeoutSeconds);
+    require(groupProtocol.equals("classic") || groupProtocol.equals("consumer"),
+        "group-protocol must be classic or consumer, was " + groupProtocol);
   }
 
   private void require(boolean condition, String message) {

@@ -7,6 +7,7 @@ import java.util.concurrent.TimeUnit;
 import org.apache.kafka.common.TopicPartition;
 import org.txkafka.inbox.InboxListener;
 import java.util.List;
+import java.util.HashMap;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
 import org.txkafka.demo.events.Topics;
@@ -30,8 +31,9 @@ import org.txkafka.outbox.OutboxRelay;
  *       the replies.
  * </ul>
  *
- * <p>Arguments: {@code service jdbcUrl user password bootstrapServers runId}; the run id names the
- * topics and the consumer groups. Prints {@code READY} once both are started. SIGTERM closes both
+ * <p>Arguments: {@code service jdbcUrl user password bootstrapServers runId groupProtocol}; the
+ * run id names the topics and the consumer groups; the group protocol is {@code classic} or {@code
+ * consumer}. Prints {@code READY} once both are started. SIGTERM closes both
  * gracefully.
  */
 public final class ServiceWorker {
@@ -40,14 +42,36 @@ public final class ServiceWorker {
 
   private ServiceWorker() {}
 
+  /**
+   * The inbox consumer's settings. A restarted worker keeps its static member id, so that it takes
+   * its partitions back instead of the group waiting for the killed member's session to time out
+   * and moving them twice. On the classic protocol the session timeout is the consumer's own; on
+   * Kafka's consumer protocol (KIP-848) the broker sets it (group.consumer.session.timeout.ms), and
+   * a restarted worker is refused until the killed life's session ended, then joins on its own.
+   */
+  static Map<String, Object> consumerProperties(
+      String service, String bootstrap, String runId, String groupProtocol) {
+    Map<String, Object> props = new HashMap<>();
+    props.put("bootstrap.servers", bootstrap);
+    props.put("group.instance.id", service + "-worker-" + runId);
+    if (groupProtocol.equals("consumer")) {
+      props.put("group.protocol", "consumer");
+    } else {
+      props.put("session.timeout.ms", "10000");
+    }
+    return props;
+  }
+
   private static String emptyToNull(String value) {
     return value.isEmpty() ? null : value;
   }
 
   /** Entry point of the child JVM. */
   public static void main(String[] args) throws InterruptedException {
-    if (args.length != 6) {
-      System.err.println("usage: ServiceWorker orders|payments jdbcUrl user password bootstrap runId");
+    if (args.length != 7) {
+      System.err.println(
+          "usage: ServiceWorker orders|payments jdbcUrl user password bootstrap runId"
+              + " classic|consumer");
       System.exit(2);
     }
     String service = args[0];
@@ -55,6 +79,7 @@ public final class ServiceWorker {
         new ServiceDatabase.DbCoordinates(args[1], emptyToNull(args[2]), emptyToNull(args[3]));
     String bootstrap = args[4];
     String runId = args[5];
+    String groupProtocol = args[6];
     Topics topics = Topics.forRun(runId);
     Clock clock = Clock.systemUTC();
 
@@ -86,13 +111,7 @@ public final class ServiceWorker {
             .build();
     Inbox inbox =
         Inbox.builder()
-            .kafkaProperties(
-                Map.of(
-                    "bootstrap.servers", bootstrap,
-                    // A restarted worker takes its partitions back at once instead of waiting for
-                    // the killed member's session to time out.
-                    "group.instance.id", service + "-worker-" + runId,
-                    "session.timeout.ms", "10000"))
+            .kafkaProperties(consumerProperties(service, bootstrap, runId, groupProtocol))
             .groupId(service + "-" + runId)
             .topics(consumes)
             .entityManagerFactory(database.entityManagerFactory())

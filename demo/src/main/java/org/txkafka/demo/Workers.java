@@ -14,6 +14,7 @@ final class Workers implements AutoCloseable {
 
   private final String bootstrap;
   private final String runId;
+  private final String groupProtocol;
   private final ServiceDatabase.DbCoordinates[] databases;
   private final ChildJvm[] children = new ChildJvm[SERVICES.length];
   private final PrintStream out;
@@ -21,11 +22,13 @@ final class Workers implements AutoCloseable {
   Workers(
       String bootstrap,
       String runId,
+      String groupProtocol,
       ServiceDatabase.DbCoordinates orders,
       ServiceDatabase.DbCoordinates payments,
       PrintStream out) {
     this.bootstrap = bootstrap;
     this.runId = runId;
+    this.groupProtocol = groupProtocol;
     this.databases = new ServiceDatabase.DbCoordinates[] {orders, payments};
     this.out = out;
   }
@@ -52,7 +55,7 @@ final class Workers implements AutoCloseable {
             .name(SERVICES[index] + "-worker")
             .maxHeap("256m")
             .systemProperty("org.slf4j.simpleLogger.defaultLogLevel", "warn")
-            .args(SERVICES[index], db.jdbcUrl(), nullToEmpty(db.user()), nullToEmpty(db.password()), bootstrap, runId)
+            .args(SERVICES[index], db.jdbcUrl(), nullToEmpty(db.user()), nullToEmpty(db.password()), bootstrap, runId, groupProtocol)
             .start();
     children[index] = child;
     return child;

@@ -60,14 +60,36 @@ class DemoTest {
     assertTrue(kills >= 3, "expected at least 3 SIGKILLs, saw " + kills + "\n" + result.output());
   }
 
+  /**
+   * The same chaos on Kafka's consumer group protocol (KIP-848): a worker restarted after SIGKILL is
+   * refused at first (the broker still holds its static member id until the killed life's session
+   * ends) and joins on its own.
+   */
+  @Test
+  @Timeout(value = 6, unit = TimeUnit.MINUTES)
+  void workersKilledOnTheConsumerGroupProtocolLoseAndDuplicateNothing() {
+    Result result =
+        runDemo("--orders", "200", "--rate", "80", "--partitions", "2", "--chaos", "--chaos-min-kills", "2",
+            "--seed", "11", "--group-protocol", "consumer");
+    assertVerified(result, 200);
+    assertTrue(result.output().contains("group protocol consumer"), result.output());
+    long kills = result.output().lines().filter(line -> line.startsWith("chaos: SIGKILL")).count();
+    assertTrue(kills >= 2, "expected at least 2 SIGKILLs, saw " + kills + "\n" + result.output());
+  }
+
   @Test
   void invalidOptionIsRefusedWithTheSettingNamed() {
+    assertRefused("orders must be at least 1, was 0", "--orders", "0");
+    assertRefused("group-protocol must be classic or consumer, was eager", "--group-protocol", "eager");
+  }
+
+  private static void assertRefused(String message, String... args) {
     ByteArrayOutputStream buffer = new ByteArrayOutputStream();
     PrintStream err = new PrintStream(buffer, true, StandardCharsets.UTF_8);
     CommandLine commandLine = new CommandLine(new Demo(err));
     commandLine.setErr(new java.io.PrintWriter(err, true));
-    assertEquals(2, commandLine.execute("--orders", "0"));
-    assertTrue(buffer.toString(StandardCharsets.UTF_8).contains("orders must be at least 1, was 0"),
+    assertEquals(2, commandLine.execute(args));
+    assertTrue(buffer.toString(StandardCharsets.UTF_8).contains(message),
         buffer.toString(StandardCharsets.UTF_8));
   }
 }
