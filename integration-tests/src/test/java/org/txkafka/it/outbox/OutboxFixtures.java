@@ -143,6 +143,13 @@ final class OutboxFixtures {
     }
   }
 
+  /** Sessions holding advisory locks (share leases, wake-up slots) in {@code db}. */
+  static long advisoryLockSessions(TestDatabase db) {
+    return db.queryLong(
+        "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            + " WHERE l.locktype = 'advisory' AND d.datname = current_database()");
+  }
+
   static long pendingRows(TestDatabase db) {
     return db.queryLong("SELECT count(*) FROM txkafka_outbox WHERE parked_at IS NULL");
   }

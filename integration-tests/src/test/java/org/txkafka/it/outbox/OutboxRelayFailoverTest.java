@@ -3,6 +3,7 @@ package org.txkafka.it.outbox;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.txkafka.it.outbox.OutboxFixtures.advisoryLockSessions;
 import static org.txkafka.it.outbox.OutboxFixtures.asStrings;
 import static org.txkafka.it.outbox.OutboxFixtures.assertAllPresent;
 import static org.txkafka.it.outbox.OutboxFixtures.assertPerKeyOrderAfterDedup;
@@ -157,11 +158,7 @@ class OutboxRelayFailoverTest {
       // Graceful stop: both survivors give their shares back.
       relays.get(0).terminate();
       relays.get(2).terminate();
-      assertEquals(
-          0,
-          db.queryLong(
-              "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
-                  + " WHERE l.locktype = 'advisory' AND d.datname = current_database()"));
+      assertEquals(0, advisoryLockSessions(db), "no session holds an advisory lock");
     } finally {
       relays.forEach(ChildJvm::close);
     }
@@ -245,9 +242,7 @@ class OutboxRelayFailoverTest {
           Outbox.SHARE_COUNT, holdings(relays).get(1).size(), "the live relay holds every share");
       assertEquals(
           1L,
-          db.queryLong(
-              "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_database d ON d.oid ="
-                  + " l.database WHERE l.locktype = 'advisory' AND d.datname = current_database()"),
+          advisoryLockSessions(db),
           "one session holds advisory locks: the frozen relay's was ended");
 
       frozen.resume();
@@ -378,9 +373,7 @@ class OutboxRelayFailoverTest {
       assertEquals(Outbox.SHARE_COUNT, other.ownedShares().size(), "the other relay holds all");
       assertEquals(
           1L,
-          db.queryLong(
-              "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_database d ON d.oid ="
-                  + " l.database WHERE l.locktype = 'advisory' AND d.datname = current_database()"),
+          advisoryLockSessions(db),
           "one session holds advisory locks: the stuck relay's was ended");
       assertTrue(stuckRows.get() > 0, "the stuck relay had read (or published) a round");
 
