@@ -342,7 +342,9 @@ public final class InboxBuilder {
    * default). Refused for longer than this, the id is held by a live member (the same id on two
    * processes?): the inbox stops, with {@link Inbox#failure()} saying so. A full group (the
    * broker's {@code group.consumer.max.size}, which a killed member also fills until its session
-   * times out) is waited out the same way. Positive, at most 1 hour. Defaults to 5 minutes.
+   * times out) is waited out the same way, and so is a new consumer that cannot be made meanwhile
+   * (bootstrap servers not resolvable for a moment): past the timeout, {@link Inbox#failure()} is
+   * that error. Positive, at most 1 hour. Defaults to 5 minutes.
    */
   public InboxBuilder rejoinTimeout(Duration rejoinTimeout) {
     this.rejoinTimeout = rejoinTimeout;

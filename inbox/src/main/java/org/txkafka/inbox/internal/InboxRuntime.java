@@ -38,9 +38,10 @@ import org.txkafka.outbox.OutboxWriter;
  * never left the group. That is a wait, not an error: the poll thread closes the refused consumer
  * and joins again with a new one, with backoff, until it is let in, the inbox is closed, or the
  * refusals went on for longer than {@code rejoinTimeout} (then a live member holds the id: the
- * inbox stops, saying so). Meanwhile it is running and has no failure. The new
- * consumer is a new member: every partition it gets is claimed again (new owner epoch), so nothing
- * the old one had in flight can commit after it.
+ * inbox stops, saying so). A new consumer that cannot be made (bootstrap servers not resolvable for
+ * a moment) is tried again within the same timeout. Meanwhile it is running and has no failure. The
+ * new consumer is a new member: every partition it gets is claimed again (new owner epoch), so
+ * nothing the old one had in flight can commit after it.
  */
 public final class InboxRuntime implements Inbox {
   /** At most this many dead letters per listing, as the outbox admin lists parked rows. */
@@ -170,25 +171,37 @@ public final class InboxRuntime implements Inbox {
             refusal(failure),
             waitMillis,
             refusals);
-        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(waitMillis);
-        while (!closing && System.nanoTime() < deadline) {
+        if (!pauseUnlessClosing(waitMillis)) {
+          return;
+        }
+        KafkaConsumer<byte[], byte[]> consumer = null;
+        while (consumer == null) {
           try {
-            Thread.sleep(Math.min(50, Math.max(1, (deadline - System.nanoTime()) / 1_000_000)));
-          } catch (InterruptedException e) {
-            // only close() stops this thread, through the closing flag
+            consumer = new KafkaConsumer<>(settings.consumerProperties());
+          } catch (RuntimeException e) {
+            // Unresolvable bootstrap servers (a DNS hiccup) fail here: retried like a refusal,
+            // within the same rejoinTimeout, rather than ending the inbox at the first one.
+            if (System.nanoTime() - refusedSince > settings.rejoinTimeout().toNanos()) {
+              gaveUp = e;
+              LOG.error(
+                  "group {}: no new consumer could be made within rejoinTimeout ({}); the inbox"
+                      + " stops",
+                  settings.groupId(),
+                  settings.rejoinTimeout(),
+                  e);
+              return;
+            }
+            refusals++;
+            long retryMillis = backoffMillis(refusals);
+            LOG.warn(
+                "group {}: a new consumer could not be made ({}); trying again in {} ms",
+                settings.groupId(),
+                e.toString(),
+                retryMillis);
+            if (!pauseUnlessClosing(retryMillis)) {
+              return;
+            }
           }
-        }
-        if (closing) {
-          return;
-        }
-        KafkaConsumer<byte[], byte[]> consumer;
-        try {
-          consumer = new KafkaConsumer<>(settings.consumerProperties());
-        } catch (RuntimeException e) {
-          gaveUp = e;
-          LOG.error(
-              "group {}: a new consumer could not be made; the inbox stops", settings.groupId(), e);
-          return;
         }
         loop = new PollLoop(settings, consumer, workers, processor, this::claim, metrics);
         if (closing) {
@@ -198,6 +211,19 @@ public final class InboxRuntime implements Inbox {
         rejoining = false;
       }
     }
+  }
+
+  /** Poll thread: waits {@code millis} unless the inbox closes first; false if it does. */
+  private boolean pauseUnlessClosing(long millis) {
+    long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(millis);
+    while (!closing && System.nanoTime() < deadline) {
+      try {
+        Thread.sleep(Math.min(50, Math.max(1, (deadline - System.nanoTime()) / 1_000_000)));
+      } catch (InterruptedException e) {
+        // only close() stops this thread, through the closing flag
+      }
+    }
+    return !closing;
   }
 
   /**

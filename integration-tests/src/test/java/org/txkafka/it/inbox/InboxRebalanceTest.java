@@ -119,6 +119,89 @@ class InboxRebalanceTest {
     }
   }
 
+  /**
+   * While a refused member joins again, its new consumer may fail to be made (bootstrap servers
+   * not resolvable for a moment, here a consumer interceptor that refuses to configure twice): it
+   * is tried again within the rejoin timeout, the inbox stays running without failure, and takes
+   * over when the group lets it in. (It stopped at the first such failure before.)
+   */
+  @Test
+  void refusedMemberWhoseNextConsumerCannotBeMadeForAMomentStillJoins() throws Exception {
+    try (KafkaBroker broker = KafkaBroker.startDedicated(Map.of("group.consumer.max.size", "1"))) {
+      String topic = KafkaBroker.uniqueTopic("inbox-consumer-creation");
+      broker.createTopic(topic, 2);
+      List<Message> messages = InboxTestSupport.messages("creation-", 200);
+      String group = "creation-" + topic;
+      Map<String, Object> properties = InboxTestSupport.consumerProperties(broker, "consumer");
+      Map<String, Object> flaky = new HashMap<>(properties);
+      flaky.put("interceptor.classes", RefusingInterceptor.class.getName());
+      RefusingInterceptor.failures.set(0);
+      RefusingInterceptor.refuseNext.set(0);
+      try (HikariDataSource dataSource = db.newDataSource(6)) {
+        Inbox first = fullGroupMember(properties, dataSource, topic, group, "first", Duration.ofMinutes(5));
+        first.start();
+        InboxTestSupport.produce(broker, topic, messages.subList(0, 100));
+        await("the first member to apply records", Duration.ofSeconds(60),
+            () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == 100);
+        try (Inbox waiting = fullGroupMember(flaky, dataSource, topic, group, "second", Duration.ofMinutes(5))) {
+          waiting.start(); // its first consumer is made
+          RefusingInterceptor.refuseNext.set(2); // the next two, while it joins again, are not
+          await("two consumers not made while joining again", Duration.ofSeconds(60),
+              () -> RefusingInterceptor.failures.get() == 2);
+          await("a consumer made again after them", Duration.ofSeconds(60),
+              () -> RefusingInterceptor.configured.get() >= 2);
+          assertTrue(waiting.isRunning(), "the member still waits to join, it has not stopped");
+          assertNull(waiting.failure());
+          first.close();
+          InboxTestSupport.produce(broker, topic, messages.subList(100, 200));
+          await("the second member to take over and apply the rest", Duration.ofSeconds(90),
+              () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == 200);
+          assertTrue(db.queryLong(
+                  "SELECT count(*) FROM ledger WHERE topic = ? AND applied_by = 'second'", topic) > 0,
+              "the member applied records once it was let in");
+        } finally {
+          first.close();
+        }
+      }
+      assertEquals(200, db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic));
+      assertEquals(200, db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic), "no doubles");
+    }
+  }
+
+  /**
+   * A consumer interceptor (a real Kafka plug-in, loaded by the consumer's constructor) that makes
+   * the next {@link #refuseNext} consumers fail to be constructed.
+   */
+  public static final class RefusingInterceptor
+      implements org.apache.kafka.clients.consumer.ConsumerInterceptor<Object, Object> {
+    static final AtomicInteger refuseNext = new AtomicInteger();
+    static final AtomicInteger failures = new AtomicInteger();
+    static final AtomicInteger configured = new AtomicInteger();
+
+    @Override
+    public void configure(Map<String, ?> configs) {
+      if (refuseNext.getAndUpdate(n -> Math.max(0, n - 1)) > 0) {
+        failures.incrementAndGet();
+        throw new org.apache.kafka.common.KafkaException(
+            "refused for the test, as an unresolvable bootstrap server would be");
+      }
+      configured.incrementAndGet();
+    }
+
+    @Override
+    public org.apache.kafka.clients.consumer.ConsumerRecords<Object, Object> onConsume(
+        org.apache.kafka.clients.consumer.ConsumerRecords<Object, Object> records) {
+      return records;
+    }
+
+    @Override
+    public void onCommit(
+        Map<TopicPartition, org.apache.kafka.clients.consumer.OffsetAndMetadata> offsets) {}
+
+    @Override
+    public void close() {}
+  }
+
   private static Inbox fullGroupMember(
       Map<String, Object> properties,
       DataSource dataSource,
