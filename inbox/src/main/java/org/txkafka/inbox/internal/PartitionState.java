@@ -86,6 +86,9 @@ final class PartitionState {
   /** Poll thread only. */
   long mirroredOffset = -1;
 
+  /** Poll thread only: where the last claim seeked to (the first record fetched may not be lower). */
+  long seekOffset = -1;
+
   boolean paused;
 
   PartitionState(TopicPartition partition) {

@@ -179,12 +179,45 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
         continue;
       }
       List<ConsumerRecord<byte[], byte[]>> list = records.records(partition);
+      if (phase == Phase.READY) {
+        requireForward(state, list.get(0).offset());
+      }
       state.enqueue(list);
       if (state.firstFetchedOffset < 0) {
         state.firstFetchedOffset = list.get(0).offset();
       }
       state.fetchedOffset = list.get(list.size() - 1).offset() + 1;
       schedule(state);
+    }
+  }
+
+  /**
+   * Refuses records from behind the position this member seeked to or fetched up to. Offsets only
+   * grow within a partition, so that means the consumer reset its position: the stored offset was
+   * out of range (the topic deleted and created again, its log truncated by an unclean leader
+   * election, a service pointed at another cluster with its database kept) and the reset policy
+   * moved it back. Applying those records would move the stored offset backwards: records whose
+   * inbox rows have expired would be applied twice, and records reusing the offsets of derived
+   * message ids would be taken for duplicates and never applied. Only an operator can tell which
+   * is right, so the inbox stops before applying any of them.
+   */
+  private void requireForward(PartitionState state, long firstOffset) {
+    long expected = state.fetchedOffset >= 0 ? state.fetchedOffset : state.seekOffset;
+    if (expected >= 0 && firstOffset < expected) {
+      throw new IllegalStateException(
+          "partition "
+              + state.partition
+              + " of group "
+              + settings.groupId()
+              + ": the consumer returned offset "
+              + firstOffset
+              + " where it was at "
+              + expected
+              + " (the offset stored in the database or fetched up to): its position was reset,"
+              + " so the stored offset is out of range (topic deleted and created again, log"
+              + " truncated, another cluster?). Nothing of it was applied and the inbox stops."
+              + " Set next_offset of that partition in txkafka_inbox_offset to where it should"
+              + " go on (or delete the row to start from the reset policy), then start again");
     }
   }
 
@@ -215,6 +248,7 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
         state.fetchedOffset = -1;
         state.firstFetchedOffset = -1;
         consumer.seek(state.partition, start);
+        state.seekOffset = start;
         state.streamPosition = start;
         LOG.info(
             "claimed {} with epoch {}, starting at offset {} ({})",

@@ -57,6 +57,77 @@ class InboxRecoveryPathsTest {
   }
 
   /**
+   * The topic is deleted and created again under the same name while the service keeps its
+   * database (or its log is truncated, or the service is pointed at another cluster): the stored
+   * offset (50) is out of range, and the consumer's reset policy sends it back to offset 0. The
+   * inbox must not apply those records: it would move the stored offset backwards, apply again
+   * records whose inbox rows expired, and take records reusing derived message ids for
+   * duplicates. It stops, applying nothing, with a failure that says what happened and how to
+   * fix it; the stored offset stays where it was.
+   */
+  @Test
+  void consumerPositionResetBehindTheStoredOffsetStopsTheInboxBeforeApplyingAnything()
+      throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-offset-reset");
+    broker.createTopic(topic, 1);
+    String group = "reset-" + topic;
+    InboxTestSupport.produce(broker, topic, InboxTestSupport.messages("before-", 50));
+    try (HikariDataSource dataSource = db.newDataSource(3)) {
+      try (Inbox first = resetMember(broker, dataSource, topic, group, InboxTestSupport.ledgerHandler("first"))) {
+        first.start();
+        await("the 50 records applied", Duration.ofSeconds(60),
+            () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == 50);
+        await("the offset stored", Duration.ofSeconds(30),
+            () -> InboxTestSupport.storedOffsetSum(db, group) == 50);
+      }
+
+      broker.admin().deleteTopics(List.of(topic)).all().get(30, TimeUnit.SECONDS);
+      long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+      while (true) { // the deletion finishes in the background
+        try {
+          broker.createTopic(topic, 1);
+          break;
+        } catch (RuntimeException e) {
+          if (System.nanoTime() > deadline) {
+            throw e;
+          }
+          Thread.sleep(200);
+        }
+      }
+      InboxTestSupport.produce(broker, topic, InboxTestSupport.messages("after-", 10));
+
+      AtomicInteger handled = new AtomicInteger();
+      InboxHandler counting = (record, context) -> handled.incrementAndGet();
+      Inbox second = resetMember(broker, dataSource, topic, group, counting);
+      try {
+        second.start();
+        await("the inbox to stop", Duration.ofSeconds(60), () -> !second.isRunning());
+        assertNotNull(second.failure(), "it stopped on a failure");
+        String message = second.failure().getMessage();
+        assertTrue(message.contains("its position was reset"), message);
+        assertTrue(message.contains("returned offset 0 where it was at 50"), message);
+        assertEquals(0, handled.get(), "nothing of the new topic was applied");
+        assertEquals(50, InboxTestSupport.storedOffsetSum(db, group), "the stored offset stayed");
+        assertEquals(50, db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic));
+      } finally {
+        second.close();
+      }
+    }
+  }
+
+  private static Inbox resetMember(
+      KafkaBroker broker, HikariDataSource dataSource, String topic, String group, InboxHandler handler) {
+    return Inbox.builder()
+        .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+        .groupId(group)
+        .topics(topic)
+        .dataSource(dataSource)
+        .handler(handler)
+        .build();
+  }
+
+  /**
    * A lone member works off a one-partition topic with a slow handler (150 ms a record, batches of
    * 10, so a batch is nearly always in flight) while the test bumps the partition's owner epoch in
    * {@code txkafka_inbox_offset}, as another member's claim would. The member's next mark or commit
