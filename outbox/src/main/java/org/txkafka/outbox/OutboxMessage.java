@@ -33,12 +33,22 @@ public record OutboxMessage(
   private static final java.util.regex.Pattern LEGAL_TOPIC =
       java.util.regex.Pattern.compile("[a-zA-Z0-9._-]+");
 
-  /** One record header. The name is not blank; the value may be null. */
+  /**
+   * One record header. The name is not blank and has no NUL character (PostgreSQL's text cannot
+   * hold one); the value may be null.
+   */
   public record Header(String name, byte[] value) {
     /** Validates the name. */
     public Header {
       if (name == null || name.isBlank()) {
         throw new IllegalArgumentException("header name must not be blank, was '" + name + "'");
+      }
+      if (name.indexOf('\u0000') >= 0) {
+        throw new IllegalArgumentException(
+            "header name must not contain a NUL character (the outbox stores names as PostgreSQL"
+                + " text), was '"
+                + name.replace('\u0000', '?')
+                + "'");
       }
     }
   }

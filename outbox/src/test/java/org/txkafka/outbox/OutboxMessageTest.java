@@ -43,6 +43,10 @@ class OutboxMessageTest {
     assertRefused(
         () -> OutboxMessage.to("orders").header(" ", "x").build(), "header name must not be blank");
     assertRefused(
+        () -> OutboxMessage.to("orders").header("trace\u0000id", "x").build(),
+        "header name must not contain a NUL character (the outbox stores names as PostgreSQL text),"
+            + " was 'trace?id'");
+    assertRefused(
         () -> OutboxMessage.to("orders").header(Outbox.MESSAGE_ID_HEADER, "x").build(),
         Outbox.MESSAGE_ID_HEADER,
         "set by the outbox");

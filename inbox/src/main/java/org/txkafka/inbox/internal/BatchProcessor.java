@@ -739,7 +739,7 @@ final class BatchProcessor {
         OutboxMessage.to(settings.deadLetterTopic()).key(record.key()).payload(record.value());
     for (Header header : record.headers()) {
       if (!Outbox.MESSAGE_ID_HEADER.equals(header.key())) {
-        message.header(header.key(), header.value());
+        message.header(Failures.textSafe(header.key()), header.value());
       }
     }
     message.header(DLT_MESSAGE_ID, record.messageId());

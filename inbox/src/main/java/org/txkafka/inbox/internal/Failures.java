@@ -25,6 +25,15 @@ final class Failures {
     return truncate(text.toString());
   }
 
+  /**
+   * {@code text} with each NUL character replaced by U+FFFD: PostgreSQL's text cannot hold NUL, and
+   * a dead letter that cannot be stored would block its partition for good. Kafka header keys may
+   * contain one.
+   */
+  static String textSafe(String text) {
+    return text.replace('\u0000', '\uFFFD');
+  }
+
   static String truncate(String text) {
     String clean = text.replace('\u0000', '?');
     return clean.length() <= MAX_LENGTH ? clean : clean.substring(0, MAX_LENGTH - 3) + "...";

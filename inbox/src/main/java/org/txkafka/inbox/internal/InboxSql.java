@@ -464,7 +464,7 @@ public final class InboxSql {
       statement.setInt(4, record.partition());
       statement.setLong(5, record.offset());
       statement.setInt(6, attempts);
-      statement.setString(7, error);
+      statement.setString(7, Failures.truncate(error));
       statement.setTimestamp(8, Timestamp.from(at));
       if (statement.executeUpdate() == 0) {
         return false;
@@ -486,13 +486,13 @@ public final class InboxSql {
       List<String> names = new ArrayList<>();
       List<byte[]> values = new ArrayList<>();
       for (Header header : record.headers()) {
-        names.add(header.key());
+        names.add(Failures.textSafe(header.key()));
         values.add(header.value());
       }
       statement.setArray(8, connection.createArrayOf("text", names.toArray(new String[0])));
       statement.setArray(9, connection.createArrayOf("bytea", values.toArray(new byte[0][])));
       statement.setInt(10, attempts);
-      statement.setString(11, error);
+      statement.setString(11, Failures.truncate(error));
       statement.setTimestamp(12, Timestamp.from(at));
       statement.executeUpdate();
     }

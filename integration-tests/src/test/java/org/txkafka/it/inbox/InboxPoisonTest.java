@@ -143,6 +143,70 @@ class InboxPoisonTest {
     }
   }
 
+  /**
+   * A Kafka header key may hold a NUL character, which PostgreSQL's text cannot: the dead letter
+   * (its header names are text) and its copy for the dead-letter topic (an outbox row) are stored
+   * with U+FFFD in its place. Before, storing them failed on every try, for good: the poison record
+   * blocked its partition and the records after it were never applied.
+   */
+  @Test
+  void poisonRecordWithANulInAHeaderKeyIsDeadLetteredAndTheRecordsAfterItApplied() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-nul-header");
+    String deadLetterTopic = topic + ".dlt";
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("nul-", 6);
+    try (KafkaProducer<byte[], byte[]> producer = InboxTestSupport.producer(broker)) {
+      for (int i = 0; i < messages.size(); i++) {
+        ProducerRecord<byte[], byte[]> record = InboxTestSupport.record(topic, messages.get(i));
+        if (i == 0) {
+          record.headers().add("trace\u0000id", InboxTestSupport.bytes("t-1"));
+        }
+        producer.send(record).get(30, TimeUnit.SECONDS);
+      }
+    } catch (Exception e) {
+      throw new AssertionError(e);
+    }
+    String poisonId = messages.get(0).messageId();
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("nul");
+    InboxHandler handler =
+        (record, context) -> {
+          if (record.messageId().equals(poisonId)) {
+            throw new IllegalStateException("cannot apply\u0000 " + poisonId);
+          }
+          ledger.handle(record, context);
+        };
+    String group = "nul-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(3);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(handler)
+                .maxAttempts(2)
+                .retryBackoff(Duration.ofMillis(20))
+                .deadLetterTopic(deadLetterTopic)
+                .build()) {
+      inbox.start();
+      await("the partition to move past every record", Duration.ofSeconds(60),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
+      assertEquals(messages.size() - 1,
+          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'nul'"), "the others applied");
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size());
+      assertEquals(poisonId, deadLetters.get(0).record().messageId());
+      assertEquals("t-1", deadLetters.get(0).record().header("trace\uFFFDid"), "stored header");
+      assertTrue(deadLetters.get(0).lastError().contains("cannot apply? " + poisonId),
+          deadLetters.get(0).lastError());
+      assertEquals(1, db.queryLong(
+          "SELECT count(*) FROM txkafka_outbox WHERE topic = ? AND 'trace' || chr(65533) || 'id' ="
+              + " ANY(header_names)", deadLetterTopic),
+          "forwarded to the dead-letter topic with the header kept");
+    }
+  }
+
   @Test
   void malformedMessageIdsAreDeadLetteredWithTheirReasonAndTheOthersApplied() {
     KafkaBroker broker = KafkaBroker.shared();
