@@ -341,6 +341,71 @@ class OutboxPoisonTest {
   }
 
   /**
+   * A record the broker refuses (here: one without a key on a compacted topic) takes the rows in
+   * its producer batch down with it, while Kafka's idempotent producer goes on to have the later
+   * batches of the partition acknowledged. The relay must not let them stay: the refused batch's
+   * other rows would be sent again after them, out of their key's order (and on a compacted topic
+   * a stale row would be the one kept). At the first such failure it closes the round's producer,
+   * so nothing after the failure is acknowledged; the keyless row is parked and the rest is sent
+   * again in order. Small producer batches make the round several batches of one partition.
+   */
+  @Test
+  void refusedRecordDoesNotLetLaterBatchesOfItsPartitionOvertakeItsBatchMates() throws Exception {
+    String topic = KafkaBroker.uniqueTopic("refused-batch");
+    broker.createTopic(topic, 1);
+    ConfigResource resource = new ConfigResource(ConfigResource.Type.TOPIC, topic);
+    broker
+        .admin()
+        .incrementalAlterConfigs(
+            Map.of(
+                resource,
+                List.of(
+                    new AlterConfigOp(
+                        new ConfigEntry("cleanup.policy", "compact"), AlterConfigOp.OpType.SET))))
+        .all()
+        .get(30, TimeUnit.SECONDS);
+    await(WAIT, "the broker to apply the topic config",
+        () -> "compact".equals(topicConfig(resource, "cleanup.policy")));
+    List<OutboxMessage> messages = new ArrayList<>();
+    messages.add(numbered(topic, "k", 0));
+    messages.add(numbered(topic, "k", 1));
+    messages.add(OutboxMessage.to(topic).payload("no key").build());
+    for (int i = 2; i < 60; i++) {
+      messages.add(numbered(topic, "k", i));
+    }
+    List<UUID> ids = commit(db.dataSource(), messages);
+    UUID keyless = ids.get(2);
+    List<UUID> keyed = new ArrayList<>(ids);
+    keyed.remove(2);
+    try (TopicReader reader = new TopicReader(broker, topic);
+        OutboxRelay relay =
+            relay(relayPool, broker)
+                .producerProperty("batch.size", 1024)
+                .producerProperty("linger.ms", 50)
+                .build()) {
+      relay.start();
+      reader.awaitIds(WAIT, asStrings(keyed));
+      await(WAIT, "the keyless row parked and the rest published",
+          () -> admin.pendingCount() == 0 && admin.parked(10).size() == 1);
+      assertEquals(keyless, admin.parked(10).get(0).messageId());
+      assertTrue(admin.parked(10).get(0).lastError().contains("InvalidRecordException"),
+          admin.parked(10).get(0).lastError());
+      long onKafka = broker.endOffsetSum(topic);
+      reader.pollUntil(WAIT, onKafka + " records", r -> r.records().size() >= onKafka);
+      assertPerKeyOrderAfterDedup(reader.records());
+      OutboxFixtures.assertLatestRowOfEachKeyIsLast(reader.records());
+      System.out.printf("refused batch: %d records on Kafka for %d rows%n", onKafka, keyed.size());
+    } finally {
+      // The other tests of this class count parked rows.
+      for (ParkedMessage parked : admin.parked(100)) {
+        if (parked.topic().equals(topic)) {
+          admin.discard(parked.id());
+        }
+      }
+    }
+  }
+
+  /**
    * The admin API on a pool that hands out connections with auto-commit off (as Spring Boot with
    * Hibernate often configures HikariCP): replay and discard commit their own work. A bare DELETE
    * once returned true for a discard and was rolled back when its connection went back to the pool.

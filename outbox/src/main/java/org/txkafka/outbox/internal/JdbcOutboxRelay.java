@@ -71,7 +71,11 @@ import org.txkafka.outbox.OutboxRelay;
  *       read) until that topic's backoff has passed, so it cannot starve the other shares either.
  *       The producer retries transient errors itself and in order ({@code delivery.timeout.ms} at
  *       its maximum, at most 5 requests in flight, idempotence), so a later record of a partition
- *       is never acknowledged before an earlier one that is still retried. A round is sent while
+ *       is never acknowledged before an earlier one that is still retried. A record that fails for
+ *       good (the broker refused it, or its batch) ends its round at once: the producer is closed
+ *       from that record's callback, so nothing sent after it is acknowledged (Kafka's idempotent
+ *       producer would otherwise go on with the partition's later batches), and the round's other
+ *       unacknowledged rows are sent again, in order, by a new producer. A round is sent while
  *       the one before it is still being removed, never before every row of that round was
  *       acknowledged or parked: if any failed (or its producer was abandoned), the rows read ahead
  *       are dropped unsent, so nothing overtakes a row that is sent again.
@@ -944,10 +948,26 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         pausedShares.put(row.share(), row.topic());
         continue;
       }
+      if (round.ended.get() == Boolean.FALSE) {
+        break; // stopped by a failed record of this round: the rest stays pending, unsent
+      }
       Sent attempt = new Sent(row);
       round.sent.add(attempt);
       try {
-        attempt.future = round.sender.send(row.toRecord());
+        attempt.future =
+            round.sender.send(
+                row.toRecord(),
+                (metadata, error) -> {
+                  if (error != null) {
+                    stopAfterFailure(round, error);
+                  }
+                });
+      } catch (IllegalStateException e) {
+        if (round.ended.get() == Boolean.FALSE) {
+          attempt.error = e; // closed meanwhile by a failed record of this round
+          break;
+        }
+        throw e;
       } catch (IllegalArgumentException | KafkaException e) {
         attempt.error = e;
         if (!PublishErrors.isPoison(e)) {
@@ -1049,9 +1069,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           && !PublishErrors.isPoison(attempt.error)) {
         attempt.error =
             new org.apache.kafka.common.errors.TimeoutException(
-                "not acknowledged within the relay's publishTimeout of "
-                    + config.publishTimeout()
-                    + ": the producer was closed, a new one sends the row again");
+                "not acknowledged: "
+                    + round.abandonReason
+                    + "; the producer was closed, a new one sends the row again");
       }
       if (attempt.metadata != null) {
         round.acked.add(attempt);
@@ -1118,6 +1138,36 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   }
 
   /**
+   * Producer callback of a record that failed for good, on the producer's network thread: ends the
+   * round as abandoned and closes its producer at once, from inside the callback, so that no later
+   * record of the round is acknowledged after the failure. Kafka's idempotent producer does go on
+   * after a refused batch (it bumps its epoch and has the partition's later batches acknowledged):
+   * their rows would be removed, and the refused batch's other rows, sent again, would land after
+   * them, out of their keys' order. Closed at once, the producer aborts what it has not had
+   * acknowledged; the round's poison rows are parked and the rest is sent again, in order, by a
+   * new producer. A send that fails in {@code send()} itself (on the relay thread) is handled there.
+   */
+  private void stopAfterFailure(Round round, Exception error) {
+    if (Thread.currentThread() == thread) {
+      return;
+    }
+    if (!round.ended.compareAndSet(null, Boolean.FALSE)) {
+      return; // ended already (this, the flush or the watchdog): its producer is closed or done
+    }
+    round.abandonReason = "a record of the round failed (" + error + ")";
+    LOG.warn(
+        "relay {}: a record failed ({}); closing the producer so that nothing sent after it is"
+            + " acknowledged before it: the round's other unacknowledged rows are sent again",
+        config.name(),
+        error.toString());
+    try {
+      round.sender.close(Duration.ZERO); // from a callback: no wait, the network thread stops
+    } catch (RuntimeException | Error e) {
+      LOG.error("relay {}: closing the producer after a failed record failed", config.name(), e);
+    }
+  }
+
+  /**
    * The watchdog's action when a round outlived the publish timeout: closes {@code sender} at once,
    * which fails its unfinished sends (they stay pending) and so ends the relay thread's flush.
    */
@@ -1146,6 +1196,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     if (!round.ended.compareAndSet(null, Boolean.FALSE)) {
       return false;
     }
+    round.abandonReason = reason;
     Thread closer =
         new Thread(() -> abandonProducer(round.sender, reason), config.name() + "-abandon");
     closer.setDaemon(true);
@@ -1506,6 +1557,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
     boolean producerBroken;
     boolean abandoned;
+
+    /** Why the round was abandoned (set with {@link #ended} false, before the producer closes). */
+    volatile String abandonReason;
 
     /** Whether batchFinished was called for it. */
     boolean reported;

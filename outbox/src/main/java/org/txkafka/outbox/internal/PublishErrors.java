@@ -2,6 +2,7 @@ package org.txkafka.outbox.internal;
 
 import org.apache.kafka.common.InvalidRecordException;
 import org.apache.kafka.common.errors.AuthorizationException;
+import org.apache.kafka.common.errors.ClusterAuthorizationException;
 import org.apache.kafka.common.errors.InvalidTopicException;
 import org.apache.kafka.common.errors.RecordBatchTooLargeException;
 import org.apache.kafka.common.errors.RecordTooLargeException;
@@ -13,7 +14,7 @@ final class PublishErrors {
 
   /**
    * Whether {@code error} means this row can never be sent as it is: too large, an invalid topic
-   * name, not authorised, refused by the broker's record validation. Such a row is parked instead
+   * name, not authorised for its topic, refused by the broker's record validation. Such a row is parked instead
    * of blocking its share. Everything else (timeouts, unavailable brokers, unknown errors) is
    * treated as transient: the row stays pending and is tried again. So is a record the broker
    * refused for its timestamp ({@link #isTimestampRefusal}).
@@ -22,6 +23,13 @@ final class PublishErrors {
     Throwable cause = error;
     for (int depth = 0; cause != null && depth < 5; depth++, cause = cause.getCause()) {
       if (isTimestampRefusal(cause)) {
+        return false;
+      }
+      if (cause instanceof ClusterAuthorizationException) {
+        // The producer's principal may not write idempotently at all (ACLs not set up yet): no
+        // row's fault, and the producer is left unusable. Pending, the rows are sent by a new
+        // producer once the ACLs are there; parked, every row of every topic would wait for an
+        // operator.
         return false;
       }
       if (cause instanceof RecordTooLargeException

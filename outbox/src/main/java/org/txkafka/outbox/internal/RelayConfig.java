@@ -198,6 +198,13 @@ public record RelayConfig(
     props.putIfAbsent(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG, Integer.MAX_VALUE);
     props.putIfAbsent(ProducerConfig.MAX_BLOCK_MS_CONFIG, DEFAULT_MAX_BLOCK_MS);
     props.putIfAbsent(ProducerConfig.LINGER_MS_CONFIG, 5);
+    // One request in flight per broker: a batch the broker refuses (a keyless row on a compacted
+    // topic, a record refused for its timestamp) is then answered before the next request of its
+    // partition leaves, and the relay closes the producer from the failure's callback, so no later
+    // batch lands on Kafka ahead of the refused batch's other rows, which are sent again. With
+    // more, later batches already sent are appended by the broker (a new producer id has no
+    // sequence to break). A round of rows is mostly one request per broker anyway.
+    props.putIfAbsent(ProducerConfig.MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION, 1);
     // The relay waits for every acknowledgement of a batch of rows: with Kafka's 16 KB default a
     // 500-row batch of 200-byte payloads over 4 partitions became about 12 produce requests, and
     // that wait was half of the relay's time.

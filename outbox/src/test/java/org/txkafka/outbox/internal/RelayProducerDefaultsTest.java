@@ -19,6 +19,7 @@ class RelayProducerDefaultsTest {
     assertEquals(OutboxRelay.Builder.DEFAULT_PRODUCER_BATCH_BYTES, props.get(ProducerConfig.BATCH_SIZE_CONFIG));
     assertEquals(256 * 1024, props.get(ProducerConfig.BATCH_SIZE_CONFIG));
     assertEquals(5, props.get(ProducerConfig.LINGER_MS_CONFIG));
+    assertEquals(1, props.get(ProducerConfig.MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION));
     assertEquals(Integer.MAX_VALUE, props.get(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG));
     assertEquals(RelayConfig.DEFAULT_MAX_BLOCK_MS, props.get(ProducerConfig.MAX_BLOCK_MS_CONFIG));
     assertEquals("all", props.get(ProducerConfig.ACKS_CONFIG));
