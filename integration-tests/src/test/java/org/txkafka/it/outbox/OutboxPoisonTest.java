@@ -110,17 +110,7 @@ class OutboxPoisonTest {
       assertTrue(row.parkedAt() != null && row.createdAt() != null);
 
       // The operator fixes the cause (larger records allowed) and replays the row.
-      broker
-          .admin()
-          .incrementalAlterConfigs(
-              Map.of(
-                  new ConfigResource(ConfigResource.Type.TOPIC, topic),
-                  List.of(
-                      new AlterConfigOp(
-                          new ConfigEntry("max.message.bytes", Integer.toString(4 * TOO_LARGE)),
-                          AlterConfigOp.OpType.SET))))
-          .all()
-          .get(30, TimeUnit.SECONDS);
+      setTopicConfig(topic, "max.message.bytes", Integer.toString(4 * TOO_LARGE));
       try (OutboxRelay relay =
           relay(relayPool, broker)
               .producerProperty("max.request.size", 4 * TOO_LARGE)
@@ -303,23 +293,7 @@ class OutboxPoisonTest {
   void rowsRefusedForTheRelaysClockAreSentAgainNotParked() throws Exception {
     String topic = KafkaBroker.uniqueTopic("clock-off");
     broker.createTopic(topic, 2);
-    ConfigResource resource = new ConfigResource(ConfigResource.Type.TOPIC, topic);
-    broker
-        .admin()
-        .incrementalAlterConfigs(
-            Map.of(
-                resource,
-                List.of(
-                    new AlterConfigOp(
-                        new ConfigEntry("message.timestamp.before.max.ms", "3600000"),
-                        AlterConfigOp.OpType.SET))))
-        .all()
-        .get(30, TimeUnit.SECONDS);
-    // The controller has it; wait until the broker applied it too.
-    await(
-        WAIT,
-        "the broker to apply the topic config",
-        () -> "3600000".equals(topicConfig(resource, "message.timestamp.before.max.ms")));
+    setTopicConfig(topic, "message.timestamp.before.max.ms", "3600000");
     List<UUID> all = new ArrayList<>();
     for (int i = 0; i < 30; i++) {
       all.addAll(commit(db.dataSource(), List.of(numbered(topic, "clock-" + i % 3, i))));
@@ -353,19 +327,7 @@ class OutboxPoisonTest {
   void refusedRecordDoesNotLetLaterBatchesOfItsPartitionOvertakeItsBatchMates() throws Exception {
     String topic = KafkaBroker.uniqueTopic("refused-batch");
     broker.createTopic(topic, 1);
-    ConfigResource resource = new ConfigResource(ConfigResource.Type.TOPIC, topic);
-    broker
-        .admin()
-        .incrementalAlterConfigs(
-            Map.of(
-                resource,
-                List.of(
-                    new AlterConfigOp(
-                        new ConfigEntry("cleanup.policy", "compact"), AlterConfigOp.OpType.SET))))
-        .all()
-        .get(30, TimeUnit.SECONDS);
-    await(WAIT, "the broker to apply the topic config",
-        () -> "compact".equals(topicConfig(resource, "cleanup.policy")));
+    setTopicConfig(topic, "cleanup.policy", "compact");
     List<OutboxMessage> messages = new ArrayList<>();
     messages.add(numbered(topic, "k", 0));
     messages.add(numbered(topic, "k", 1));
@@ -452,6 +414,21 @@ class OutboxPoisonTest {
         db.queryLong("SELECT count(*) FROM txkafka_outbox WHERE message_id = ?", ids.get(1)),
         "the discarded row is gone");
     db.execute("DELETE FROM txkafka_outbox WHERE topic = '" + topic + "'");
+  }
+
+  /** Sets one config of {@code topic} and waits until the broker (not only the controller) has it. */
+  private static void setTopicConfig(String topic, String name, String value) throws Exception {
+    ConfigResource resource = new ConfigResource(ConfigResource.Type.TOPIC, topic);
+    broker
+        .admin()
+        .incrementalAlterConfigs(
+            Map.of(
+                resource,
+                List.of(new AlterConfigOp(new ConfigEntry(name, value), AlterConfigOp.OpType.SET))))
+        .all()
+        .get(30, TimeUnit.SECONDS);
+    await(WAIT, "the broker to apply " + name + "=" + value,
+        () -> value.equals(topicConfig(resource, name)));
   }
 
   private static String topicConfig(ConfigResource topic, String name) {

@@ -86,4 +86,39 @@ class OutboxSchemaCheckTest {
       db.close();
     }
   }
+
+  /**
+   * Triggers disabled by a bulk load ({@code ALTER TABLE ... DISABLE TRIGGER ALL}, {@code pg_restore
+   * --disable-triggers}) or migration 1.0.6's insert-time trigger dropped: rows written meanwhile
+   * commit without per-key order, so the relay refuses to publish, naming what to fix.
+   */
+  @Test
+  void checkRefusesDisabledOrMissingOrderTriggers() throws Exception {
+    TestDatabase db = TestPostgres.shared().createDatabase().migrate();
+    try (Connection connection = db.connect()) {
+      OutboxSchema.verify(connection, "public");
+
+      db.execute("ALTER TABLE txkafka_outbox DISABLE TRIGGER txkafka_outbox_order");
+      SQLException disabled =
+          assertThrows(SQLException.class, () -> OutboxSchema.verify(connection, "public"));
+      assertEquals(OutboxSchema.NOT_READY, disabled.getSQLState());
+      assertTrue(
+          disabled.getMessage().contains("has disabled triggers (txkafka_outbox_order)"),
+          disabled.getMessage());
+      assertTrue(disabled.getMessage().contains("ENABLE TRIGGER ALL"), disabled.getMessage());
+
+      db.execute("ALTER TABLE txkafka_outbox ENABLE TRIGGER ALL");
+      OutboxSchema.verify(connection, "public");
+
+      db.execute("DROP TRIGGER txkafka_outbox_order_at_insert ON txkafka_outbox");
+      SQLException missing =
+          assertThrows(SQLException.class, () -> OutboxSchema.verify(connection, "public"));
+      assertEquals(OutboxSchema.NOT_READY, missing.getSQLState());
+      assertTrue(
+          missing.getMessage().contains("no trigger txkafka_outbox_order_at_insert"),
+          missing.getMessage());
+    } finally {
+      db.close();
+    }
+  }
 }

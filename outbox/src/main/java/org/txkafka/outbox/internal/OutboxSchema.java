@@ -15,7 +15,10 @@ import org.txkafka.SqlIdentifiers;
  * order for a key. That is the case when the migrations are older than 1.0.3 (rows were ordered by
  * a {@code commit_seq} column), when the order trigger is missing, and when the id sequence hands
  * out ids from per-session caches ({@code CACHE} above 1) or wraps around ({@code CYCLE}): a row
- * renumbered at commit could then take an id below a row of its key that committed first.
+ * renumbered at commit could then take an id below a row of its key that committed first. Also when
+ * a txkafka trigger of the outbox is disabled ({@code ALTER TABLE ... DISABLE TRIGGER}, as a bulk
+ * load or {@code pg_restore --disable-triggers} leaves it), or migration 1.0.6's insert-time order
+ * trigger is missing while its function is there: rows then commit unordered.
  */
 public final class OutboxSchema {
   /** SQLState of the refusal: object not in prerequisite state. */
@@ -36,12 +39,21 @@ public final class OutboxSchema {
             + " EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(?)"
             + " AND a.attname = 'commit_seq' AND NOT a.attisdropped),"
             + " EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = to_regclass(?)"
-            + " AND t.tgname = 'txkafka_outbox_order')"
+            + " AND t.tgname = 'txkafka_outbox_order'),"
+            + " (SELECT string_agg(t.tgname, ', ' ORDER BY t.tgname) FROM pg_trigger t"
+            + " WHERE t.tgrelid = to_regclass(?) AND t.tgname LIKE 'txkafka\\_outbox\\_%'"
+            + " AND t.tgenabled = 'D'),"
+            + " to_regprocedure(? || '.txkafka_outbox_order_at_insert()') IS NOT NULL"
+            + " AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = to_regclass(?)"
+            + " AND t.tgname = 'txkafka_outbox_order_at_insert')"
             + " FROM pg_sequence s WHERE s.seqrelid = to_regclass(?)";
     try (PreparedStatement statement = connection.prepareStatement(query)) {
       statement.setString(1, table);
       statement.setString(2, table);
-      statement.setString(3, table.replace(".txkafka_outbox", ".txkafka_outbox_id_seq"));
+      statement.setString(3, table);
+      statement.setString(4, SqlIdentifiers.quoted("schema", schema));
+      statement.setString(5, table);
+      statement.setString(6, table.replace(".txkafka_outbox", ".txkafka_outbox_id_seq"));
       try (ResultSet row = statement.executeQuery()) {
         if (!row.next()) {
           throw refuse(table + " or its id sequence does not exist: apply the txkafka migrations"
@@ -51,10 +63,22 @@ public final class OutboxSchema {
         boolean cycle = row.getBoolean(2);
         boolean oldLayout = row.getBoolean(3);
         boolean orderTrigger = row.getBoolean(4);
+        String disabled = row.getString(5);
+        boolean insertTriggerMissing = row.getBoolean(6);
         if (oldLayout || !orderTrigger) {
           throw refuse(table + " is older than txkafka migration 1.0.3 (no commit-time order"
               + " trigger): apply the txkafka migrations (TxKafkaMigrations.migrate) before"
               + " starting this relay");
+        }
+        if (disabled != null) {
+          throw refuse(table + " has disabled triggers (" + disabled + "): rows written meanwhile"
+              + " commit without per-key order; enable them (ALTER TABLE " + table
+              + " ENABLE TRIGGER ALL)");
+        }
+        if (insertTriggerMissing) {
+          throw refuse(table + " has no trigger txkafka_outbox_order_at_insert although migration"
+              + " 1.0.6 created its function: SERIALIZABLE writers would commit unordered; apply"
+              + " the txkafka migrations again (repair) or restore the trigger");
         }
         if (cache != 1 || cycle) {
           throw refuse(table + "'s id sequence has CACHE " + cache + (cycle ? " and CYCLE" : "")
