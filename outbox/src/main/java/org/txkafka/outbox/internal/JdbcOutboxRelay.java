@@ -78,7 +78,9 @@ import org.txkafka.outbox.OutboxRelay;
  *       unacknowledged rows are sent again, in order, by a new producer. A round is sent while
  *       the one before it is still being removed, never before every row of that round was
  *       acknowledged or parked: if any failed (or its producer was abandoned), the rows read ahead
- *       are dropped unsent, so nothing overtakes a row that is sent again.
+ *       are dropped unsent, so nothing overtakes a row that is sent again; and never unless a
+ *       statement on the lease session succeeded after that wait (the rows were read before it:
+ *       had the session ended meanwhile, the next owner may already have published later rows).
  *   <li><b>A poison row never blocks its share</b>: errors that can never succeed for that row
  *       ({@link PublishErrors#isPoison}) park it (parked_at, attempts, last_error); other errors
  *       leave it pending and make the relay back off.
@@ -644,13 +646,18 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * so no stale copy of a row reaches Kafka after the next owner's.
    */
   private void confirmSession(Session current) throws SQLException {
-    try (Statement check = current.connection.createStatement()) {
-      check.execute("SELECT 1");
-    }
+    checkSession(current);
     keepaliveWithheld = false;
     LOG.info(
         "relay {}: the relay thread runs again and its lease session is still open; going on",
         config.name());
+  }
+
+  /** Relay thread only: a statement on the lease session, which fails if the session ended. */
+  private static void checkSession(Session current) throws SQLException {
+    try (Statement check = current.connection.createStatement()) {
+      check.execute("SELECT 1");
+    }
   }
 
   /**
@@ -876,6 +883,10 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         }
         awaitAcknowledgements(round);
         if (!ahead.isEmpty() && round.acknowledgedCleanly() && !stopping) {
+          // Read under the lease before the wait, sent only if the lease still holds now: had
+          // the session ended during the wait, another relay may have published these rows and
+          // later ones of their keys, and a copy sent now would land after those.
+          checkSession(current);
           send(current, ahead, open);
         }
         BatchOutcome outcome = finish(current, round);
