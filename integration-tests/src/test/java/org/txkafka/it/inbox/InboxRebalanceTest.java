@@ -89,8 +89,7 @@ class InboxRebalanceTest {
         Inbox first = fullGroupMember(properties, dataSource, topic, group, "first", Duration.ofMinutes(5));
         first.start();
         InboxTestSupport.produce(broker, topic, messages.subList(0, 100));
-        await("the first member to apply records", Duration.ofSeconds(60),
-            () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == 100);
+        awaitLedger("the first member to apply records", Duration.ofSeconds(60), topic, 100);
         try (Inbox waiting =
                 fullGroupMember(properties, dataSource, topic, group, "second", Duration.ofMinutes(5));
             Inbox givingUp =
@@ -105,17 +104,13 @@ class InboxRebalanceTest {
           assertNull(waiting.failure());
           first.close();
           InboxTestSupport.produce(broker, topic, messages.subList(100, 300));
-          await("the second member to take over and apply the rest", Duration.ofSeconds(90),
-              () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == 300);
-          assertTrue(db.queryLong(
-                  "SELECT count(*) FROM ledger WHERE topic = ? AND applied_by = 'second'", topic) > 0,
-              "the waiting member applied records once it was let in");
+          awaitLedger("the second member to take over and apply the rest", Duration.ofSeconds(90), topic, 300);
+          assertTrue(appliedBy(topic, "second") > 0, "the waiting member applied records once it was let in");
         } finally {
           first.close();
         }
       }
-      assertEquals(300, db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic));
-      assertEquals(300, db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic), "no doubles");
+      assertEachAppliedOnce(topic, 300);
     }
   }
 
@@ -137,12 +132,12 @@ class InboxRebalanceTest {
       flaky.put("interceptor.classes", RefusingInterceptor.class.getName());
       RefusingInterceptor.failures.set(0);
       RefusingInterceptor.refuseNext.set(0);
+      RefusingInterceptor.configured.set(0);
       try (HikariDataSource dataSource = db.newDataSource(6)) {
         Inbox first = fullGroupMember(properties, dataSource, topic, group, "first", Duration.ofMinutes(5));
         first.start();
         InboxTestSupport.produce(broker, topic, messages.subList(0, 100));
-        await("the first member to apply records", Duration.ofSeconds(60),
-            () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == 100);
+        awaitLedger("the first member to apply records", Duration.ofSeconds(60), topic, 100);
         try (Inbox waiting = fullGroupMember(flaky, dataSource, topic, group, "second", Duration.ofMinutes(5))) {
           waiting.start(); // its first consumer is made
           RefusingInterceptor.refuseNext.set(2); // the next two, while it joins again, are not
@@ -154,17 +149,13 @@ class InboxRebalanceTest {
           assertNull(waiting.failure());
           first.close();
           InboxTestSupport.produce(broker, topic, messages.subList(100, 200));
-          await("the second member to take over and apply the rest", Duration.ofSeconds(90),
-              () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == 200);
-          assertTrue(db.queryLong(
-                  "SELECT count(*) FROM ledger WHERE topic = ? AND applied_by = 'second'", topic) > 0,
-              "the member applied records once it was let in");
+          awaitLedger("the second member to take over and apply the rest", Duration.ofSeconds(90), topic, 200);
+          assertTrue(appliedBy(topic, "second") > 0, "the member applied records once it was let in");
         } finally {
           first.close();
         }
       }
-      assertEquals(200, db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic));
-      assertEquals(200, db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic), "no doubles");
+      assertEachAppliedOnce(topic, 200);
     }
   }
 
@@ -200,6 +191,23 @@ class InboxRebalanceTest {
 
     @Override
     public void close() {}
+  }
+
+  private static void awaitLedger(String what, Duration timeout, String topic, long rows) {
+    await(what, timeout,
+        () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == rows);
+  }
+
+  private static long appliedBy(String topic, String member) {
+    return db.queryLong(
+        "SELECT count(*) FROM ledger WHERE topic = ? AND applied_by = ?", topic, member);
+  }
+
+  private static void assertEachAppliedOnce(String topic, int records) {
+    assertEquals(records,
+        db.queryLong("SELECT count(DISTINCT message_id) FROM ledger WHERE topic = ?", topic));
+    assertEquals(records,
+        db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic), "no doubles");
   }
 
   private static Inbox fullGroupMember(

@@ -143,6 +143,18 @@ final class OutboxFixtures {
     }
   }
 
+  /** A listener counting the times the relay lost its shares with its database session. */
+  static OutboxRelay.Listener countingLostSessions(java.util.concurrent.atomic.AtomicInteger lost) {
+    return new OutboxRelay.Listener() {
+      @Override
+      public void sharesReleased(Set<Integer> shares, boolean wasLost) {
+        if (wasLost) {
+          lost.incrementAndGet();
+        }
+      }
+    };
+  }
+
   /** Sessions holding advisory locks (share leases, wake-up slots) in {@code db}. */
   static long advisoryLockSessions(TestDatabase db) {
     return db.queryLong(

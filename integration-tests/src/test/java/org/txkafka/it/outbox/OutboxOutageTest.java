@@ -107,15 +107,7 @@ class OutboxOutageTest {
       String topic = KafkaBroker.uniqueTopic("lease-keepalive");
       broker.createTopic(topic, 1);
       AtomicInteger lost = new AtomicInteger();
-      OutboxRelay.Listener losses =
-          new OutboxRelay.Listener() {
-            @Override
-            public void sharesReleased(Set<Integer> shares, boolean wasLost) {
-              if (wasLost) {
-                lost.incrementAndGet();
-              }
-            }
-          };
+      OutboxRelay.Listener losses = OutboxFixtures.countingLostSessions(lost);
       try (OutboxRelay relay =
               relay(relayPool, broker)
                   .leaseTimeout(Duration.ofSeconds(1))

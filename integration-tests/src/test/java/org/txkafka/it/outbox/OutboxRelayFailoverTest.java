@@ -426,15 +426,7 @@ class OutboxRelayFailoverTest {
     }
     commit(db.dataSource(), messages);
     AtomicInteger lost = new AtomicInteger();
-    OutboxRelay.Listener losses =
-        new OutboxRelay.Listener() {
-          @Override
-          public void sharesReleased(Set<Integer> shares, boolean wasLost) {
-            if (wasLost) {
-              lost.incrementAndGet();
-            }
-          }
-        };
+    OutboxRelay.Listener losses = OutboxFixtures.countingLostSessions(lost);
     HoldingInterceptor.hold();
     try (HikariDataSource firstPool = db.newDataSource(2);
         HikariDataSource otherPool = db.newDataSource(2);

@@ -1138,10 +1138,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           "the producer failed", round.sent.get(round.sent.size() - 1).error);
     }
     if (round.abandoned && !stopping) {
-      throw new KafkaException(
-          "the round was not acknowledged within the publishTimeout of "
-              + config.publishTimeout()
-              + "; its producer was closed");
+      throw new KafkaException("the round's producer was closed: " + round.abandonReason);
     }
     // Rows skipped only because their topic waits out its backoff are no new trouble: their shares
     // are paused (left out of the next reads), and the other shares go on at full speed.
