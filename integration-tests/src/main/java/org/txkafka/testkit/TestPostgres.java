@@ -55,6 +55,16 @@ public final class TestPostgres {
     return shared;
   }
 
+  /**
+   * A server of its own for a test that needs settings the shared server may not have (a server
+   * setting that only a restart changes, such as {@code max_prepared_transactions}): an embedded
+   * real PostgreSQL from Maven Central (zonky), whatever the shared server is, with {@code
+   * serverConfig} on top of the defaults. It stops when the JVM exits.
+   */
+  public static TestPostgres startEmbedded(java.util.Map<String, String> serverConfig) {
+    return Embedded.start(serverConfig);
+  }
+
   /** Where the server came from, e.g. "environment: jdbc:postgresql://127.0.0.1:5432/postgres". */
   public String description() {
     return description;
@@ -139,12 +149,17 @@ public final class TestPostgres {
   /** Kept apart so that zonky's classes load only as the last resort. */
   private static final class Embedded {
     static TestPostgres start() {
+      return start(java.util.Map.of());
+    }
+
+    static TestPostgres start(java.util.Map<String, String> serverConfig) {
       try {
-        io.zonky.test.db.postgres.embedded.EmbeddedPostgres postgres =
+        io.zonky.test.db.postgres.embedded.EmbeddedPostgres.Builder builder =
             io.zonky.test.db.postgres.embedded.EmbeddedPostgres.builder()
                 .setServerConfig("max_connections", "300")
-                .setServerConfig("fsync", "off")
-                .start();
+                .setServerConfig("fsync", "off");
+        serverConfig.forEach(builder::setServerConfig);
+        io.zonky.test.db.postgres.embedded.EmbeddedPostgres postgres = builder.start();
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
           try {
             postgres.close();
