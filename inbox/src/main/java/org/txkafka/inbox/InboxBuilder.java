@@ -43,9 +43,9 @@ import org.txkafka.outbox.Outbox;
  * overshoot), besides the Kafka consumer's own fetch buffer ({@code max.partition.fetch.bytes}).
  * A member frozen inside a batch transaction (a long GC pause) holds its partition's
  * offset row lock, so the member that takes the partition over waits until the frozen one resumes
- * (its batch commits first, then the new owner continues after it) or dies; bound this with the
- * server's {@code idle_in_transaction_session_timeout} and TCP keepalives. Effects outside the
- * database (HTTP calls, e-mails) are not covered: a rolled-back attempt may have made them.
+ * (its batch commits first, then the new owner continues after it) or dies; {@link
+ * #transactionIdleTimeout} bounds this wait (60 s by default). Effects outside the database (HTTP
+ * calls, e-mails) are not covered: a rolled-back attempt may have made them.
  */
 public final class InboxBuilder {
 
@@ -375,8 +375,10 @@ public final class InboxBuilder {
    * the middle of a batch (a long GC pause, SIGSTOP, a network path gone silent) holds its
    * partition's offset row lock; after this time PostgreSQL ends its session, so the member that
    * took over the partition is blocked for at most this long. A handler must not spend longer than
-   * this on one record without touching the database (the batch would be retried as a transient
-   * failure). Zero leaves the server's setting alone. Defaults to 60 s; otherwise 100 ms to 24 h.
+   * this on one record without touching the database: PostgreSQL then ends the session, and the
+   * record fails (its error naming this setting) and counts towards {@link #maxAttempts}, rather
+   * than being retried as a transient database failure. Zero leaves the server's setting alone.
+   * Defaults to 60 s; otherwise 100 ms to 24 h.
    */
   public InboxBuilder transactionIdleTimeout(Duration transactionIdleTimeout) {
     this.transactionIdleTimeout = transactionIdleTimeout;

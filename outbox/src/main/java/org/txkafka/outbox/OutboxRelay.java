@@ -63,12 +63,13 @@ import org.txkafka.outbox.internal.RelayConfig;
  *       Builder#publishTimeout(Duration)}: its rows are sent again by a new producer, and any that
  *       had reached Kafka arrive twice. Receivers remove duplicates by message id.
  *   <li>A relay whose database session ends in the middle of a batch may still finish sending it
- *       while another relay already took the shares over: the overlap is at most that one batch, and
- *       after duplicates are removed every key is still in order. A relay that is frozen (long GC
- *       pause, SIGSTOP, a paused VM) keeps its shares for {@link Builder#leaseTimeout(Duration)}
- *       (30 s by default), after which PostgreSQL ends its session; with the timeout off, until
- *       it resumes or its session ends otherwise (turn on TCP keepalives so that a dead network
- *       path ends it).
+ *       while another relay already took the shares over: the relay pipelines two rounds, so the
+ *       overlap is at most the two batches of a pipeline (the one being removed and the one in
+ *       flight), and after duplicates are removed every key is still in order. A relay that is
+ *       frozen (long GC pause, SIGSTOP, a paused VM) keeps its shares for {@link
+ *       Builder#leaseTimeout(Duration)} (30 s by default), after which PostgreSQL ends its session;
+ *       with the timeout off, until it resumes or its session ends otherwise (turn on TCP
+ *       keepalives so that a dead network path ends it).
  *   <li>Sealing serialises the commits of transactions that send the same key (only their last
  *       step, after their own statements). A transaction with more than 256 distinct keys locks
  *       the shares of its rows instead, so that it never needs more than 64 locks.
