@@ -91,6 +91,9 @@ final class BatchProcessor {
   static final String DLT_SOURCE = "txkafka-dlt-source";
   static final String DLT_ERROR = "txkafka-dlt-error";
 
+  /** The name a blank Kafka header name is forwarded under (the outbox refuses blank names). */
+  static final String DLT_BLANK_HEADER = "txkafka-dlt-blank-header-name";
+
   private final InboxSettings settings;
   private final TransactionOwner transactions;
   private final InboxSql sql;
@@ -427,6 +430,7 @@ final class BatchProcessor {
       }
       Thread.interrupted(); // a flag a handler left must not fail the next transaction
       boolean[] workDone = {false};
+      boolean[] committedBefore = {false};
       int[] counts = new int[2];
       long start = System.nanoTime();
       try {
@@ -436,6 +440,7 @@ final class BatchProcessor {
                   Connection connection = scope.connection();
                   Long xid = advance(connection, partition, epoch, expected[0], next);
                   if (xid == null) {
+                    committedBefore[0] = alreadyStored(connection, partition, epoch, next);
                     scope.setRollbackOnly();
                     return Boolean.FALSE;
                   }
@@ -508,6 +513,12 @@ final class BatchProcessor {
                   workDone[0] = true;
                   return Boolean.TRUE;
                 });
+        if (!committed && committedBefore[0]) {
+          committedBefore(partition, expected[0], next);
+          state.committedOffset = next;
+          expected[0] = next;
+          return new Committed();
+        }
         if (!committed) {
           fenced(state, epoch);
           return new Fenced();
@@ -558,6 +569,24 @@ final class BatchProcessor {
         return new Inactive();
       }
     }
+  }
+
+  /** See {@link InboxSql#alreadyStored}. */
+  private boolean alreadyStored(
+      Connection connection, TopicPartition partition, long epoch, long next) throws SQLException {
+    return sql.alreadyStored(
+        connection, settings.groupId(), partition.topic(), partition.partition(), epoch, next);
+  }
+
+  private static void committedBefore(TopicPartition partition, Long expected, long next) {
+    LOG.warn(
+        "{}: the offset is already at {}: the earlier try of the transaction for offsets {}..{}"
+            + " committed although the database's answer was lost; going on without running it"
+            + " again",
+        partition,
+        next,
+        expected == null ? "start" : expected,
+        next - 1);
   }
 
   /** The fencing compare-and-set that opens every batch transaction ({@link InboxSql#advance}). */
@@ -672,6 +701,7 @@ final class BatchProcessor {
       if (!active(state, epoch)) {
         return new Inactive();
       }
+      boolean[] committedBefore = {false};
       try {
         Boolean stored =
             transactions.inTransaction(
@@ -679,6 +709,7 @@ final class BatchProcessor {
                   Connection connection = scope.connection();
                   Long xid = advance(connection, partition, epoch, expected[0], next);
                   if (xid == null) {
+                    committedBefore[0] = alreadyStored(connection, partition, epoch, next);
                     scope.setRollbackOnly();
                     return null;
                   }
@@ -698,6 +729,12 @@ final class BatchProcessor {
                   }
                   return inserted;
                 });
+        if (stored == null && committedBefore[0]) {
+          committedBefore(partition, expected[0], next);
+          state.committedOffset = next;
+          expected[0] = next;
+          return new Committed();
+        }
         if (stored == null) {
           fenced(state, epoch);
           return new Fenced();
@@ -739,13 +776,23 @@ final class BatchProcessor {
         OutboxMessage.to(settings.deadLetterTopic()).key(record.key()).payload(record.value());
     for (Header header : record.headers()) {
       if (!Outbox.MESSAGE_ID_HEADER.equals(header.key())) {
-        message.header(Failures.textSafe(header.key()), header.value());
+        message.header(outboxHeaderName(header.key()), header.value());
       }
     }
     message.header(DLT_MESSAGE_ID, record.messageId());
     message.header(DLT_SOURCE, record.topic() + "/" + record.partition() + "/" + record.offset());
     message.header(DLT_ERROR, reason.getBytes(StandardCharsets.UTF_8));
     return message.build();
+  }
+
+  /**
+   * A Kafka header name as an outbox header name, which PostgreSQL must store and the outbox
+   * accepts: NUL becomes U+FFFD, and an empty or blank name (Kafka allows it) becomes {@value
+   * #DLT_BLANK_HEADER}. Refused, the forward would fail on every try and block the partition.
+   */
+  static String outboxHeaderName(String kafkaName) {
+    String name = Failures.textSafe(kafkaName);
+    return name.isBlank() ? DLT_BLANK_HEADER : name;
   }
 
   private void fenced(PartitionState state, long epoch) {

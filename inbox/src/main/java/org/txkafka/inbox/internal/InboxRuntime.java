@@ -412,6 +412,12 @@ public final class InboxRuntime implements Inbox {
             if (deadLetter == null) {
               return false;
             }
+            // Marked first, sealed last (see InboxSql#markReplayed): a commit in between, the
+            // handler's, is refused by PostgreSQL, and a seal in another transaction than the
+            // mark's means the handler ended it (rolled back: the mark with it).
+            long xid =
+                sql.markReplayed(
+                    scope.connection(), settings.groupId(), deadLetter, settings.clock().instant());
             try {
               TransactionContext context = new TransactionContext(scope, writer, settings.groupId());
               if (settings.batchHandler() != null) {
@@ -424,8 +430,20 @@ public final class InboxRuntime implements Inbox {
             } catch (Throwable e) {
               throw new HandlerException(0, e);
             }
-            sql.markReplayed(
-                scope.connection(), settings.groupId(), deadLetter, settings.clock().instant());
+            boolean sealed;
+            try {
+              sealed = sql.seal(scope.connection(), xid);
+            } catch (java.sql.SQLException e) {
+              throw new HandlerException(0, e); // left aborted by an SQL error the handler caught
+            }
+            if (!sealed) {
+              throw new HandlerException(
+                  0,
+                  new IllegalStateException(
+                      "the handler ended the replay's transaction itself (COMMIT or ROLLBACK as"
+                          + " SQL, or on an unwrapped connection); the inbox owns the transaction:"
+                          + " throw to roll back"));
+            }
             return true;
           });
     } catch (HandlerException e) {

@@ -69,6 +69,7 @@ public final class InboxSql {
   private final String markInboxReplayed;
   private final String deleteExpired;
   private final String storedOffset;
+  private final String alreadyStored;
 
   /** Statements for the tables in {@code schema}. */
   public InboxSql(String schema) {
@@ -145,8 +146,13 @@ public final class InboxSql {
             + " SET next_offset = ?, updated_at = now(), commit_xid = txid_current()"
             + idleGuard
             + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
-            + " AND (next_offset IS NOT DISTINCT FROM ? OR next_offset = ?)"
+            + " AND next_offset IS NOT DISTINCT FROM ?"
             + " RETURNING commit_xid";
+    alreadyStored =
+        "SELECT 1 FROM "
+            + offsets
+            + " WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND owner_epoch = ?"
+            + " AND next_offset = ?";
     seal = "SELECT set_config('txkafka.inbox_sealed_xid', txid_current()::text, true)";
     insertProcessed =
         "INSERT INTO "
@@ -182,7 +188,10 @@ public final class InboxSql {
             + " WHERE consumer_group = ? AND replayed_at IS NULL AND id > ? ORDER BY id LIMIT ?";
     lockDeadLetter =
         columns + " WHERE consumer_group = ? AND id = ? AND replayed_at IS NULL FOR UPDATE";
-    markDeadLetterReplayed = "UPDATE " + deadLetters + " SET replayed_at = ? WHERE id = ?";
+    markDeadLetterReplayed =
+        "UPDATE "
+            + deadLetters
+            + " SET replayed_at = ?, replay_xid = txid_current() WHERE id = ? RETURNING replay_xid";
     markInboxReplayed =
         "UPDATE "
             + inbox
@@ -324,11 +333,13 @@ public final class InboxSql {
 
   /**
    * Stores {@code nextOffset} if {@code epoch} is still the owner epoch and the stored offset is
-   * not beyond it; takes the row lock. The transaction must then be {@link #seal sealed} before it
-   * commits (migration 1.0.5): its commit is refused otherwise.
+   * exactly {@code expected} (where this batch continues); takes the row lock. The transaction must
+   * then be {@link #seal sealed} before it commits (migration 1.0.5): its commit is refused
+   * otherwise.
    *
-   * @return the transaction's id, to {@link #seal} it with; null if fenced (another owner claimed
-   *     the partition, or the offset would regress)
+   * @return the transaction's id, to {@link #seal} it with; null if not: fenced (another owner
+   *     claimed the partition, or the stored offset is elsewhere), or this very batch already
+   *     committed (see {@link #alreadyStored})
    */
   public Long advance(
       Connection connection,
@@ -350,7 +361,6 @@ public final class InboxSql {
       } else {
         statement.setLong(6, expected);
       }
-      statement.setLong(7, next);
       try (ResultSet rows = statement.executeQuery()) {
         return rows.next() ? rows.getLong(1) : null;
       }
@@ -530,14 +540,23 @@ public final class InboxSql {
 
   /**
    * Marks a dead letter and its inbox row replayed; the row's dedup window starts again at {@code
-   * at}.
+   * at}. Runs before the handler: the transaction must then be {@link #seal sealed} with the
+   * returned id before it commits (migration 1.0.8), so that a handler's own commit is refused.
+   *
+   * @return the transaction's id, to {@link #seal} it with
    */
-  public void markReplayed(Connection connection, String group, DeadLetter deadLetter, Instant at)
+  public long markReplayed(Connection connection, String group, DeadLetter deadLetter, Instant at)
       throws SQLException {
+    long xid;
     try (PreparedStatement statement = connection.prepareStatement(markDeadLetterReplayed)) {
       statement.setTimestamp(1, Timestamp.from(at));
       statement.setLong(2, deadLetter.id());
-      statement.executeUpdate();
+      try (ResultSet rows = statement.executeQuery()) {
+        if (!rows.next()) {
+          throw new IllegalStateException("dead letter " + deadLetter.id() + " is gone");
+        }
+        xid = rows.getLong(1);
+      }
     }
     try (PreparedStatement statement = connection.prepareStatement(markInboxReplayed)) {
       statement.setTimestamp(1, Timestamp.from(at));
@@ -545,6 +564,7 @@ public final class InboxSql {
       statement.setString(3, deadLetter.record().messageId());
       statement.executeUpdate();
     }
+    return xid;
   }
 
   /**
@@ -564,6 +584,30 @@ public final class InboxSql {
   }
 
   /** The stored next offset of a partition, or null. */
+  /**
+   * Whether {@code epoch} is still the owner epoch and the stored offset is already {@code next}:
+   * after {@link #advance} refused a batch ending at {@code next}, this says the batch committed
+   * before (a retry after a commit whose outcome the client did not learn, such as a connection
+   * lost during COMMIT), rather than that the member was fenced. Within one epoch only this member
+   * commits, each batch continuing the last, so the records up to {@code next} were applied. The
+   * retry must not run them again: their inbox rows may have expired meanwhile (retention), and
+   * then they would not be recognised as duplicates.
+   */
+  public boolean alreadyStored(
+      Connection connection, String group, String topic, int partition, long epoch, long next)
+      throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement(alreadyStored)) {
+      statement.setString(1, group);
+      statement.setString(2, topic);
+      statement.setInt(3, partition);
+      statement.setLong(4, epoch);
+      statement.setLong(5, next);
+      try (ResultSet rows = statement.executeQuery()) {
+        return rows.next();
+      }
+    }
+  }
+
   public Long storedOffset(Connection connection, String group, String topic, int partition)
       throws SQLException {
     try (PreparedStatement statement = connection.prepareStatement(storedOffset)) {

@@ -155,4 +155,101 @@ class InboxDatabaseOutageTest {
       assertEquals(0, revokedOrLost.get(), "the consumer stayed in its group while PG was down");
     }
   }
+
+  /**
+   * A batch commits but its client never learns it (the connection is lost during COMMIT): the
+   * inbox retries the batch as a transient failure. Meanwhile the batch's inbox rows may have
+   * expired (a dedup retention shorter than the outage), so the retry must not run the records
+   * again on the strength of their inbox rows: it sees the stored offset already at the batch's
+   * end, in its own epoch, and goes on. Before, the retry's compare-and-set also accepted an
+   * offset already at the batch's end, found every id new and applied the batch twice.
+   */
+  @Test
+  void aBatchWhoseCommitAnswerWasLostIsNotAppliedAgainEvenWithItsInboxRowsGone() throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-lost-commit");
+    broker.createTopic(topic, 1);
+    String group = "lost-commit-" + topic;
+    List<Message> messages = InboxTestSupport.messages("lost-commit-", 40);
+    InboxTestSupport.produce(broker, topic, messages);
+    AtomicInteger lostAnswers = new AtomicInteger();
+    try (HikariDataSource pool = db.newDataSource(4);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(losingFirstBatchCommitAnswer(pool, group, lostAnswers))
+                .handler(InboxTestSupport.ledgerHandler("lost-commit"))
+                .maxBatchSize(10)
+                .retryBackoff(Duration.ofMillis(50))
+                .build()) {
+      inbox.start();
+      await(
+          "every offset to be stored",
+          Duration.ofSeconds(60),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
+      assertEquals(1, lostAnswers.get(), "one commit answer was lost");
+      assertEquals(
+          messages.size(),
+          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'lost-commit'"),
+          "each record applied once");
+      assertEquals(
+          messages.size(),
+          db.queryLong(
+              "SELECT count(DISTINCT message_id) FROM ledger WHERE applied_by = 'lost-commit'"));
+      assertEquals(
+          InboxTestSupport.sum(messages),
+          db.queryLong("SELECT sum(amount) FROM ledger WHERE applied_by = 'lost-commit'"));
+      assertTrue(inbox.isRunning(), "the inbox kept running");
+    }
+  }
+
+  /**
+   * Wraps {@code pool}: the first commit after which the ledger holds rows commits for real, then
+   * deletes the group's inbox rows (as retention would once they expired) and throws what a
+   * connection lost during COMMIT gives (SQLState 08006).
+   */
+  private static javax.sql.DataSource losingFirstBatchCommitAnswer(
+      javax.sql.DataSource pool, String group, AtomicInteger lostAnswers) {
+    java.util.concurrent.atomic.AtomicBoolean armed =
+        new java.util.concurrent.atomic.AtomicBoolean(true);
+    return (javax.sql.DataSource)
+        java.lang.reflect.Proxy.newProxyInstance(
+            InboxDatabaseOutageTest.class.getClassLoader(),
+            new Class<?>[] {javax.sql.DataSource.class},
+            (dataSource, dataSourceMethod, dataSourceArgs) -> {
+              Object result = invoke(pool, dataSourceMethod, dataSourceArgs);
+              if (!dataSourceMethod.getName().equals("getConnection")) {
+                return result;
+              }
+              java.sql.Connection real = (java.sql.Connection) result;
+              return java.lang.reflect.Proxy.newProxyInstance(
+                  InboxDatabaseOutageTest.class.getClassLoader(),
+                  new Class<?>[] {java.sql.Connection.class},
+                  (connection, method, args) -> {
+                    Object value = invoke(real, method, args);
+                    if (method.getName().equals("commit")
+                        && armed.get()
+                        && db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = ?",
+                                "lost-commit") > 0
+                        && armed.compareAndSet(true, false)) {
+                      db.execute("DELETE FROM txkafka_inbox WHERE consumer_group = '" + group + "'");
+                      lostAnswers.incrementAndGet();
+                      throw new java.sql.SQLException(
+                          "simulated: connection lost during COMMIT", "08006");
+                    }
+                    return value;
+                  });
+            });
+  }
+
+  private static Object invoke(Object target, java.lang.reflect.Method method, Object[] args)
+      throws Throwable {
+    try {
+      return method.invoke(target, args);
+    } catch (java.lang.reflect.InvocationTargetException e) {
+      throw e.getCause();
+    }
+  }
 }

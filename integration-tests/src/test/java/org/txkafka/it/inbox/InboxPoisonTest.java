@@ -136,7 +136,9 @@ class InboxPoisonTest {
       assertEquals(
           1,
           db.queryLong(
-              "SELECT count(*) FROM txkafka_inbox_dead_letter WHERE replayed_at IS NOT NULL"));
+              "SELECT count(*) FROM txkafka_inbox_dead_letter WHERE replayed_at IS NOT NULL"
+                  + " AND consumer_group = ?",
+              group));
       assertEquals(
           InboxTestSupport.sum(messages),
           db.queryLong("SELECT sum(amount) FROM ledger WHERE applied_by = 'poison'"));
@@ -146,11 +148,13 @@ class InboxPoisonTest {
   /**
    * A Kafka header key may hold a NUL character, which PostgreSQL's text cannot: the dead letter
    * (its header names are text) and its copy for the dead-letter topic (an outbox row) are stored
-   * with U+FFFD in its place. Before, storing them failed on every try, for good: the poison record
-   * blocked its partition and the records after it were never applied.
+   * with U+FFFD in its place. A key may also be empty, which the outbox refuses as a header name:
+   * the dead letter keeps it, the copy for the dead-letter topic carries it under
+   * txkafka-dlt-blank-header-name. Before, storing them failed on every try, for good: the poison
+   * record blocked its partition and the records after it were never applied.
    */
   @Test
-  void poisonRecordWithANulInAHeaderKeyIsDeadLetteredAndTheRecordsAfterItApplied() {
+  void poisonRecordWithANulOrBlankHeaderKeyIsDeadLetteredAndTheRecordsAfterItApplied() {
     KafkaBroker broker = KafkaBroker.shared();
     String topic = KafkaBroker.uniqueTopic("inbox-nul-header");
     String deadLetterTopic = topic + ".dlt";
@@ -161,6 +165,7 @@ class InboxPoisonTest {
         ProducerRecord<byte[], byte[]> record = InboxTestSupport.record(topic, messages.get(i));
         if (i == 0) {
           record.headers().add("trace\u0000id", InboxTestSupport.bytes("t-1"));
+          record.headers().add("", InboxTestSupport.bytes("no-name"));
         }
         producer.send(record).get(30, TimeUnit.SECONDS);
       }
@@ -198,13 +203,106 @@ class InboxPoisonTest {
       assertEquals(1, deadLetters.size());
       assertEquals(poisonId, deadLetters.get(0).record().messageId());
       assertEquals("t-1", deadLetters.get(0).record().header("trace\uFFFDid"), "stored header");
+      assertEquals("no-name", deadLetters.get(0).record().header(""), "stored blank header");
       assertTrue(deadLetters.get(0).lastError().contains("cannot apply? " + poisonId),
           deadLetters.get(0).lastError());
       assertEquals(1, db.queryLong(
           "SELECT count(*) FROM txkafka_outbox WHERE topic = ? AND 'trace' || chr(65533) || 'id' ="
               + " ANY(header_names)", deadLetterTopic),
           "forwarded to the dead-letter topic with the header kept");
+      assertEquals(1, db.queryLong(
+          "SELECT count(*) FROM txkafka_outbox WHERE topic = ?"
+              + " AND 'txkafka-dlt-blank-header-name' = ANY(header_names)", deadLetterTopic),
+          "the blank header forwarded under a name of its own");
     }
+  }
+
+  /**
+   * A replay's handler that ends the replay's transaction itself. COMMIT sent as SQL after its
+   * business write, then a failure: PostgreSQL refuses that commit (TXK01, migration 1.0.8), the
+   * dead letter stays pending with nothing applied, and the replay after the fix applies it once.
+   * Before, the write was committed and the dead letter stayed pending: applied twice in the end.
+   * ROLLBACK sent as SQL, then a normal return: the replay fails and the dead letter stays pending.
+   * Before, the mark committed in a new transaction without the effects rolled back: lost.
+   */
+  @Test
+  void replayWhoseHandlerEndsTheTransactionItselfLeavesTheDeadLetterPendingAndAppliesItOnce() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-replay-seal");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("replay-seal-", 4);
+    InboxTestSupport.produce(broker, topic, messages);
+    String committing = messages.get(1).messageId();
+    String rollingBack = messages.get(2).messageId();
+    java.util.concurrent.atomic.AtomicReference<String> mode =
+        new java.util.concurrent.atomic.AtomicReference<>("fail");
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("replay-seal");
+    InboxHandler handler =
+        (record, context) -> {
+          boolean poison =
+              record.messageId().equals(committing) || record.messageId().equals(rollingBack);
+          ledger.handle(record, context);
+          if (!poison || mode.get().equals("ok")) {
+            return;
+          }
+          if (mode.get().equals("commit-then-fail")) {
+            context.connection().createStatement().execute("COMMIT");
+            throw new IllegalStateException("failed after committing");
+          }
+          if (mode.get().equals("rollback-and-return")) {
+            context.connection().createStatement().execute("ROLLBACK");
+            return;
+          }
+          throw new IllegalStateException("cannot apply " + record.messageId());
+        };
+    String group = "replay-seal-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(3);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(handler)
+                .maxAttempts(1)
+                .retryBackoff(Duration.ofMillis(20))
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(60),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
+      Map<String, Long> ids = new java.util.HashMap<>();
+      for (DeadLetter deadLetter : inbox.deadLetters(10)) {
+        ids.put(deadLetter.record().messageId(), deadLetter.id());
+      }
+      assertEquals(java.util.Set.of(committing, rollingBack), ids.keySet(), "dead letters");
+
+      mode.set("commit-then-fail");
+      DeadLetterReplayException refused =
+          assertThrows(DeadLetterReplayException.class, () -> inbox.replay(ids.get(committing)));
+      assertTrue(
+          String.valueOf(refused.getCause()).contains("TXK01")
+              || String.valueOf(refused.getMessage()).contains("sealed"),
+          "refused at the handler's commit: " + refused.getMessage());
+      assertEquals(0, ledgerRows(committing), "nothing of the refused replay committed");
+      mode.set("rollback-and-return");
+      assertThrows(DeadLetterReplayException.class, () -> inbox.replay(ids.get(rollingBack)));
+      assertEquals(2, inbox.deadLetters(10).size(), "both stay pending");
+
+      mode.set("ok");
+      assertEquals(2, inbox.replayAll(), "replayed after the fix");
+      assertEquals(1, ledgerRows(committing), "applied once");
+      assertEquals(1, ledgerRows(rollingBack), "applied once");
+      assertEquals(0, inbox.deadLetters(10).size(), "nothing pending after replay");
+      assertEquals(
+          messages.size(),
+          db.queryLong("SELECT count(*) FROM ledger WHERE applied_by = 'replay-seal'"));
+    }
+  }
+
+  private static long ledgerRows(String messageId) {
+    return db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", messageId);
   }
 
   @Test
