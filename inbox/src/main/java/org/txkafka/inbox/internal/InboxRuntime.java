@@ -456,6 +456,16 @@ public final class InboxRuntime implements Inbox {
           e.getCause());
     } catch (RuntimeException e) {
       throw e;
+    } catch (java.sql.SQLException e) {
+      if ("42703".equals(e.getSQLState())) {
+        throw new TxKafkaException(
+            "could not replay dead letter "
+                + deadLetterId
+                + ": the inbox schema lacks txkafka migration 1.0.8 (column replay_xid of"
+                + " txkafka_inbox_dead_letter), which sealed replays need; run the migrations",
+            e);
+      }
+      throw new TxKafkaException("could not replay dead letter " + deadLetterId, e);
     } catch (Exception e) {
       throw new TxKafkaException("could not replay dead letter " + deadLetterId, e);
     }

@@ -583,7 +583,6 @@ public final class InboxSql {
     }
   }
 
-  /** The stored next offset of a partition, or null. */
   /**
    * Whether {@code epoch} is still the owner epoch and the stored offset is already {@code next}:
    * after {@link #advance} refused a batch ending at {@code next}, this says the batch committed
@@ -608,6 +607,7 @@ public final class InboxSql {
     }
   }
 
+  /** The stored next offset of a partition, or null. */
   public Long storedOffset(Connection connection, String group, String topic, int partition)
       throws SQLException {
     try (PreparedStatement statement = connection.prepareStatement(storedOffset)) {

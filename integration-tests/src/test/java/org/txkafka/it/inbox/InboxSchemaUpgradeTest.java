@@ -95,6 +95,62 @@ class InboxSchemaUpgradeTest {
     }
   }
   /**
+   * An inbox of this version on a schema without migration 1.0.8 consumes as before, but refuses
+   * to replay a dead letter (the replay is sealed through 1.0.8's column), saying which migration
+   * is missing; once it ran, the replay applies the record once.
+   */
+  @Test
+  void replayBeforeMigration108IsRefusedNamingItAndWorksOnceItRan() throws Exception {
+    TxKafkaMigrations.configure(db.dataSource(), "public").target("1.0.7").load().migrate();
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-upgrade-replay");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("upgrade-replay-", 3);
+    InboxTestSupport.produce(broker, topic, messages);
+    String poison = messages.get(1).messageId();
+    java.util.concurrent.atomic.AtomicBoolean fixed =
+        new java.util.concurrent.atomic.AtomicBoolean();
+    org.txkafka.inbox.InboxHandler ledger = InboxTestSupport.ledgerHandler("upgrade-replay");
+    String group = "upgrade-replay-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(3);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(
+                    (record, context) -> {
+                      if (record.messageId().equals(poison) && !fixed.get()) {
+                        throw new IllegalStateException("cannot apply " + poison);
+                      }
+                      ledger.handle(record, context);
+                    })
+                .maxAttempts(1)
+                .retryBackoff(Duration.ofMillis(20))
+                .build()) {
+      inbox.start();
+      await(
+          "every record consumed",
+          Duration.ofSeconds(60),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
+      List<org.txkafka.inbox.DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size(), "the poison record dead-lettered");
+      fixed.set(true);
+      org.txkafka.TxKafkaException refused =
+          org.junit.jupiter.api.Assertions.assertThrows(
+              org.txkafka.TxKafkaException.class, () -> inbox.replay(deadLetters.get(0).id()));
+      assertTrue(refused.getMessage().contains("migration 1.0.8"), refused.getMessage());
+      assertEquals(0, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", poison));
+
+      TxKafkaMigrations.migrate(db.dataSource());
+      assertTrue(inbox.replay(deadLetters.get(0).id()), "replayed once migrated");
+      assertEquals(1, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = ?", poison));
+      assertEquals(0, inbox.deadLetters(10).size());
+    }
+  }
+
+  /**
    * While claims keep failing (here: before migration 1.0.5) with a long backoff, close() does not
    * wait for that backoff: claim retries sleep in slices that see the inbox closing.
    */
