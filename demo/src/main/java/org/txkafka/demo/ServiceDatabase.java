@@ -16,8 +16,12 @@ import org.txkafka.migrations.TxKafkaMigrations;
  * factory and the pool.
  */
 public final class ServiceDatabase implements AutoCloseable {
-  /** Connections of each service process: a small pool, shared by its JPA code, inbox and relay. */
-  public static final int POOL_SIZE = 5;
+  /**
+   * Connections of each service process: a small pool, shared by its JPA code, inbox and relay, sized
+   * as the README says: the inbox's concurrency (4) + 1, the relay's 1 + 1 at close, and 1 for the
+   * service's own transactions (the orders the orders service places).
+   */
+  public static final int POOL_SIZE = 8;
 
   private final HikariDataSource dataSource;
   private final EntityManagerFactory entityManagerFactory;

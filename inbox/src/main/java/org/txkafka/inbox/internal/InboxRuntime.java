@@ -60,6 +60,7 @@ public final class InboxRuntime implements Inbox {
   private final OutboxWriter writer;
   private final InboxMetrics metrics;
   private final String ownerId;
+  private final Object startStop = new Object();
   private final AtomicInteger lifecycle = new AtomicInteger(NEW);
   private volatile boolean closing;
   private volatile PollLoop loop;
@@ -88,8 +89,20 @@ public final class InboxRuntime implements Inbox {
     this.ownerId = ProcessHandle.current().pid() + "/" + UUID.randomUUID();
   }
 
+  /**
+   * {@code start()} and {@code close()} run one at a time: a close() while start() is still making
+   * the consumer or checking the database (a shutdown hook during startup) waits for it, and then
+   * finds everything it stops. Before, it found the loop not made yet and failed, and the inbox
+   * then ran on with nothing left to stop it.
+   */
   @Override
   public void start() {
+    synchronized (startStop) {
+      startLocked();
+    }
+  }
+
+  private void startLocked() {
     if (!lifecycle.compareAndSet(NEW, STARTED)) {
       throw new IllegalStateException(
           "an inbox can be started once; this one is "
@@ -98,6 +111,7 @@ public final class InboxRuntime implements Inbox {
     String group = settings.groupId();
     KafkaConsumer<byte[], byte[]> consumer;
     try {
+      checkSetup();
       consumer = new KafkaConsumer<>(settings.consumerProperties());
     } catch (RuntimeException e) {
       lifecycle.set(CLOSED);
@@ -117,6 +131,42 @@ public final class InboxRuntime implements Inbox {
     retention.scheduleWithFixedDelay(
         this::removeExpired, interval, interval, TimeUnit.MILLISECONDS);
     LOG.info("inbox of group {} started as owner {}", group, ownerId);
+  }
+
+  /**
+   * Refuses to start on a database this inbox can never work with ({@link InboxSql#setupProblems}:
+   * read-only, never migrated, privileges missing), or through a transaction owner that cannot run
+   * a transaction at all (a JTA EntityManagerFactory): otherwise the inbox would hold its partitions
+   * and retry its claims for ever, applying nothing. A database that cannot be reached now is not
+   * refused: that is an outage, which claims retry.
+   */
+  private void checkSetup() {
+    List<String> problems;
+    try {
+      problems = transactions.inTransaction(scope -> sql.setupProblems(scope.connection()));
+    } catch (Exception e) {
+      if (TransientErrors.isTransient(e)) {
+        LOG.warn(
+            "inbox of group {}: could not check its database at start ({}); starting, claims are"
+                + " retried while it is unreachable",
+            settings.groupId(),
+            e.toString());
+        return;
+      }
+      throw new TxKafkaException(
+          "inbox of group "
+              + settings.groupId()
+              + " cannot run a transaction on its database: "
+              + Failures.describe(e),
+          e);
+    }
+    if (!problems.isEmpty()) {
+      throw new TxKafkaException(
+          "inbox of group "
+              + settings.groupId()
+              + " cannot work with its database: "
+              + String.join("; ", problems));
+    }
   }
 
   /**
@@ -513,6 +563,12 @@ public final class InboxRuntime implements Inbox {
 
   @Override
   public void close() {
+    synchronized (startStop) {
+      closeLocked();
+    }
+  }
+
+  private void closeLocked() {
     if (lifecycle.compareAndSet(NEW, CLOSED)) {
       return;
     }

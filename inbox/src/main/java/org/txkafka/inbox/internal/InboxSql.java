@@ -70,6 +70,77 @@ public final class InboxSql {
   private final String deleteExpired;
   private final String storedOffset;
   private final String alreadyStored;
+  private final String schema;
+
+  /**
+   * What keeps this session from ever running the inbox, each as a sentence naming the fix; empty
+   * when nothing does. Read-only transactions (a hot standby, {@code default_transaction_read_only}
+   * on the role or database), no txkafka inbox tables in the schema (never migrated, or the inbox's
+   * schema setting names another one) and missing privileges on them are not outages: the inbox
+   * would retry its claims for ever and apply nothing. (Columns of a later migration missing are
+   * waited out instead: a rolling upgrade migrates while members run.)
+   */
+  public java.util.List<String> setupProblems(Connection connection) throws SQLException {
+    java.util.List<String> problems = new java.util.ArrayList<>();
+    try (java.sql.Statement statement = connection.createStatement();
+        ResultSet rows =
+            statement.executeQuery(
+                "SELECT current_setting('transaction_read_only') = 'on', pg_is_in_recovery(),"
+                    + " current_user")) {
+      rows.next();
+      if (rows.getBoolean(2)) {
+        problems.add(
+            "the server is a standby in recovery (read-only): point the inbox's data source at the"
+                + " primary");
+      } else if (rows.getBoolean(1)) {
+        problems.add(
+            "transactions of this data source are read-only (default_transaction_read_only is on"
+                + " for role "
+                + rows.getString(3)
+                + " or its database): the inbox writes in every transaction");
+      }
+    }
+    try (PreparedStatement statement =
+        connection.prepareStatement(
+            "SELECT t.name, to_regclass(quote_ident(?) || '.' || t.name) IS NOT NULL,"
+                + " array(SELECT p.privilege FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE',"
+                + " 'DELETE']) AS p(privilege) WHERE to_regclass(quote_ident(?) || '.' || t.name)"
+                + " IS NOT NULL AND NOT has_table_privilege(to_regclass(quote_ident(?) || '.' ||"
+                + " t.name), p.privilege)), current_user FROM unnest(ARRAY['txkafka_inbox_offset',"
+                + " 'txkafka_inbox', 'txkafka_inbox_dead_letter']) WITH ORDINALITY AS t(name, n)"
+                + " ORDER BY t.n")) {
+      statement.setString(1, schema);
+      statement.setString(2, schema);
+      statement.setString(3, schema);
+      try (ResultSet rows = statement.executeQuery()) {
+        while (rows.next()) {
+          String table = schema + "." + rows.getString(1);
+          if (!rows.getBoolean(2)) {
+            problems.add(
+                "table "
+                    + table
+                    + " does not exist: run the txkafka migrations on schema "
+                    + schema
+                    + " (TxKafkaMigrations.migrate), or set the inbox's schema to the one they ran"
+                    + " on");
+            break;
+          }
+          String[] missing = (String[]) rows.getArray(3).getArray();
+          if (missing.length > 0) {
+            problems.add(
+                "role "
+                    + rows.getString(4)
+                    + " lacks "
+                    + String.join(", ", missing)
+                    + " on "
+                    + table
+                    + " (see the README's grants)");
+          }
+        }
+      }
+    }
+    return problems;
+  }
 
   /** Statements for the tables in {@code schema}. */
   public InboxSql(String schema) {
@@ -81,6 +152,7 @@ public final class InboxSql {
    * idle_in_transaction_session_timeout} to {@code transactionIdleTimeout} (zero: not at all).
    */
   public InboxSql(String schema, java.time.Duration transactionIdleTimeout) {
+    this.schema = schema;
     String s = SqlIdentifiers.quoted("schema", schema);
     String offsets = s + ".txkafka_inbox_offset";
     String inbox = s + ".txkafka_inbox";
