@@ -121,4 +121,60 @@ class OutboxSchemaCheckTest {
       db.close();
     }
   }
+
+  /**
+   * A relay whose role may read the outbox but not remove published rows (DELETE missing, or INSERT
+   * on the archive when it archives) would publish every round, fail to remove it and publish it
+   * again, for ever. It publishes nothing and names the missing privileges; once granted, it
+   * publishes every row once.
+   */
+  @Test
+  void relayWhoseRoleCannotRemovePublishedRowsPublishesNothingUntilGranted() throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("schema-check-grants");
+    broker.createTopic(topic, 1);
+    TestDatabase db = TestPostgres.shared().createDatabase().migrate();
+    String role = "txk_nodel_" + java.util.UUID.randomUUID().toString().substring(0, 8);
+    try {
+      db.execute(
+          "CREATE ROLE " + role + " LOGIN PASSWORD 'no-delete'",
+          "GRANT USAGE ON SCHEMA public TO " + role,
+          "GRANT SELECT, UPDATE ON txkafka_outbox TO " + role,
+          "GRANT SELECT ON txkafka_outbox_archive TO " + role);
+      try (Connection connection = db.connectAs(role, "no-delete")) {
+        SQLException refused =
+            assertThrows(SQLException.class, () -> OutboxSchema.verify(connection, "public", true));
+        assertEquals(OutboxSchema.NOT_READY, refused.getSQLState());
+        assertTrue(
+            refused.getMessage().contains(".txkafka_outbox: DELETE")
+                && refused.getMessage().contains(".txkafka_outbox_archive: INSERT"),
+            refused.getMessage());
+        SQLException notArchiving =
+            assertThrows(SQLException.class, () -> OutboxSchema.verify(connection, "public"));
+        assertTrue(
+            !notArchiving.getMessage().contains("archive"), "no archive, no INSERT needed");
+      }
+      commit(db.dataSource(), List.of(numbered(topic, "k", 0), numbered(topic, "k", 1),
+          numbered(topic, "k", 2)));
+      try (HikariDataSource relayPool = db.newDataSource(2, role, "no-delete");
+          TopicReader reader = new TopicReader(broker, topic);
+          OutboxRelay relay = relay(relayPool, broker).build()) {
+        relay.start();
+        reader.poll(3000);
+        assertEquals(0, reader.records().size(), "nothing published it cannot remove");
+        assertEquals(3L, pendingRows(db));
+
+        db.execute("GRANT DELETE ON txkafka_outbox TO " + role);
+        reader.pollUntil(WAIT, "all rows published once granted", r -> r.records().size() >= 3);
+        OutboxFixtures.await(WAIT, "the rows removed", () -> pendingRows(db) == 0);
+        reader.poll(1000);
+        assertEquals(3, reader.records().size(), "each row once");
+      }
+    } finally {
+      db.close();
+      try (TestDatabase other = TestPostgres.shared().createDatabase()) {
+        other.execute("DROP ROLE IF EXISTS " + role);
+      }
+    }
+  }
 }

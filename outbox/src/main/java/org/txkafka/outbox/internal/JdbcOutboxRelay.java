@@ -511,7 +511,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     try {
       connection.setAutoCommit(true);
       // Every session, not once: the schema may be migrated (or broken) while the relay runs.
-      OutboxSchema.verify(connection, config.schema());
+      OutboxSchema.verify(connection, config.schema(), config.archive());
       PGConnection notifications = null;
       if (config.listenNotify()) {
         if (connection.isWrapperFor(PGConnection.class)) {

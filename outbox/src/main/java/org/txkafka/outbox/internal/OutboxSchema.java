@@ -33,7 +33,46 @@ public final class OutboxSchema {
    *     any error of the catalog query itself
    */
   public static void verify(Connection connection, String schema) throws SQLException {
+    verify(connection, schema, false);
+  }
+
+  /**
+   * Like {@link #verify(Connection, String)}, and checks that this session's role may remove
+   * published rows: DELETE and UPDATE (parking) on the outbox, and INSERT on the archive when the
+   * relay archives. Without them every round would be published and then fail to be removed, and
+   * sent again, for ever (duplicates without bound, the shares stuck).
+   */
+  public static void verify(Connection connection, String schema, boolean archive)
+      throws SQLException {
     String table = SqlIdentifiers.quoted("schema", schema) + ".txkafka_outbox";
+    verifyOrder(connection, schema, table);
+    String archiveTable = SqlIdentifiers.quoted("schema", schema) + ".txkafka_outbox_archive";
+    try (PreparedStatement statement =
+        connection.prepareStatement(
+            "SELECT current_user, array(SELECT w.tbl || ': ' || w.privilege FROM (VALUES"
+                + " (?, 'SELECT'), (?, 'UPDATE'), (?, 'DELETE'), (?, 'INSERT')) AS w(tbl,"
+                + " privilege) WHERE (w.tbl <> ? OR ?) AND (to_regclass(w.tbl) IS NULL OR NOT"
+                + " has_table_privilege(to_regclass(w.tbl), w.privilege)))")) {
+      statement.setString(1, table);
+      statement.setString(2, table);
+      statement.setString(3, table);
+      statement.setString(4, archiveTable);
+      statement.setString(5, archiveTable);
+      statement.setBoolean(6, archive);
+      try (ResultSet row = statement.executeQuery()) {
+        row.next();
+        String[] missing = (String[]) row.getArray(2).getArray();
+        if (missing.length > 0) {
+          throw refuse("role " + row.getString(1) + " lacks " + String.join(", ", missing)
+              + ": published rows could not be removed and would be sent again and again; grant"
+              + " them (see the README's grants)");
+        }
+      }
+    }
+  }
+
+  private static void verifyOrder(Connection connection, String schema, String table)
+      throws SQLException {
     String query =
         "SELECT s.seqcache, s.seqcycle,"
             + " EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(?)"
