@@ -111,7 +111,11 @@ public interface OutboxRelay extends AutoCloseable {
   @Override
   void close();
 
-  /** Whether the relay was started and not yet closed. */
+  /**
+   * Whether the relay was started, is not closed, and was not stopped by an {@link Error} (out of
+   * memory, a stack overflow: it then logged why, gave its shares back and publishes nothing more;
+   * close it and start a new one). An Error thrown by a {@link Listener} is logged and ignored.
+   */
   boolean isRunning();
 
   /** The shares this relay holds now (a snapshot; empty before start and after close). */

@@ -552,4 +552,55 @@ class OutboxRelayFailoverTest {
     }
     return holdings;
   }
+
+  /**
+   * An Error of a listener's own (an assertion) is logged and the relay goes on. An Error that is
+   * the relay's (a stack overflow, out of memory on a batch of huge rows) stops it loudly: {@code
+   * isRunning()} turns false and its shares are given back, so another relay publishes the rest.
+   * Before, either Error ended the relay thread silently while {@code isRunning()} said true.
+   */
+  @Test
+  void anErrorStopsTheRelayVisiblyWhileAListenersOwnErrorIsIgnored() throws Exception {
+    String topic = KafkaBroker.uniqueTopic("relay-error");
+    broker.createTopic(topic, 1);
+    AtomicInteger listenerErrors = new AtomicInteger();
+    AtomicBoolean overflow = new AtomicBoolean();
+    OutboxRelay.Listener listener =
+        new OutboxRelay.Listener() {
+          @Override
+          public void batchStarting(Set<Integer> shares, int rows) {
+            if (overflow.get()) {
+              throw new StackOverflowError("simulated");
+            }
+            listenerErrors.incrementAndGet();
+            throw new AssertionError("the listener's own failure");
+          }
+        };
+    List<OutboxMessage> first = new ArrayList<>();
+    List<OutboxMessage> second = new ArrayList<>();
+    for (int i = 0; i < 10; i++) {
+      (i < 5 ? first : second).add(numbered(topic, "k", i));
+    }
+    try (HikariDataSource pool = db.newDataSource(4);
+        TopicReader reader = new TopicReader(broker, topic);
+        OutboxRelay failing =
+            OutboxFixtures.relay(pool, broker).name("error-a").listener(listener).build()) {
+      failing.start();
+      Set<String> expected = new HashSet<>(asStrings(commit(db.dataSource(), first)));
+      reader.awaitIds(WAIT, expected);
+      assertTrue(listenerErrors.get() > 0, "the listener failed");
+      assertTrue(failing.isRunning(), "a listener's Error does not stop the relay");
+
+      overflow.set(true);
+      expected.addAll(asStrings(commit(db.dataSource(), second)));
+      await(WAIT, "the relay stopped by the Error", () -> !failing.isRunning());
+      await(WAIT, "its shares given back", () -> failing.ownedShares().isEmpty());
+      try (OutboxRelay takeover = OutboxFixtures.relay(pool, broker).name("error-b").build()) {
+        takeover.start();
+        reader.awaitIds(WAIT, expected);
+      }
+      assertAllPresent(expected, reader.distinctIds());
+      assertPerKeyOrderAfterDedup(reader.records());
+    }
+  }
 }

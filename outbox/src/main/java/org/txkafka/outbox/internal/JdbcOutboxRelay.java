@@ -174,6 +174,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   private volatile boolean stopping;
   private volatile Thread thread;
+
+  /** Set when an Error ended the relay thread (see run()). */
+  private volatile boolean failed;
   private volatile Producer<byte[], byte[]> producer;
   private volatile Session session;
   private volatile Set<Integer> owned = Set.of();
@@ -308,7 +311,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   @Override
   public boolean isRunning() {
-    return state.get() == State.RUNNING;
+    return state.get() == State.RUNNING && !failed;
   }
 
   @Override
@@ -500,6 +503,20 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           }
         }
       }
+    } catch (Error e) {
+      // Out of memory (a batch of huge rows), a stack overflow, a class that cannot be loaded: the
+      // relay stops, loudly, instead of leaving a dead thread behind while isRunning() says true.
+      // Its shares are given back (the lease session ends below); its rounds in flight may still
+      // arrive, as the documented duplicates of a lost session.
+      failed = true;
+      LOG.error(
+          "relay {}: stopped by {}; its shares are given back. isRunning() is false from now on:"
+              + " close it and start a new one (for rows too large for the heap, lower batchSize)",
+          config.name(),
+          e.toString(),
+          e);
+      closeProducer(Duration.ZERO);
+      throw e;
     } finally {
       releaseSession();
     }
@@ -1520,7 +1537,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     progressWithin(0);
     try {
       event.accept(config.listener());
-    } catch (RuntimeException e) {
+    } catch (VirtualMachineError e) {
+      throw e;
+    } catch (RuntimeException | Error e) {
+      // An Error of a listener's own (an assertion, a class it cannot load) is the listener's
+      // failure, not the relay's: it must not end the relay thread.
       LOG.warn("relay {}: listener failed", config.name(), e);
     }
   }
