@@ -282,6 +282,42 @@ class OutboxPoisonTest {
   }
 
   /**
+   * Many rows addressed to a partition their topic does not have (a writer's bug, such as a hash
+   * modulo the wrong count), at the default max.block.ms of 10 s: only the first waits for
+   * metadata; the others are checked against the producer's metadata and parked at once, and the
+   * healthy rows go on. Before, each such row held the relay thread for max.block.ms: 100 rows,
+   * about 17 minutes in which no share of the relay moved.
+   */
+  @Test
+  void manyRowsForAPartitionTheTopicLacksCostOneMetadataWaitNotOneEach() {
+    String topic = KafkaBroker.uniqueTopic("no-such-partition-many");
+    broker.createTopic(topic, 2);
+    List<OutboxMessage> misaddressed = new ArrayList<>();
+    for (int i = 0; i < 100; i++) {
+      misaddressed.add(
+          OutboxMessage.to(topic).key("bad-" + i).partition(7).payload("x" + i).build());
+    }
+    commit(db.dataSource(), misaddressed);
+    List<UUID> healthy = new ArrayList<>();
+    for (int i = 0; i < 20; i++) {
+      healthy.addAll(commit(db.dataSource(), List.of(numbered(topic, "good-" + i % 4, i))));
+    }
+    try (TopicReader reader = new TopicReader(broker, topic);
+        OutboxRelay relay = relay(relayPool, broker).build()) {
+      relay.start();
+      reader.awaitIds(Duration.ofSeconds(45), asStrings(healthy));
+      await(Duration.ofSeconds(45), "the misaddressed rows parked", () ->
+          admin.parked(200).size() == 100);
+      assertEquals(0, admin.pendingCount(), "nothing left pending");
+      assertEquals(0, assertPerKeyOrderAfterDedup(reader.records()));
+    }
+    for (ParkedMessage parked : admin.parked(200)) {
+      assertTrue(parked.lastError().contains("partition 7"), parked.lastError());
+      admin.discard(parked.id());
+    }
+  }
+
+  /**
    * The broker refuses records whose timestamp is out of the topic's range ({@code
    * message.timestamp.before.max.ms}; in Kafka 4 also {@code message.timestamp.after.max.ms}, one
    * hour by default). The producer stamps a record when the relay sends it, so that refusal is about

@@ -164,6 +164,15 @@ public final class JdbcOutboxRelay implements OutboxRelay {
   private final Map<String, TopicBackoff> topicBackoffs = new HashMap<>();
   private final Map<Integer, String> pausedShares = new HashMap<>();
 
+  /**
+   * Topics that rows were addressed to a partition of that they do not have. A send to such a
+   * partition waits max.block.ms for metadata that never shows it: once one did, later rows of the
+   * topic are checked against the producer's metadata (known by then, so no wait) before they are
+   * sent, and parked at once. Otherwise each would cost max.block.ms of the relay thread, which
+   * every share it holds waits for.
+   */
+  private final Set<String> topicsWithMissingPartitions = new HashSet<>();
+
   /** Closes a producer whose round outlived the publish timeout (see {@link #publishBatch}). */
   private final ScheduledExecutorService watchdog;
   /** Sends the lease session's keepalive statements ({@link #keepSessionAlive}). */
@@ -981,6 +990,15 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       }
       Sent attempt = new Sent(row);
       round.sent.add(attempt);
+      if (row.partition() != null && topicsWithMissingPartitions.contains(row.topic())) {
+        int partitions = partitionCount(round.sender, row.topic());
+        if (partitions > 0 && row.partition() >= partitions) {
+          attempt.error =
+              new PublishErrors.MissingPartitionException(
+                  row.topic(), row.partition(), partitions);
+          continue;
+        }
+      }
       try {
         attempt.future =
             round.sender.send(
@@ -1018,6 +1036,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
               new PublishErrors.MissingPartitionException(
                   row.topic(), row.partition(), partitions);
           attempt.error = immediate;
+          topicsWithMissingPartitions.add(row.topic());
         }
       }
       if (immediate != null && !PublishErrors.isPoison(immediate)) {
