@@ -282,6 +282,49 @@ class OutboxPoisonTest {
   }
 
   /**
+   * A run of records the broker refuses as too large for the topic (above its max.message.bytes,
+   * below the producer's max.request.size, so refused after the send): each round stops at the
+   * first one, which is parked, and the next round starts at once on a new producer. Before, each
+   * such round also waited the relay's backoff, doubling up to its maximum (5 s by default): 30
+   * rows took about two minutes, in which no other share of the relay moved.
+   */
+  @Test
+  void aRunOfRecordsTheBrokerRefusesAsTooLargeCostsARoundEachNotABackoffEach() throws Exception {
+    String topic = KafkaBroker.uniqueTopic("too-large-run");
+    broker.createTopic(topic, 1);
+    setTopicConfig(topic, "max.message.bytes", "10000");
+    List<OutboxMessage> big = new ArrayList<>();
+    for (int i = 0; i < 30; i++) {
+      big.add(OutboxMessage.to(topic).key("big-" + i).payload(new byte[20_000]).build());
+    }
+    commit(db.dataSource(), big);
+    List<UUID> healthy = new ArrayList<>();
+    for (int i = 0; i < 10; i++) {
+      healthy.addAll(commit(db.dataSource(), List.of(numbered(topic, "small-" + i % 3, i))));
+    }
+    long started = System.nanoTime();
+    try (TopicReader reader = new TopicReader(broker, topic);
+        OutboxRelay relay =
+            relay(relayPool, broker)
+                .retryBackoff(Duration.ofMillis(100), Duration.ofSeconds(5))
+                .build()) {
+      relay.start();
+      reader.awaitIds(Duration.ofSeconds(40), asStrings(healthy));
+      await(Duration.ofSeconds(40), "the 30 large rows parked", () ->
+          admin.parked(100).size() == 30);
+      assertEquals(0, admin.pendingCount(), "nothing left pending");
+      assertEquals(0, assertPerKeyOrderAfterDedup(reader.records()));
+    }
+    System.out.printf(
+        "30 records refused as too large by the broker, parked in %d ms%n",
+        TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started));
+    for (ParkedMessage parked : admin.parked(100)) {
+      assertTrue(parked.lastError().contains("RecordTooLargeException"), parked.lastError());
+      admin.discard(parked.id());
+    }
+  }
+
+  /**
    * Many rows addressed to a partition their topic does not have (a writer's bug, such as a hash
    * modulo the wrong count), at the default max.block.ms of 10 s: only the first waits for
    * metadata; the others are checked against the producer's metadata and parked at once, and the

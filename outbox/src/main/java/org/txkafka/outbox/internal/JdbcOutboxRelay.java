@@ -1174,6 +1174,12 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           "the producer failed", round.sent.get(round.sent.size() - 1).error);
     }
     if (round.abandoned && !stopping) {
+      if (round.stoppedByPoison && !round.poison.isEmpty()) {
+        // Stopped at a row that can never be sent, now parked: no outage to wait out. The next
+        // round starts at once on a new producer (abandonedProducer), so that a run of such rows
+        // (records above the topic's max.message.bytes) costs a round each, not a backoff each.
+        return new BatchOutcome(true, false);
+      }
       throw new KafkaException("the round's producer was closed: " + round.abandonReason);
     }
     // Rows skipped only because their topic waits out its backoff are no new trouble: their shares
@@ -1199,6 +1205,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       return; // ended already (this, the flush or the watchdog): its producer is closed or done
     }
     round.abandonReason = "a record of the round failed (" + error + ")";
+    round.stoppedByPoison = PublishErrors.isPoison(error);
     LOG.warn(
         "relay {}: a record failed ({}); closing the producer so that nothing sent after it is"
             + " acknowledged before it: the round's other unacknowledged rows are sent again",
@@ -1608,6 +1615,9 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
     /** Why the round was abandoned (set with {@link #ended} false, before the producer closes). */
     volatile String abandonReason;
+
+    /** Ended by a record that can never be sent (parked): nothing to wait out before the next. */
+    volatile boolean stoppedByPoison;
 
     /** Whether batchFinished was called for it. */
     boolean reported;
