@@ -13,12 +13,16 @@ import static org.txkafka.it.outbox.OutboxFixtures.relay;
 import com.zaxxer.hikari.HikariConfig;
 import com.zaxxer.hikari.HikariDataSource;
 import java.nio.charset.StandardCharsets;
+import java.sql.Connection;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.UUID;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import org.apache.kafka.clients.admin.AlterConfigOp;
@@ -493,6 +497,63 @@ class OutboxPoisonTest {
         db.queryLong("SELECT count(*) FROM txkafka_outbox WHERE message_id = ?", ids.get(1)),
         "the discarded row is gone");
     db.execute("DELETE FROM txkafka_outbox WHERE topic = '" + topic + "'");
+  }
+
+  /**
+   * A replay draws its row's new id under the key's order lock, as a writer's commit-time trigger
+   * checks under it: a writer of that key then commits either before the replay drew the id or
+   * after the replayed row is visible (behind it). Before, the id was drawn without the lock, and a
+   * writer that drew a higher id in that instant and committed first was published after the
+   * replayed row although it committed before it. Here a session holds the key's lock as a
+   * committing writer would: replay and replayAll wait for it.
+   */
+  @Test
+  void replayWaitsForTheOrderLockOfItsKey() throws Exception {
+    String topic = KafkaBroker.uniqueTopic("replay-lock");
+    List<UUID> ids =
+        commit(
+            db.dataSource(),
+            List.of(
+                OutboxMessage.to(topic).key("replay-lock-a").payload("a").build(),
+                OutboxMessage.to(topic).key("replay-lock-b").payload("b").build()));
+    db.execute(
+        "UPDATE txkafka_outbox SET parked_at = now(), last_error = 'test' WHERE topic = '"
+            + topic
+            + "'");
+    long idA =
+        db.queryLong("SELECT id FROM txkafka_outbox WHERE message_id = ?", ids.get(0));
+    ExecutorService replays = Executors.newSingleThreadExecutor();
+    try (Connection holder = db.connect()) {
+      holder.setAutoCommit(false);
+      holdKeyLock(holder, "replay-lock-a");
+      Future<Boolean> one = replays.submit(() -> admin.replay(idA));
+      Thread.sleep(700);
+      assertFalse(one.isDone(), "the replay waits for the key's lock");
+      holder.rollback();
+      assertTrue(one.get(30, TimeUnit.SECONDS));
+
+      db.execute(
+          "UPDATE txkafka_outbox SET parked_at = now() WHERE topic = '" + topic + "'");
+      holdKeyLock(holder, "replay-lock-b");
+      Future<Integer> all = replays.submit(() -> admin.replayAll());
+      Thread.sleep(700);
+      assertFalse(all.isDone(), "replayAll waits for the lock of one of its keys");
+      holder.rollback();
+      assertTrue(all.get(30, TimeUnit.SECONDS) >= 2, "both replayed");
+    } finally {
+      replays.shutdownNow();
+      db.execute("DELETE FROM txkafka_outbox WHERE topic = '" + topic + "'");
+    }
+  }
+
+  private static void holdKeyLock(Connection connection, String key) throws Exception {
+    try (var lock =
+        connection.prepareStatement(
+            "SELECT pg_advisory_xact_lock(hashtextextended('public/key/' ||"
+                + " encode(convert_to(?, 'UTF8'), 'hex'), 0))")) {
+      lock.setString(1, key);
+      lock.executeQuery().close();
+    }
   }
 
   /** Sets one config of {@code topic} and waits until the broker (not only the controller) has it. */

@@ -105,6 +105,9 @@ public final class JdbcOutboxAdmin implements OutboxAdmin {
       boolean autoCommit = connection.getAutoCommit();
       connection.setAutoCommit(false);
       try {
+        if (notify) {
+          lockForReplay(connection, id);
+        }
         int rows;
         try (PreparedStatement statement = connection.prepareStatement(update)) {
           if (id != null) {
@@ -128,6 +131,41 @@ public final class JdbcOutboxAdmin implements OutboxAdmin {
       }
     } catch (SQLException e) {
       throw new TxKafkaException("could not " + what + ": " + e.getMessage(), e);
+    }
+  }
+
+  /**
+   * Takes the order locks of the rows a replay gives new ids to (one row: {@code id}; all parked
+   * rows: null), in the order trigger's order, before their ids are drawn (see {@link
+   * OutboxSql#lockForReplayOne()}).
+   */
+  private void lockForReplay(Connection connection, Long id) throws SQLException {
+    if (id != null) {
+      try (PreparedStatement lock = connection.prepareStatement(sql.lockForReplayOne())) {
+        lock.setString(1, sql.schema);
+        lock.setString(2, sql.schema);
+        lock.setLong(3, id);
+        lock.executeQuery().close();
+      }
+      return;
+    }
+    boolean bulk;
+    try (PreparedStatement count = connection.prepareStatement(sql.countParkedKeys());
+        ResultSet keys = count.executeQuery()) {
+      keys.next();
+      bulk = keys.getLong(1) > 256;
+    }
+    try (PreparedStatement lock = connection.prepareStatement(sql.lockSharesForReplayAll())) {
+      lock.setBoolean(1, bulk);
+      lock.setString(2, sql.schema);
+      lock.setString(3, sql.schema);
+      lock.executeQuery().close();
+    }
+    if (!bulk) {
+      try (PreparedStatement lock = connection.prepareStatement(sql.lockKeysForReplayAll())) {
+        lock.setString(1, sql.schema);
+        lock.executeQuery().close();
+      }
     }
   }
 

@@ -153,6 +153,52 @@ final class OutboxSql {
         + " WHERE parked_at IS NOT NULL ORDER BY id) ordered) replayed WHERE o.id = replayed.id";
   }
 
+  /**
+   * The order locks of the parked row to replay (id), taken before its new id is drawn, as the
+   * commit-time order trigger takes them: its share's shared, then its key's exclusive. Held until
+   * the replay commits, so that a writer of that key commits either before the replay drew its id
+   * or after the replay's row is visible (then behind it, renumbered if needed): the replayed row is
+   * published after every row of its key that committed before it. Parameters: schema (the
+   * trigger's TG_TABLE_SCHEMA), id.
+   */
+  String lockForReplayOne() {
+    return "SELECT pg_advisory_xact_lock_shared(hashtextextended(? || '/share/' || o.share, 0)),"
+        + " pg_advisory_xact_lock(hashtextextended(? || '/key/' || encode(o.record_key, 'hex'),"
+        + " 0)) FROM "
+        + table
+        + " o WHERE o.id = ? AND o.parked_at IS NOT NULL AND o.record_key IS NOT NULL";
+  }
+
+  /**
+   * The distinct keys of the parked rows (to choose how {@link #replayAll()} locks), at most 257
+   * counted.
+   */
+  String countParkedKeys() {
+    return "SELECT count(*) FROM (SELECT DISTINCT share, record_key FROM "
+        + table
+        + " WHERE parked_at IS NOT NULL AND record_key IS NOT NULL LIMIT 257) k";
+  }
+
+  /**
+   * The share locks of the parked rows, in share order: shared, or (exclusive) above 256 keys, as
+   * the order trigger takes them. Parameters: schema, exclusive (boolean).
+   */
+  String lockSharesForReplayAll() {
+    return "SELECT count(CASE WHEN ? THEN pg_advisory_xact_lock(hashtextextended(? || '/share/' ||"
+        + " s.share, 0))::text ELSE pg_advisory_xact_lock_shared(hashtextextended(? || '/share/'"
+        + " || s.share, 0))::text END) FROM (SELECT DISTINCT share FROM "
+        + table
+        + " WHERE parked_at IS NOT NULL AND record_key IS NOT NULL ORDER BY 1) s";
+  }
+
+  /** The key locks of the parked rows, in hash order (256 keys at most). Parameter: schema. */
+  String lockKeysForReplayAll() {
+    return "SELECT count(pg_advisory_xact_lock(k.lock_key)::text) FROM (SELECT DISTINCT"
+        + " hashtextextended(? || '/key/' || encode(record_key, 'hex'), 0) AS lock_key FROM "
+        + table
+        + " WHERE parked_at IS NOT NULL AND record_key IS NOT NULL ORDER BY 1) k";
+  }
+
   String discardOne() {
     return "DELETE FROM " + table + " WHERE id = ? AND parked_at IS NOT NULL";
   }
