@@ -106,7 +106,8 @@ public final class InboxSql {
                 + " array(SELECT p.privilege FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE',"
                 + " 'DELETE']) AS p(privilege) WHERE to_regclass(quote_ident(?) || '.' || t.name)"
                 + " IS NOT NULL AND NOT has_table_privilege(to_regclass(quote_ident(?) || '.' ||"
-                + " t.name), p.privilege)), current_user FROM unnest(ARRAY['txkafka_inbox_offset',"
+                + " t.name), p.privilege) AND NOT (t.name = 'txkafka_inbox_offset' AND p.privilege"
+                + " = 'DELETE')), current_user FROM unnest(ARRAY['txkafka_inbox_offset',"
                 + " 'txkafka_inbox', 'txkafka_inbox_dead_letter']) WITH ORDINALITY AS t(name, n)"
                 + " ORDER BY t.n")) {
       statement.setString(1, schema);
