@@ -44,7 +44,8 @@ class MigrationsTest {
           "V1_0_5__txkafka_inbox_commit_seal.sql",
           "V1_0_6__txkafka_outbox_order_serializable.sql",
           "V1_0_7__txkafka_outbox_wake_setting.sql",
-          "V1_0_8__txkafka_inbox_replay_seal.sql");
+          "V1_0_8__txkafka_inbox_replay_seal.sql",
+          "V1_0_9__txkafka_outbox_durable_commit.sql");
 
   private TestDatabase db;
 
