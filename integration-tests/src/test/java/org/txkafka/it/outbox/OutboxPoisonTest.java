@@ -546,6 +546,59 @@ class OutboxPoisonTest {
     }
   }
 
+  /**
+   * A replay renumbers only the rows it read and locked for. Here replayAll reads one parked row
+   * (key a) and waits for that key's lock; meanwhile a relay parks another row (key r). That row
+   * must stay parked: replayed in the same statement, it would get a new id without its key's
+   * lock, and a writer of key r committing in that instant would be published after it although
+   * it committed first (found by a read-only review). Before, replayAll renumbered every row
+   * parked at its UPDATE.
+   */
+  @Test
+  void replayAllRenumbersOnlyTheRowsItLockedFor() throws Exception {
+    String topic = KafkaBroker.uniqueTopic("replay-snapshot");
+    List<UUID> ids =
+        commit(
+            db.dataSource(),
+            List.of(
+                OutboxMessage.to(topic).key("replay-snapshot-a").payload("a").build(),
+                OutboxMessage.to(topic).key("replay-snapshot-r").payload("r").build()));
+    db.execute(
+        "UPDATE txkafka_outbox SET parked_at = now(), last_error = 'test' WHERE message_id = '"
+            + ids.get(0)
+            + "'");
+    ExecutorService replays = Executors.newSingleThreadExecutor();
+    try (Connection holder = db.connect()) {
+      holder.setAutoCommit(false);
+      holdKeyLock(holder, "replay-snapshot-a");
+      Future<Integer> all = replays.submit(() -> admin.replayAll());
+      Thread.sleep(700);
+      assertFalse(all.isDone(), "replayAll waits for the lock of key a");
+      db.execute(
+          "UPDATE txkafka_outbox SET parked_at = now(), last_error = 'test' WHERE message_id = '"
+              + ids.get(1)
+              + "'");
+      holder.rollback();
+      assertEquals(1, all.get(30, TimeUnit.SECONDS), "only the row it locked for");
+      assertEquals(
+          0L,
+          db.queryLong(
+              "SELECT count(*) FROM txkafka_outbox WHERE message_id = ? AND parked_at IS NOT NULL",
+              ids.get(0)),
+          "row a replayed");
+      assertEquals(
+          1L,
+          db.queryLong(
+              "SELECT count(*) FROM txkafka_outbox WHERE message_id = ? AND parked_at IS NOT NULL",
+              ids.get(1)),
+          "row r, parked while replayAll waited, is still parked");
+      assertEquals(1, admin.replayAll(), "and the next call replays it");
+    } finally {
+      replays.shutdownNow();
+      db.execute("DELETE FROM txkafka_outbox WHERE topic = '" + topic + "'");
+    }
+  }
+
   private static void holdKeyLock(Connection connection, String key) throws Exception {
     try (var lock =
         connection.prepareStatement(

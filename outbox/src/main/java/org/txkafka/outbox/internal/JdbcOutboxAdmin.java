@@ -1,10 +1,12 @@
 package org.txkafka.outbox.internal;
 
+import java.sql.Array;
 import java.sql.Connection;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.SQLException;
 import java.sql.Timestamp;
+import java.sql.Types;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.UUID;
@@ -69,19 +71,35 @@ public final class JdbcOutboxAdmin implements OutboxAdmin {
 
   @Override
   public boolean replay(long id) {
-    return update(sql.replayOne(), id, "replay parked outbox row " + id, true) > 0;
+    return replay(id, "replay parked outbox row " + id) > 0;
   }
 
   @Override
   public int replayAll() {
-    return update(sql.replayAll(), null, "replay parked outbox rows", true);
+    return replay(null, "replay parked outbox rows");
   }
 
   @Override
   public boolean discard(long id) {
     // In a transaction of its own, committed here: on a pool that hands out connections with
     // auto-commit off, a bare DELETE was rolled back when the connection went back to the pool.
-    return update(sql.discardOne(), id, "discard parked outbox row " + id, false) > 0;
+    try (Connection connection = dataSource.getConnection()) {
+      boolean autoCommit = connection.getAutoCommit();
+      connection.setAutoCommit(false);
+      try (PreparedStatement delete = connection.prepareStatement(sql.discardOne())) {
+        delete.setLong(1, id);
+        int rows = delete.executeUpdate();
+        connection.commit();
+        return rows > 0;
+      } catch (SQLException | RuntimeException e) {
+        connection.rollback();
+        throw e;
+      } finally {
+        connection.setAutoCommit(autoCommit);
+      }
+    } catch (SQLException e) {
+      throw new TxKafkaException("could not discard parked outbox row " + id + ": " + e.getMessage(), e);
+    }
   }
 
   @Override
@@ -97,28 +115,44 @@ public final class JdbcOutboxAdmin implements OutboxAdmin {
   }
 
   /**
-   * Runs {@code update} in a transaction of its own and commits it, whatever the auto-commit
-   * setting of the pool's connections; with {@code notify}, wakes the relays if rows changed.
+   * Replays one parked row ({@code id}) or all ({@code null}) in a transaction of its own, committed
+   * here whatever the auto-commit setting of the pool's connections: reads the ids of the parked
+   * rows, takes their order locks in the order trigger's order, renumbers exactly those rows, and
+   * wakes the relays if any changed. A row parked after the ids were read waits for the next call.
    */
-  private int update(String update, Long id, String what, boolean notify) {
+  private int replay(Long id, String what) {
     try (Connection connection = dataSource.getConnection()) {
       boolean autoCommit = connection.getAutoCommit();
       connection.setAutoCommit(false);
       try {
-        if (notify) {
-          lockForReplay(connection, id);
-        }
-        int rows;
-        try (PreparedStatement statement = connection.prepareStatement(update)) {
-          if (id != null) {
-            statement.setLong(1, id);
+        List<Long> parked = new ArrayList<>();
+        try (PreparedStatement select = connection.prepareStatement(sql.parkedIds())) {
+          if (id == null) {
+            select.setNull(1, Types.BIGINT);
+            select.setNull(2, Types.BIGINT);
+          } else {
+            select.setLong(1, id);
+            select.setLong(2, id);
           }
-          rows = statement.executeUpdate();
+          try (ResultSet rs = select.executeQuery()) {
+            while (rs.next()) {
+              parked.add(rs.getLong(1));
+            }
+          }
         }
-        if (rows > 0 && notify) {
-          try (PreparedStatement wake = connection.prepareStatement(sql.notifyRelays())) {
-            wake.setString(1, sql.schema);
-            wake.executeQuery().close();
+        int rows = 0;
+        if (!parked.isEmpty()) {
+          Array ids = connection.createArrayOf("bigint", parked.toArray());
+          lockForReplay(connection, ids);
+          try (PreparedStatement update = connection.prepareStatement(sql.replayIds())) {
+            update.setArray(1, ids);
+            rows = update.executeUpdate();
+          }
+          if (rows > 0) {
+            try (PreparedStatement wake = connection.prepareStatement(sql.notifyRelays())) {
+              wake.setString(1, sql.schema);
+              wake.executeQuery().close();
+            }
           }
         }
         connection.commit();
@@ -135,35 +169,30 @@ public final class JdbcOutboxAdmin implements OutboxAdmin {
   }
 
   /**
-   * Takes the order locks of the rows a replay gives new ids to (one row: {@code id}; all parked
-   * rows: null), in the order trigger's order, before their ids are drawn (see {@link
-   * OutboxSql#lockForReplayOne()}).
+   * Takes the order locks of the rows a replay gives new ids to, in the order trigger's order,
+   * before their ids are drawn (see {@link OutboxSql#lockSharesForReplay()}): their shares shared
+   * and their keys exclusive, or, above 256 keys, their shares exclusive.
    */
-  private void lockForReplay(Connection connection, Long id) throws SQLException {
-    if (id != null) {
-      try (PreparedStatement lock = connection.prepareStatement(sql.lockForReplayOne())) {
-        lock.setString(1, sql.schema);
-        lock.setString(2, sql.schema);
-        lock.setLong(3, id);
-        lock.executeQuery().close();
-      }
-      return;
-    }
+  private void lockForReplay(Connection connection, Array ids) throws SQLException {
     boolean bulk;
-    try (PreparedStatement count = connection.prepareStatement(sql.countParkedKeys());
-        ResultSet keys = count.executeQuery()) {
-      keys.next();
-      bulk = keys.getLong(1) > 256;
+    try (PreparedStatement count = connection.prepareStatement(sql.countReplayKeys())) {
+      count.setArray(1, ids);
+      try (ResultSet keys = count.executeQuery()) {
+        keys.next();
+        bulk = keys.getLong(1) > 256;
+      }
     }
-    try (PreparedStatement lock = connection.prepareStatement(sql.lockSharesForReplayAll())) {
+    try (PreparedStatement lock = connection.prepareStatement(sql.lockSharesForReplay())) {
       lock.setBoolean(1, bulk);
       lock.setString(2, sql.schema);
       lock.setString(3, sql.schema);
+      lock.setArray(4, ids);
       lock.executeQuery().close();
     }
     if (!bulk) {
-      try (PreparedStatement lock = connection.prepareStatement(sql.lockKeysForReplayAll())) {
+      try (PreparedStatement lock = connection.prepareStatement(sql.lockKeysForReplay())) {
         lock.setString(1, sql.schema);
+        lock.setArray(2, ids);
         lock.executeQuery().close();
       }
     }

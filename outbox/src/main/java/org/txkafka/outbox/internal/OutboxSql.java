@@ -129,74 +129,70 @@ final class OutboxSql {
   }
 
   /**
-   * Makes one parked row pending again with a new id from the identity sequence (id): a parked row
-   * has left its key's order, and the relay publishes each share in id order, so the replayed row
-   * comes after every row of its key pending at the replay. A writer transaction of that key that
-   * took a lower id and commits later is renumbered behind it by the commit-time order trigger.
+   * The ids of the rows to replay: one parked row (parameter: id), or every parked row (parameter
+   * null). A replay locks for these rows and renumbers only them: a row parked by a relay after
+   * this read is not replayed by this call (it would get a new id without its key's lock).
    */
-  String replayOne() {
-    return "UPDATE "
+  String parkedIds() {
+    return "SELECT id FROM "
         + table
-        + " SET parked_at = NULL, id = nextval('"
-        + idSequence
-        + "') WHERE id = ? AND parked_at IS NOT NULL";
+        + " WHERE parked_at IS NOT NULL AND (?::bigint IS NULL OR id = ?) ORDER BY id";
   }
 
-  /** Like {@link #replayOne()} for every parked row; new ids in the order of the old ones. */
-  String replayAll() {
+  /**
+   * Makes the given parked rows pending again (parameter: their ids) with new ids from the
+   * identity sequence, in the order of the old ones: a parked row has left its key's order, and the
+   * relay publishes each share in id order, so a replayed row comes after every row of its key
+   * pending at the replay. A writer transaction of that key that took a lower id and commits later
+   * is renumbered behind it by the commit-time order trigger. A row another replay made pending
+   * meanwhile is skipped.
+   */
+  String replayIds() {
     return "UPDATE "
         + table
         + " o SET parked_at = NULL, id = replayed.new_id FROM (SELECT ordered.id, nextval('"
         + idSequence
         + "') AS new_id FROM (SELECT id FROM "
         + table
-        + " WHERE parked_at IS NOT NULL ORDER BY id) ordered) replayed WHERE o.id = replayed.id";
+        + " WHERE id = ANY(?) AND parked_at IS NOT NULL ORDER BY id) ordered) replayed"
+        + " WHERE o.id = replayed.id AND o.parked_at IS NOT NULL";
   }
 
   /**
-   * The order locks of the parked row to replay (id), taken before its new id is drawn, as the
-   * commit-time order trigger takes them: its share's shared, then its key's exclusive. Held until
-   * the replay commits, so that a writer of that key commits either before the replay drew its id
-   * or after the replay's row is visible (then behind it, renumbered if needed): the replayed row is
-   * published after every row of its key that committed before it. Parameters: schema (the
-   * trigger's TG_TABLE_SCHEMA), id.
+   * The distinct keys of the rows to replay (parameter: their ids), to choose how a replay locks,
+   * at most 257 counted.
    */
-  String lockForReplayOne() {
-    return "SELECT pg_advisory_xact_lock_shared(hashtextextended(? || '/share/' || o.share, 0)),"
-        + " pg_advisory_xact_lock(hashtextextended(? || '/key/' || encode(o.record_key, 'hex'),"
-        + " 0)) FROM "
-        + table
-        + " o WHERE o.id = ? AND o.parked_at IS NOT NULL AND o.record_key IS NOT NULL";
-  }
-
-  /**
-   * The distinct keys of the parked rows (to choose how {@link #replayAll()} locks), at most 257
-   * counted.
-   */
-  String countParkedKeys() {
+  String countReplayKeys() {
     return "SELECT count(*) FROM (SELECT DISTINCT share, record_key FROM "
         + table
-        + " WHERE parked_at IS NOT NULL AND record_key IS NOT NULL LIMIT 257) k";
+        + " WHERE id = ANY(?) AND record_key IS NOT NULL LIMIT 257) k";
   }
 
   /**
-   * The share locks of the parked rows, in share order: shared, or (exclusive) above 256 keys, as
-   * the order trigger takes them. Parameters: schema, exclusive (boolean).
+   * The share locks of the rows to replay, in share order: shared, or (exclusive) above 256 keys,
+   * as the commit-time order trigger takes them, before their new ids are drawn, and held until
+   * the replay commits: a writer of one of their keys commits either before the replay drew its
+   * ids or after the replayed rows are visible (then behind them, renumbered if needed), so a
+   * replayed row is published after every row of its key that committed before it. Parameters:
+   * exclusive (boolean), schema (the trigger's TG_TABLE_SCHEMA), schema, ids.
    */
-  String lockSharesForReplayAll() {
+  String lockSharesForReplay() {
     return "SELECT count(CASE WHEN ? THEN pg_advisory_xact_lock(hashtextextended(? || '/share/' ||"
         + " s.share, 0))::text ELSE pg_advisory_xact_lock_shared(hashtextextended(? || '/share/'"
         + " || s.share, 0))::text END) FROM (SELECT DISTINCT share FROM "
         + table
-        + " WHERE parked_at IS NOT NULL AND record_key IS NOT NULL ORDER BY 1) s";
+        + " WHERE id = ANY(?) AND record_key IS NOT NULL ORDER BY 1) s";
   }
 
-  /** The key locks of the parked rows, in hash order (256 keys at most). Parameter: schema. */
-  String lockKeysForReplayAll() {
+  /**
+   * The key locks of the rows to replay (256 keys at most), exclusive, in hash order, after their
+   * shares' (shared). Parameters: schema, ids.
+   */
+  String lockKeysForReplay() {
     return "SELECT count(pg_advisory_xact_lock(k.lock_key)::text) FROM (SELECT DISTINCT"
         + " hashtextextended(? || '/key/' || encode(record_key, 'hex'), 0) AS lock_key FROM "
         + table
-        + " WHERE parked_at IS NOT NULL AND record_key IS NOT NULL ORDER BY 1) k";
+        + " WHERE id = ANY(?) AND record_key IS NOT NULL ORDER BY 1) k";
   }
 
   String discardOne() {
