@@ -68,7 +68,8 @@ public interface Inbox extends AutoCloseable {
    *
    * @return true if it was replayed; false if there is no pending dead letter with that id for this
    *     consumer group (unknown, or already replayed)
-   * @throws DeadLetterReplayException if the handler failed (it stays pending)
+   * @throws DeadLetterReplayException if the handler failed or PostgreSQL refused the commit (a
+   *     deferred constraint, a serialization failure): it stays pending
    */
   boolean replay(long deadLetterId);
 

@@ -454,6 +454,9 @@ public final class InboxRuntime implements Inbox {
 
   @Override
   public boolean replay(long deadLetterId) {
+    // Set once the handler ran and the replay was sealed: what fails after it is the commit.
+    java.util.concurrent.atomic.AtomicBoolean sealedForCommit =
+        new java.util.concurrent.atomic.AtomicBoolean();
     try {
       return transactions.inTransaction(
           scope -> {
@@ -494,6 +497,7 @@ public final class InboxRuntime implements Inbox {
                           + " SQL, or on an unwrapped connection); the inbox owns the transaction:"
                           + " throw to roll back"));
             }
+            sealedForCommit.set(true);
             return true;
           });
     } catch (HandlerException e) {
@@ -504,21 +508,37 @@ public final class InboxRuntime implements Inbox {
               + " failed, it stays pending: "
               + Failures.describe(e.getCause()),
           e.getCause());
-    } catch (RuntimeException e) {
-      throw e;
-    } catch (java.sql.SQLException e) {
-      if ("42703".equals(e.getSQLState())) {
-        throw new TxKafkaException(
-            "could not replay dead letter "
+    } catch (Exception e) {
+      if (sealedForCommit.get()) {
+        // PostgreSQL refused the commit (a deferred constraint, a serialization failure, a JPA
+        // flush at commit): the dead letter's own failure, as a handler's would be. replayAll goes
+        // on with the others.
+        throw new DeadLetterReplayException(
+            deadLetterId,
+            "replay of dead letter "
                 + deadLetterId
-                + ": the inbox schema lacks txkafka migration 1.0.8 (column replay_xid of"
-                + " txkafka_inbox_dead_letter), which sealed replays need; run the migrations",
+                + " failed at commit, it stays pending (if the connection broke during the commit,"
+                + " the commit may have happened: deadLetters() tells; it is never applied twice): "
+                + Failures.describe(e),
             e);
       }
-      throw new TxKafkaException("could not replay dead letter " + deadLetterId, e);
-    } catch (Exception e) {
-      throw new TxKafkaException("could not replay dead letter " + deadLetterId, e);
+      throw replayFailure(deadLetterId, e);
     }
+  }
+
+  private static RuntimeException replayFailure(long deadLetterId, Exception failure) {
+    if (failure instanceof RuntimeException runtime) {
+      return runtime;
+    }
+    if (failure instanceof java.sql.SQLException sql && "42703".equals(sql.getSQLState())) {
+      return new TxKafkaException(
+          "could not replay dead letter "
+              + deadLetterId
+              + ": the inbox schema lacks txkafka migration 1.0.8 (column replay_xid of"
+              + " txkafka_inbox_dead_letter), which sealed replays need; run the migrations",
+          failure);
+    }
+    return new TxKafkaException("could not replay dead letter " + deadLetterId, failure);
   }
 
   @Override

@@ -746,6 +746,87 @@ class InboxPoisonTest {
   }
 
   /**
+   * Two dead letters; the replay of the first runs its handler but PostgreSQL refuses its commit
+   * (a deferred constraint, as a JPA flush at commit or a serialization failure would). That is the
+   * dead letter's own failure: replayAll still replays the second, then reports the first, which
+   * stays pending with nothing of it committed. Before, the commit failure escaped replay() as a
+   * plain exception and replayAll stopped at it, leaving the second unreplayed.
+   */
+  @Test
+  void replayAllGoesOnPastADeadLetterWhoseCommitIsRefused() {
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS deferred_parent (id INT PRIMARY KEY);"
+            + " CREATE TABLE IF NOT EXISTS deferred_child (parent INT NOT NULL REFERENCES"
+            + " deferred_parent (id) DEFERRABLE INITIALLY DEFERRED)");
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-replay-commit");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("replay-commit-", 3);
+    InboxTestSupport.produce(broker, topic, messages);
+    AtomicBoolean replaying = new AtomicBoolean();
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("replay-commit");
+    InboxHandler handler =
+        (record, context) -> {
+          String id = record.messageId();
+          if (id.equals("replay-commit-1")) {
+            return; // applied normally
+          }
+          if (!replaying.get()) {
+            throw new IllegalStateException("cannot apply " + id + " yet");
+          }
+          ledger.handle(record, context);
+          if (id.equals("replay-commit-0")) {
+            try (var orphan =
+                context
+                    .connection()
+                    .prepareStatement("INSERT INTO deferred_child (parent) VALUES (404)")) {
+              orphan.executeUpdate();
+            }
+          }
+        };
+    String group = "replay-commit-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(3);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(handler)
+                .maxAttempts(1)
+                .retryBackoff(Duration.ofMillis(20))
+                .build()) {
+      inbox.start();
+      await(
+          "the partition to move past every record",
+          Duration.ofSeconds(90),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == messages.size());
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(2, deadLetters.size(), "records 0 and 2 dead-lettered");
+      assertEquals("replay-commit-0", deadLetters.get(0).record().messageId(), "oldest first");
+
+      replaying.set(true);
+      DeadLetterReplayException failed =
+          assertThrows(DeadLetterReplayException.class, inbox::replayAll);
+      assertEquals(deadLetters.get(0).id(), failed.deadLetterId());
+      assertTrue(failed.getMessage().contains("1 replayed"), failed.getMessage());
+      assertTrue(failed.getMessage().contains("failed at commit"), failed.getMessage());
+      assertEquals(
+          1,
+          db.queryLong("SELECT count(*) FROM ledger WHERE message_id = 'replay-commit-2'"),
+          "the dead letter after the refused one was replayed");
+      assertEquals(
+          0,
+          db.queryLong("SELECT count(*) FROM ledger WHERE message_id = 'replay-commit-0'"),
+          "nothing of the refused replay committed");
+      List<DeadLetter> left = inbox.deadLetters(10);
+      assertEquals(1, left.size());
+      assertEquals("replay-commit-0", left.get(0).record().messageId(), "it stays pending");
+      assertEquals(0, db.queryLong("SELECT count(*) FROM deferred_child"));
+    }
+  }
+
+  /**
    * The transaction that dead-letters a record fails, first with a transient error (a
    * serialization failure), then with another one, and succeeds the third time. The record is not
    * skipped meanwhile (the offset moves only with the dead letter), and it ends with exactly one
