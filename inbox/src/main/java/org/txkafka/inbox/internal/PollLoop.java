@@ -216,8 +216,22 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
               + " (the offset stored in the database or fetched up to): its position was reset,"
               + " so the stored offset is out of range (topic deleted and created again, log"
               + " truncated, another cluster?). Nothing of it was applied and the inbox stops."
-              + " Set next_offset of that partition in txkafka_inbox_offset to where it should"
-              + " go on (or delete the row to start from the reset policy), then start again");
+              + " To go on: set next_offset of that partition's row in txkafka_inbox_offset to the"
+              + " offset to go on from (0 for a topic created again; do not delete the row: the"
+              + " position would come from the group's offset in Kafka, which still holds the old"
+              + " one). Records without a message-id header have derived ids ('kafka:"
+              + state.partition.topic()
+              + "/"
+              + state.partition.partition()
+              + "/<offset>') that the old records' rows in txkafka_inbox still hold: delete those"
+              + " (consumer_group = '"
+              + settings.groupId()
+              + "' and starts_with(message_id, 'kafka:"
+              + state.partition.topic()
+              + "/"
+              + state.partition.partition()
+              + "/')) or the new records at those offsets are taken for duplicates. Then start"
+              + " again");
     }
   }
 

@@ -10,7 +10,9 @@ import com.zaxxer.hikari.HikariDataSource;
 import java.sql.Connection;
 import java.sql.PreparedStatement;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.Collection;
+import java.util.Collections;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -72,7 +74,9 @@ class InboxRecoveryPathsTest {
     String topic = KafkaBroker.uniqueTopic("inbox-offset-reset");
     broker.createTopic(topic, 1);
     String group = "reset-" + topic;
-    InboxTestSupport.produce(broker, topic, InboxTestSupport.messages("before-", 50));
+    // Without message-id headers: the inbox derives ids from topic, partition and offset, which
+    // the records of the topic created again reuse.
+    InboxTestSupport.produce(broker, topic, withoutIds(InboxTestSupport.messages("before-", 50)));
     try (HikariDataSource dataSource = db.newDataSource(3)) {
       try (Inbox first = resetMember(broker, dataSource, topic, group, InboxTestSupport.ledgerHandler("first"))) {
         first.start();
@@ -95,7 +99,7 @@ class InboxRecoveryPathsTest {
           Thread.sleep(200);
         }
       }
-      InboxTestSupport.produce(broker, topic, InboxTestSupport.messages("after-", 10));
+      InboxTestSupport.produce(broker, topic, withoutIds(InboxTestSupport.messages("after-", 10)));
 
       AtomicInteger handled = new AtomicInteger();
       InboxHandler counting = (record, context) -> handled.incrementAndGet();
@@ -110,10 +114,46 @@ class InboxRecoveryPathsTest {
         assertEquals(0, handled.get(), "nothing of the new topic was applied");
         assertEquals(50, InboxTestSupport.storedOffsetSum(db, group), "the stored offset stayed");
         assertEquals(50, db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic));
+        assertTrue(message.contains("do not delete the row"), message);
+        assertTrue(message.contains("starts_with(message_id, 'kafka:" + topic + "/0/')"), message);
       } finally {
         second.close();
       }
+
+      // The recovery the failure names: the offset to go on from, and the old derived ids gone.
+      db.execute(
+          "UPDATE txkafka_inbox_offset SET next_offset = 0 WHERE consumer_group = '"
+              + group
+              + "' AND topic = '"
+              + topic
+              + "' AND kafka_partition = 0",
+          "DELETE FROM txkafka_inbox WHERE consumer_group = '"
+              + group
+              + "' AND starts_with(message_id, 'kafka:"
+              + topic
+              + "/0/')");
+      List<String> applied = Collections.synchronizedList(new ArrayList<>());
+      InboxHandler collecting = (record, context) -> applied.add(record.valueAsString());
+      try (Inbox third = resetMember(broker, dataSource, topic, group, collecting)) {
+        third.start();
+        await("the 10 records of the new topic applied", Duration.ofSeconds(60),
+            () -> InboxTestSupport.storedOffsetSum(db, group) == 10);
+        assertTrue(third.isRunning());
+      }
+      List<String> expected = new ArrayList<>();
+      for (int i = 1; i <= 10; i++) {
+        expected.add(Integer.toString(i));
+      }
+      assertEquals(expected, applied, "each record of the new topic applied once, in order");
     }
+  }
+
+  private static List<Message> withoutIds(List<Message> messages) {
+    List<Message> plain = new ArrayList<>(messages.size());
+    for (Message message : messages) {
+      plain.add(new Message(message.key(), null, message.amount()));
+    }
+    return plain;
   }
 
   private static Inbox resetMember(
