@@ -19,7 +19,8 @@ import java.util.Objects;
  * }</pre>
  *
  * @param topic the Kafka topic, never blank
- * @param key the record key, or null; rows with the same topic and key keep their order
+ * @param key the record key, or null; rows with the same key keep their commit order, rows
+ *     without a key have no order (not even with an explicit partition)
  * @param payload the record value, or null (a tombstone)
  * @param headers the record headers in order; the relay adds {@link Outbox#MESSAGE_ID_HEADER}
  * @param partition an explicit partition, or null for the producer's partitioner

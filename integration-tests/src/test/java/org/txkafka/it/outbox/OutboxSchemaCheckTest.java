@@ -89,7 +89,8 @@ class OutboxSchemaCheckTest {
 
   /**
    * Triggers disabled by a bulk load ({@code ALTER TABLE ... DISABLE TRIGGER ALL}, {@code pg_restore
-   * --disable-triggers}) or migration 1.0.6's insert-time trigger dropped: rows written meanwhile
+   * --disable-triggers}), enabled for replica sessions only, or migration 1.0.6's insert-time
+   * trigger dropped: rows written meanwhile
    * commit without per-key order, so the relay refuses to publish, naming what to fix.
    */
   @Test
@@ -103,10 +104,21 @@ class OutboxSchemaCheckTest {
           assertThrows(SQLException.class, () -> OutboxSchema.verify(connection, "public"));
       assertEquals(OutboxSchema.NOT_READY, disabled.getSQLState());
       assertTrue(
-          disabled.getMessage().contains("has disabled triggers (txkafka_outbox_order)"),
+          disabled.getMessage().contains("has disabled triggers (txkafka_outbox_order;"),
           disabled.getMessage());
       assertTrue(disabled.getMessage().contains("ENABLE TRIGGER ALL"), disabled.getMessage());
 
+      db.execute("ALTER TABLE txkafka_outbox ENABLE TRIGGER ALL");
+      OutboxSchema.verify(connection, "public");
+
+      // Enabled for replica sessions only: it no longer fires for the application's writers.
+      db.execute("ALTER TABLE txkafka_outbox ENABLE REPLICA TRIGGER txkafka_outbox_order");
+      SQLException replicaOnly =
+          assertThrows(SQLException.class, () -> OutboxSchema.verify(connection, "public"));
+      assertEquals(OutboxSchema.NOT_READY, replicaOnly.getSQLState());
+      assertTrue(
+          replicaOnly.getMessage().contains("has disabled triggers (txkafka_outbox_order;"),
+          replicaOnly.getMessage());
       db.execute("ALTER TABLE txkafka_outbox ENABLE TRIGGER ALL");
       OutboxSchema.verify(connection, "public");
 

@@ -81,7 +81,7 @@ public final class OutboxSchema {
             + " AND t.tgname = 'txkafka_outbox_order'),"
             + " (SELECT string_agg(t.tgname, ', ' ORDER BY t.tgname) FROM pg_trigger t"
             + " WHERE t.tgrelid = to_regclass(?) AND t.tgname LIKE 'txkafka\\_outbox\\_%'"
-            + " AND t.tgenabled = 'D'),"
+            + " AND t.tgenabled IN ('D', 'R')),"
             + " to_regprocedure(? || '.txkafka_outbox_order_at_insert()') IS NOT NULL"
             + " AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = to_regclass(?)"
             + " AND t.tgname = 'txkafka_outbox_order_at_insert')"
@@ -110,9 +110,10 @@ public final class OutboxSchema {
               + " starting this relay");
         }
         if (disabled != null) {
-          throw refuse(table + " has disabled triggers (" + disabled + "): rows written meanwhile"
-              + " commit without per-key order; enable them (ALTER TABLE " + table
-              + " ENABLE TRIGGER ALL)");
+          throw refuse(table + " has disabled triggers (" + disabled + "; disabled, or enabled"
+              + " for replica sessions only, which the application's writers are not): rows"
+              + " written meanwhile commit without per-key order; enable them (ALTER TABLE "
+              + table + " ENABLE TRIGGER ALL)");
         }
         if (insertTriggerMissing) {
           throw refuse(table + " has no trigger txkafka_outbox_order_at_insert although migration"
