@@ -483,6 +483,7 @@ final class BatchProcessor {
                         throw new HandlerException(unit.size() == 1 ? 0 : -1, e);
                       }
                       requireOpen(connection, unit.size() == 1 ? 0 : -1);
+                      endOfWork(scope, unit.size() == 1 ? 0 : -1);
                       counts[0] += freshRecords.size();
                     }
                     seal(connection, xid);
@@ -507,6 +508,7 @@ final class BatchProcessor {
                       throw new HandlerException(i, e);
                     }
                     requireOpen(connection, i);
+                    endOfWork(scope, i);
                     counts[0]++;
                   }
                   seal(connection, xid);
@@ -661,6 +663,20 @@ final class BatchProcessor {
     if (closed(connection)) {
       throw new HandlerException(
           index, endedByHandler("the connection was closed when it returned", null));
+    }
+  }
+
+  /**
+   * {@link TransactionScope#endOfWork()} after a handler returned: what fails there (the
+   * transaction marked rollback-only, the flush of the record's entity changes) is the record's.
+   */
+  static void endOfWork(TransactionScope scope, int index) throws HandlerException {
+    try {
+      scope.endOfWork();
+    } catch (OutOfMemoryError | InternalError | UnknownError e) {
+      throw e;
+    } catch (Throwable e) {
+      throw new HandlerException(index, e);
     }
   }
 

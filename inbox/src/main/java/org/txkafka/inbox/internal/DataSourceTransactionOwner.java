@@ -86,5 +86,8 @@ public final class DataSourceTransactionOwner implements TransactionOwner {
     public void setRollbackOnly() {
       rollbackOnly = true;
     }
+
+    @Override
+    public void endOfWork() {}
   }
 }

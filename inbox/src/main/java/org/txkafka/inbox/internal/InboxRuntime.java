@@ -483,6 +483,7 @@ public final class InboxRuntime implements Inbox {
             } catch (Throwable e) {
               throw new HandlerException(0, e);
             }
+            BatchProcessor.endOfWork(scope, 0);
             boolean sealed;
             try {
               sealed = sql.seal(scope.connection(), xid);

@@ -39,6 +39,14 @@ public final class JpaTransactionOwner implements TransactionOwner {
       if (scope.rollbackOnly) {
         transaction.rollback();
       } else {
+        // Hibernate's commit of a transaction marked rollback-only rolls back and returns
+        // normally (unless JPA transaction compliance is on): a caller would take it for a commit.
+        try {
+          requireNotMarkedRollbackOnly(transaction);
+        } catch (IllegalStateException e) {
+          rollbackQuietly(transaction, e);
+          throw e;
+        }
         transaction.commit();
       }
       return result;
@@ -80,6 +88,23 @@ public final class JpaTransactionOwner implements TransactionOwner {
     @Override
     public void setRollbackOnly() {
       rollbackOnly = true;
+    }
+
+    @Override
+    public void endOfWork() {
+      requireNotMarkedRollbackOnly(entityManager.getTransaction());
+      entityManager.flush();
+      entityManager.clear();
+    }
+  }
+
+  private static void requireNotMarkedRollbackOnly(EntityTransaction transaction) {
+    if (transaction.getRollbackOnly()) {
+      throw new IllegalStateException(
+          "the transaction was marked rollback-only (EntityTransaction.setRollbackOnly, a"
+              + " persistence exception the handler caught, or a commit the handler tried itself"
+              + " and PostgreSQL refused): its commit would roll back everything, so the work"
+              + " fails; the inbox owns the transaction: throw to fail a record instead");
     }
   }
 }
