@@ -378,8 +378,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * Ends the backend of a session whose statement does not return (a lock wait, a slow trigger),
    * from a connection of its own, waiting at most {@link #CLOSE_GRACE}. Closing the socket alone is
    * not enough: PostgreSQL notices it only when it next writes to it, and until then the session
-   * keeps its advisory locks, so no other relay could take its shares. Called while the session's
-   * connection is still open, so its process id cannot belong to another session yet.
+   * keeps its advisory locks, so no other relay could take its shares. The session's process id is
+   * matched with its start time: the session may have ended meanwhile and its id been reused.
    */
   private void terminateBackend(Session stuck) {
     if (stuck.backendPid() == 0) {
@@ -388,10 +388,17 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     runBounded(
         "terminate",
         () -> {
+          // Only while the process id still names this session (its start time matches): the
+          // session may have ended meanwhile (PostgreSQL ends it once it is idle past the lease
+          // timeout), and the id may now be another session's.
           try (Connection connection = config.dataSource().getConnection();
               PreparedStatement terminate =
-                  connection.prepareStatement("SELECT pg_terminate_backend(?)")) {
+                  connection.prepareStatement(
+                      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ?"
+                          + " AND (?::text IS NULL OR backend_start::text = ?)")) {
             terminate.setInt(1, stuck.backendPid());
+            terminate.setString(2, stuck.backendStart());
+            terminate.setString(3, stuck.backendStart());
             terminate.execute();
           } catch (SQLException | RuntimeException e) {
             LOG.warn(
@@ -562,8 +569,17 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           connection.isWrapperFor(PGConnection.class)
               ? connection.unwrap(PGConnection.class).getBackendPID()
               : 0;
+      String backendStart = null;
+      try (Statement started = connection.createStatement();
+          ResultSet row =
+              started.executeQuery(
+                  "SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()")) {
+        if (row.next()) {
+          backendStart = row.getString(1);
+        }
+      }
       ScheduledFuture<?> pings = keepSessionAlive(connection);
-      return new Session(connection, notifications, leases, backendPid, pings);
+      return new Session(connection, notifications, leases, backendPid, backendStart, pings);
     } catch (SQLException | RuntimeException e) {
       abortQuietly(connection);
       throw e;
@@ -659,9 +675,17 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * ends its idle lease session and drops its locks, and another relay takes its shares.
    */
   private void progressWithin(long boundNanos) {
+    long now = System.nanoTime();
+    Session current = session;
+    if (current != null && current.keepalive() != null && now - progressDeadline > 0) {
+      // Past its own deadline: this thread stood still, and the keepalive may not have seen it
+      // (the whole process was frozen: a GC pause, SIGSTOP, a paused VM, and the keepalive with
+      // it). The session may have ended meanwhile: confirm it before sending anything.
+      keepaliveWithheld = true;
+    }
     // Bounded so that the sum cannot wrap (max.block.ms may be Long.MAX_VALUE: "block for ever").
     long bound = Math.min(boundNanos, MAX_DECLARED_BOUND_NANOS);
-    progressDeadline = System.nanoTime() + bound + config.leaseTimeout().toNanos();
+    progressDeadline = now + bound + config.leaseTimeout().toNanos();
   }
 
   /**
@@ -1174,7 +1198,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           "the producer failed", round.sent.get(round.sent.size() - 1).error);
     }
     if (round.abandoned && !stopping) {
-      if (round.stoppedByPoison && !round.poison.isEmpty()) {
+      if (!round.poison.isEmpty()) {
         // Stopped at a row that can never be sent, now parked: no outage to wait out. The next
         // round starts at once on a new producer (abandonedProducer), so that a run of such rows
         // (records above the topic's max.message.bytes) costs a round each, not a backoff each.
@@ -1205,7 +1229,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       return; // ended already (this, the flush or the watchdog): its producer is closed or done
     }
     round.abandonReason = "a record of the round failed (" + error + ")";
-    round.stoppedByPoison = PublishErrors.isPoison(error);
     LOG.warn(
         "relay {}: a record failed ({}); closing the producer so that nothing sent after it is"
             + " acknowledged before it: the round's other unacknowledged rows are sent again",
@@ -1497,18 +1520,32 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   /**
    * Ends the physical session, so that PostgreSQL drops its advisory locks even if the connection
-   * came from a pool (a pooled connection returned with its locks would keep the shares forever).
+   * came from a pool (a pooled connection returned with its locks would keep the shares forever,
+   * and the next session the pool hands this relay could be this very one). The driver's
+   * connection is reached through {@code unwrap(PGConnection.class)}: {@code
+   * unwrap(Connection.class)} may return the pool's wrapper itself (Commons DBCP does, as JDBC
+   * allows). If it cannot be reached, the session gives up its locks and notifications before the
+   * wrapper goes back to the pool.
    */
   private static void abortQuietly(Connection connection) {
+    boolean ended = false;
     try {
-      if (connection.isWrapperFor(Connection.class)) {
-        Connection physical = connection.unwrap(Connection.class);
-        if (physical != connection) {
-          physical.close();
-        }
+      if (connection.isWrapperFor(PGConnection.class)
+          && connection.unwrap(PGConnection.class) instanceof Connection physical) {
+        physical.close();
+        ended = true;
       }
     } catch (SQLException | RuntimeException e) {
-      // best effort: closing the wrapper below still ends or evicts the session
+      // best effort: the statements below, then closing the wrapper
+    }
+    if (!ended) {
+      try (Statement reset = connection.createStatement()) {
+        reset.execute("SELECT pg_advisory_unlock_all()");
+        reset.execute("UNLISTEN *");
+        reset.execute("RESET idle_session_timeout");
+      } catch (SQLException | RuntimeException e) {
+        // a broken session: the pool drops it
+      }
     }
     try {
       connection.close();
@@ -1584,6 +1621,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       PGConnection notifications,
       ShareLeases leases,
       int backendPid,
+      String backendStart,
       ScheduledFuture<?> keepalive) {
     void stopKeepalive() {
       if (keepalive != null) {
@@ -1617,7 +1655,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     volatile String abandonReason;
 
     /** Ended by a record that can never be sent (parked): nothing to wait out before the next. */
-    volatile boolean stoppedByPoison;
 
     /** Whether batchFinished was called for it. */
     boolean reported;
