@@ -572,7 +572,15 @@ class OutboxPoisonTest {
       holder.setAutoCommit(false);
       holdKeyLock(holder, "replay-snapshot-a");
       Future<Integer> all = replays.submit(() -> admin.replayAll());
-      Thread.sleep(700);
+      // It has read its ids once it waits for key a's lock.
+      await(
+          WAIT,
+          "replayAll to wait for an advisory lock",
+          () ->
+              db.queryLong(
+                      "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                          + " AND wait_event_type = 'Lock' AND wait_event = 'advisory'")
+                  > 0);
       assertFalse(all.isDone(), "replayAll waits for the lock of key a");
       db.execute(
           "UPDATE txkafka_outbox SET parked_at = now(), last_error = 'test' WHERE message_id = '"

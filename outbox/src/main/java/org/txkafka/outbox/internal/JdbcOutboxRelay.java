@@ -202,6 +202,13 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    */
   private volatile boolean keepaliveWithheld;
 
+  /**
+   * System.nanoTime of the last statement known to have succeeded on the lease session (a
+   * keepalive ping, a session check): PostgreSQL ends the session only after it has been idle for
+   * the lease timeout since its last statement.
+   */
+  private volatile long sessionProvenAt;
+
   /** Longest bound {@link #progressWithin} takes: about 73 years, far from wrapping around. */
   private static final long MAX_DECLARED_BOUND_NANOS = Long.MAX_VALUE / 4;
 
@@ -308,7 +315,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       Session stuck = session;
       if (stuck != null) {
         terminateBackend(stuck);
-        abortQuietly(stuck.connection);
+        abortQuietly(stuck.connection, false);
       }
       join(worker, CLOSE_GRACE);
     }
@@ -395,7 +402,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
               PreparedStatement terminate =
                   connection.prepareStatement(
                       "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ?"
-                          + " AND (?::text IS NULL OR backend_start::text = ?)")) {
+                          + " AND (?::text IS NULL OR extract(epoch FROM backend_start) ="
+                          + " ?::numeric)")) {
             terminate.setInt(1, stuck.backendPid());
             terminate.setString(2, stuck.backendStart());
             terminate.setString(3, stuck.backendStart());
@@ -569,11 +577,13 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           connection.isWrapperFor(PGConnection.class)
               ? connection.unwrap(PGConnection.class).getBackendPID()
               : 0;
+      // As epoch seconds: text of a timestamp depends on each session's TimeZone and DateStyle.
       String backendStart = null;
       try (Statement started = connection.createStatement();
           ResultSet row =
               started.executeQuery(
-                  "SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()")) {
+                  "SELECT extract(epoch FROM backend_start)::text FROM pg_stat_activity"
+                      + " WHERE pid = pg_backend_pid()")) {
         if (row.next()) {
           backendStart = row.getString(1);
         }
@@ -581,7 +591,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
       ScheduledFuture<?> pings = keepSessionAlive(connection);
       return new Session(connection, notifications, leases, backendPid, backendStart, pings);
     } catch (SQLException | RuntimeException e) {
-      abortQuietly(connection);
+      abortQuietly(connection, true);
       throw e;
     }
   }
@@ -633,6 +643,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     long period = Math.max(1, timeout.toMillis() / 4);
     progressWithin(0);
     keepaliveWithheld = false;
+    sessionProvenAt = System.nanoTime();
     return keepalive.scheduleWithFixedDelay(
         () -> {
           if (System.nanoTime() - progressDeadline > 0) {
@@ -657,6 +668,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
           withholding = false;
           try (Statement ping = physical.createStatement()) {
             ping.execute("SELECT 1");
+            sessionProvenAt = System.nanoTime();
           } catch (SQLException | RuntimeException e) {
             // The relay thread notices an ended session at its next statement and starts over.
             LOG.debug("relay {}: keepalive failed", config.name(), e);
@@ -676,13 +688,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    */
   private void progressWithin(long boundNanos) {
     long now = System.nanoTime();
-    Session current = session;
-    if (current != null && current.keepalive() != null && now - progressDeadline > 0) {
-      // Past its own deadline: this thread stood still, and the keepalive may not have seen it
-      // (the whole process was frozen: a GC pause, SIGSTOP, a paused VM, and the keepalive with
-      // it). The session may have ended meanwhile: confirm it before sending anything.
-      keepaliveWithheld = true;
-    }
     // Bounded so that the sum cannot wrap (max.block.ms may be Long.MAX_VALUE: "block for ever").
     long bound = Math.min(boundNanos, MAX_DECLARED_BOUND_NANOS);
     progressDeadline = now + bound + config.leaseTimeout().toNanos();
@@ -699,15 +704,29 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     checkSession(current);
     keepaliveWithheld = false;
     LOG.info(
-        "relay {}: the relay thread runs again and its lease session is still open; going on",
+        "relay {}: the relay thread runs again after a pause and its lease session is still"
+            + " open; going on",
         config.name());
   }
 
+  /**
+   * Relay thread only: whether no statement was seen to succeed on the lease session for half
+   * the lease timeout. The keepalive pings four times per lease timeout; it can miss a stall of
+   * the relay thread only if it was frozen with it (the whole process paused: a long GC, SIGSTOP,
+   * a suspended VM). Then PostgreSQL may have ended the session and another relay may publish
+   * its shares: a round read before is sent on only after {@link #confirmSession}.
+   */
+  private boolean sessionUnproven(Session current) {
+    return current.keepalive() != null
+        && System.nanoTime() - sessionProvenAt > config.leaseTimeout().toNanos() / 2;
+  }
+
   /** Relay thread only: a statement on the lease session, which fails if the session ended. */
-  private static void checkSession(Session current) throws SQLException {
+  private void checkSession(Session current) throws SQLException {
     try (Statement check = current.connection.createStatement()) {
       check.execute("SELECT 1");
     }
+    sessionProvenAt = System.nanoTime();
   }
 
   /**
@@ -997,7 +1016,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
         break;
       }
       progressWithin(maxBlockNanos);
-      if (keepaliveWithheld) {
+      if (keepaliveWithheld || sessionUnproven(current)) {
         confirmSession(current);
       }
       if (round.stalledShares.contains(row.share())) {
@@ -1474,7 +1493,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     lost.stopKeepalive();
     Set<Integer> shares = lost.leases.forgetAll();
     owned = Set.of();
-    abortQuietly(lost.connection);
+    abortQuietly(lost.connection, true);
     if (!shares.isEmpty()) {
       notifyListener(listener -> listener.sharesReleased(shares, true));
     }
@@ -1524,10 +1543,11 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    * and the next session the pool hands this relay could be this very one). The driver's
    * connection is reached through {@code unwrap(PGConnection.class)}: {@code
    * unwrap(Connection.class)} may return the pool's wrapper itself (Commons DBCP does, as JDBC
-   * allows). If it cannot be reached, the session gives up its locks and notifications before the
-   * wrapper goes back to the pool.
+   * allows). If it cannot be reached and {@code mayWait} (not while another thread may be stuck
+   * in a statement on it), the session gives up its locks and notifications before the wrapper
+   * goes back to the pool.
    */
-  private static void abortQuietly(Connection connection) {
+  private static void abortQuietly(Connection connection, boolean mayWait) {
     boolean ended = false;
     try {
       if (connection.isWrapperFor(PGConnection.class)
@@ -1538,13 +1558,26 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     } catch (SQLException | RuntimeException e) {
       // best effort: the statements below, then closing the wrapper
     }
-    if (!ended) {
-      try (Statement reset = connection.createStatement()) {
-        reset.execute("SELECT pg_advisory_unlock_all()");
-        reset.execute("UNLISTEN *");
-        reset.execute("RESET idle_session_timeout");
+    if (!ended && mayWait) {
+      boolean autoCommit = true;
+      try {
+        autoCommit = connection.getAutoCommit();
+        if (!autoCommit) {
+          connection.rollback(); // out of a failed transaction block, if any
+        }
       } catch (SQLException | RuntimeException e) {
         // a broken session: the pool drops it
+      }
+      for (String reset :
+          List.of("SELECT pg_advisory_unlock_all()", "UNLISTEN *", "RESET idle_session_timeout")) {
+        try (Statement statement = connection.createStatement()) {
+          statement.execute(reset);
+          if (!autoCommit) {
+            connection.commit(); // UNLISTEN and RESET take effect at commit
+          }
+        } catch (SQLException | RuntimeException e) {
+          // go on with the others: each gives something up
+        }
       }
     }
     try {
@@ -1653,8 +1686,6 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
     /** Why the round was abandoned (set with {@link #ended} false, before the producer closes). */
     volatile String abandonReason;
-
-    /** Ended by a record that can never be sent (parked): nothing to wait out before the next. */
 
     /** Whether batchFinished was called for it. */
     boolean reported;
