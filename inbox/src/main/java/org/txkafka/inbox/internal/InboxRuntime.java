@@ -511,6 +511,17 @@ public final class InboxRuntime implements Inbox {
           e.getCause());
     } catch (Exception e) {
       if (sealedForCommit.get()) {
+        // Failed at or after the commit. Committed after all (the failure was in closing the
+        // connection, or the answer to the commit was lost)? Then it was replayed.
+        Boolean pending = stillPending(deadLetterId);
+        if (pending == Boolean.FALSE) {
+          LOG.warn(
+              "replay of dead letter {}: the commit reported a failure but the replay is stored"
+                  + " ({}); it was replayed",
+              deadLetterId,
+              e.toString());
+          return true;
+        }
         // PostgreSQL refused the commit (a deferred constraint, a serialization failure, a JPA
         // flush at commit): the dead letter's own failure, as a handler's would be. replayAll goes
         // on with the others.
@@ -518,12 +529,26 @@ public final class InboxRuntime implements Inbox {
             deadLetterId,
             "replay of dead letter "
                 + deadLetterId
-                + " failed at commit, it stays pending (if the connection broke during the commit,"
-                + " the commit may have happened: deadLetters() tells; it is never applied twice): "
+                + (pending == null
+                    ? " failed at commit, and whether it committed cannot be read now"
+                        + " (deadLetters() tells; it is never applied twice): "
+                    : " failed at commit, it stays pending: ")
                 + Failures.describe(e),
             e);
       }
       throw replayFailure(deadLetterId, e);
+    }
+  }
+
+  /** Whether the dead letter is still pending; null if that cannot be read now. */
+  private Boolean stillPending(long deadLetterId) {
+    try {
+      return transactions.inTransaction(
+          scope ->
+              sql.lockPendingDeadLetter(scope.connection(), settings.groupId(), deadLetterId)
+                  != null);
+    } catch (Exception e) {
+      return null;
     }
   }
 

@@ -217,9 +217,17 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
               + " so the stored offset is out of range (topic deleted and created again, log"
               + " truncated, another cluster?). Nothing of it was applied and the inbox stops."
               + " To go on: set next_offset of that partition's row in txkafka_inbox_offset to the"
-              + " offset to go on from (0 for a topic created again; do not delete the row: the"
-              + " position would come from the group's offset in Kafka, which still holds the old"
-              + " one). Records without a message-id header have derived ids ('kafka:"
+              + " offset to go on from (0 for a topic created again) and clear its batch marks"
+              + " (UPDATE txkafka_inbox_offset SET next_offset = <offset>, batch_offset = NULL,"
+              + " batch_records = NULL, started_offset = NULL, started_count = 0, started_token ="
+              + " NULL WHERE consumer_group = '"
+              + settings.groupId()
+              + "' AND topic = '"
+              + state.partition.topic()
+              + "' AND kafka_partition = "
+              + state.partition.partition()
+              + "; do not delete the row: the position would come from the group's offset in"
+              + " Kafka, which still holds the old one). Records without a message-id header have derived ids ('kafka:"
               + state.partition.topic()
               + "/"
               + state.partition.partition()

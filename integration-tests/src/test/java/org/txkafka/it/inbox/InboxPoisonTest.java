@@ -827,6 +827,108 @@ class InboxPoisonTest {
   }
 
   /**
+   * A replay whose commit succeeds but whose connection then fails to close (the pool's close, or
+   * the answer to the commit lost) is a replay that happened: replay() reads the dead letter back
+   * and returns true instead of reporting a failure for a record that was applied.
+   */
+  @Test
+  void replayThatCommittedBeforeItsConnectionFailedToCloseCountsAsReplayed() throws Exception {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-replay-close");
+    broker.createTopic(topic, 1);
+    List<Message> messages = InboxTestSupport.messages("replay-close-", 1);
+    InboxTestSupport.produce(broker, topic, messages);
+    AtomicBoolean fixed = new AtomicBoolean();
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("replay-close");
+    InboxHandler handler =
+        (record, context) -> {
+          if (!fixed.get()) {
+            throw new IllegalStateException("cannot apply " + record.messageId() + " yet");
+          }
+          ledger.handle(record, context);
+        };
+    String group = "replay-close-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(3)) {
+      long deadLetterId;
+      try (Inbox inbox =
+          Inbox.builder()
+              .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+              .groupId(group)
+              .topics(topic)
+              .dataSource(dataSource)
+              .handler(handler)
+              .maxAttempts(1)
+              .build()) {
+        inbox.start();
+        await(
+            "the record dead-lettered",
+            Duration.ofSeconds(60),
+            () -> InboxTestSupport.storedOffsetSum(db, group) == 1);
+        deadLetterId = inbox.deadLetters(10).get(0).id();
+      }
+      fixed.set(true);
+      // The first connection's close fails (the replay's, after its commit); later ones close.
+      java.util.concurrent.atomic.AtomicInteger closeFailures =
+          new java.util.concurrent.atomic.AtomicInteger();
+      javax.sql.DataSource closeFails =
+          (javax.sql.DataSource)
+              java.lang.reflect.Proxy.newProxyInstance(
+                  getClass().getClassLoader(),
+                  new Class<?>[] {javax.sql.DataSource.class},
+                  (proxy, method, args) -> {
+                    Object result = method.invoke(dataSource, args);
+                    if (!method.getName().equals("getConnection")) {
+                      return result;
+                    }
+                    java.sql.Connection real = (java.sql.Connection) result;
+                    return java.lang.reflect.Proxy.newProxyInstance(
+                        getClass().getClassLoader(),
+                        new Class<?>[] {java.sql.Connection.class},
+                        (p, m, a) -> {
+                          if (m.getName().equals("close")) {
+                            real.close();
+                            if (closeFailures.getAndIncrement() == 0) {
+                              throw new java.sql.SQLException("connection reset while closing");
+                            }
+                            return null;
+                          }
+                          try {
+                            return m.invoke(real, a);
+                          } catch (java.lang.reflect.InvocationTargetException e) {
+                            throw e.getCause();
+                          }
+                        });
+                  });
+      Inbox replaying =
+          Inbox.builder()
+              .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+              .groupId(group)
+              .topics(topic)
+              .dataSource(closeFails)
+              .handler(handler)
+              .build();
+      try {
+        assertTrue(replaying.replay(deadLetterId), "replayed: its commit happened");
+        assertTrue(closeFailures.get() >= 1, "the replay's connection failed to close");
+      } finally {
+        replaying.close();
+      }
+      assertEquals(
+          1, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = 'replay-close-0'"));
+      try (Inbox inbox =
+          Inbox.builder()
+              .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+              .groupId(group)
+              .topics(topic)
+              .dataSource(dataSource)
+              .handler(handler)
+              .build()) {
+        assertEquals(0, inbox.deadLetters(10).size(), "no longer pending");
+      }
+    }
+  }
+
+  /**
    * The transaction that dead-letters a record fails, first with a transient error (a
    * serialization failure), then with another one, and succeeds the third time. The record is not
    * skipped meanwhile (the offset moves only with the dead letter), and it ends with exactly one

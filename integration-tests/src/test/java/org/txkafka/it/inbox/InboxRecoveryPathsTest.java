@@ -115,6 +115,7 @@ class InboxRecoveryPathsTest {
         assertEquals(50, InboxTestSupport.storedOffsetSum(db, group), "the stored offset stayed");
         assertEquals(50, db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic));
         assertTrue(message.contains("do not delete the row"), message);
+        assertTrue(message.contains("batch_offset = NULL"), message);
         assertTrue(message.contains("starts_with(message_id, 'kafka:" + topic + "/0/')"), message);
       } finally {
         second.close();
@@ -122,7 +123,9 @@ class InboxRecoveryPathsTest {
 
       // The recovery the failure names: the offset to go on from, and the old derived ids gone.
       db.execute(
-          "UPDATE txkafka_inbox_offset SET next_offset = 0 WHERE consumer_group = '"
+          "UPDATE txkafka_inbox_offset SET next_offset = 0, batch_offset = NULL, batch_records ="
+              + " NULL, started_offset = NULL, started_count = 0, started_token = NULL"
+              + " WHERE consumer_group = '"
               + group
               + "' AND topic = '"
               + topic
