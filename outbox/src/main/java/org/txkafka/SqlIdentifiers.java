@@ -7,7 +7,8 @@ import java.util.regex.Pattern;
  * identifiers are accepted, and they are always used quoted, so configuration can never inject SQL.
  */
 public final class SqlIdentifiers {
-  private static final Pattern IDENTIFIER = Pattern.compile("[a-z_][a-z0-9_$]{0,62}");
+  // As TxKafkaMigrations: no "$$", which would end a dollar-quoted body the name is written into.
+  private static final Pattern IDENTIFIER = Pattern.compile("(?!.*[$][$])[a-z_][a-z0-9_$]{0,62}");
 
   private SqlIdentifiers() {}
 
@@ -22,7 +23,7 @@ public final class SqlIdentifiers {
     if (value == null || !IDENTIFIER.matcher(value).matches()) {
       throw new IllegalArgumentException(
           setting
-              + " must be a lower-case unquoted PostgreSQL identifier ([a-z_][a-z0-9_$]*, at most"
+              + " must be a lower-case unquoted PostgreSQL identifier ([a-z_][a-z0-9_$]*, no $$, at most"
               + " 63 characters), was "
               + (value == null ? "null" : "'" + value + "'"));
     }

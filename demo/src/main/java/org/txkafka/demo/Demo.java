@@ -40,7 +40,10 @@ import picocli.CommandLine.Spec;
  * <p>Each service has its own database. With {@code --chaos} the two worker processes are killed
  * with SIGKILL at random moments and started again. At the end the demo counts, in the databases,
  * orders, paid orders, payments and confirmations, and prints {@code verified: orders=N paid=N
- * lost=L duplicated=D}; the exit code is 0 only if nothing was lost or duplicated.
+ * lost=L duplicated=D}, once nothing is in flight (outboxes empty, each inbox at its topic's end);
+ * the exit code is 0 only if the pipeline drained and {@link Verification#problems()} is empty:
+ * nothing lost or duplicated, no payment without its order, no paid order without its payment,
+ * nothing parked or dead-lettered.
  */
 @Command(
     name = "txkafka-demo",
@@ -143,6 +146,8 @@ public final class Demo implements Callable<Integer> {
       Progress progress = new Progress(ordersDatabase.dataSource(), paymentsDatabase.dataSource());
       long lastPaid = -1;
       long lastProgressAt = System.nanoTime();
+      long quietSince = 0;
+      boolean chaosWasDone = chaosMonkey == null;
       boolean drained = false;
       while (true) {
         Thread.sleep(1000);
@@ -161,14 +166,36 @@ public final class Demo implements Callable<Integer> {
         if (!placer.isAlive() && chaosMonkey != null) {
           chaosMonkey.allowFinish();
         }
-        if (snapshot.paid() != lastPaid) {
+        if (snapshot.paid() != lastPaid || (chaosDone && !chaosWasDone)) {
+          // Paid moved, or chaos just ended: the no-progress timer starts again.
           lastPaid = snapshot.paid();
           lastProgressAt = System.nanoTime();
         }
+        chaosWasDone = chaosDone;
         if (!placer.isAlive() && chaosDone && snapshot.paid() >= snapshot.sent()) {
-          drained = true;
-          break;
+          // Every order is paid; verify only once nothing is in flight: both outboxes empty and
+          // both inboxes have consumed their topic to its end (a duplicate still in a topic would
+          // otherwise be applied, or not, after the check).
+          if (quietSince == 0) {
+            quietSince = System.nanoTime();
+          }
+          long inFlight =
+              Demo.queryLong(ordersDatabase.dataSource(), "SELECT count(*) FROM txkafka_outbox")
+                  + Demo.queryLong(paymentsDatabase.dataSource(), "SELECT count(*) FROM txkafka_outbox")
+                  + Progress.unconsumed(paymentsDatabase.dataSource(), topics.paymentRequested(), broker)
+                  + Progress.unconsumed(ordersDatabase.dataSource(), topics.paymentCompleted(), broker);
+          if (inFlight == 0) {
+            drained = true;
+            break;
+          }
+          if (System.nanoTime() - quietSince > Duration.ofSeconds(drainTimeoutSeconds).toNanos()) {
+            out.println("every order is paid, but " + inFlight + " messages were still in an outbox or"
+                + " unconsumed after " + drainTimeoutSeconds + " s: giving up waiting");
+            break;
+          }
+          continue;
         }
+        quietSince = 0;
         if (!placer.isAlive()
             && chaosDone
             && System.nanoTime() - lastProgressAt > Duration.ofSeconds(drainTimeoutSeconds).toNanos()) {
@@ -184,8 +211,8 @@ public final class Demo implements Callable<Integer> {
       Verification verification = Verification.run(ordersDatabase.dataSource(), paymentsDatabase.dataSource());
       printSummary(verification, placer.failures(), chaosMonkey, drained, started);
       boolean ok =
-          verification.lost() == 0
-              && verification.duplicated() == 0
+          drained
+              && verification.problems().isEmpty()
               && verification.orders() + placer.failures() == orders;
       return ok ? 0 : 1;
     }
@@ -199,6 +226,7 @@ public final class Demo implements Callable<Integer> {
     out.printf(Locale.ROOT, "orders placed      %d of %d requested (%d placements rolled back)%n", v.orders(), orders, placeFailures);
     out.printf(Locale.ROOT, "payments captured  %d rows for %d distinct orders%n", v.payments(), v.paymentOrders());
     out.printf(Locale.ROOT, "orders paid        %d (confirmations applied: %d)%n", v.paid(), v.confirmations());
+    out.printf(Locale.ROOT, "cross-check        %d payments for unknown orders, %d paid orders without a payment%n", v.unknownOrderPayments(), v.paidWithoutPayment());
     out.printf(Locale.ROOT, "amounts            ordered %d, paid orders %d, captured %d cents%n", v.orderedCents(), v.paidOrderCents(), v.capturedCents());
     out.printf(Locale.ROOT, "order -> paid      p50 %.1f ms, p99 %.1f ms (commit of the order to commit of its payment confirmation)%n", v.p50Millis(), v.p99Millis());
     out.printf(Locale.ROOT, "outbox pending     orders %d, payments %d; parked %d%n", v.ordersOutboxPending(), v.paymentsOutboxPending(), v.parked());
@@ -207,7 +235,10 @@ public final class Demo implements Callable<Integer> {
       out.println("chaos              " + chaosMonkey.describe());
     }
     if (!drained) {
-      out.println("WARNING: the pipeline did not drain before the timeout");
+      out.println("FAILED: the pipeline did not drain before the timeout");
+    }
+    for (String problem : v.problems()) {
+      out.println("FAILED: " + problem);
     }
     out.printf(
         Locale.ROOT,

@@ -41,9 +41,10 @@ public final class TxKafkaMigrations {
 
   /**
    * Unquoted PostgreSQL identifiers in lower case, at most 63 bytes: what a schema name may be.
-   * Anything else (quotes, spaces, semicolons, upper case) is refused before any SQL runs.
+   * Anything else (quotes, spaces, semicolons, upper case) is refused before any SQL runs, and so is
+   * {@code $$}, which would end the dollar-quoted function bodies the schema is substituted into.
    */
-  private static final Pattern IDENTIFIER = Pattern.compile("[a-z_][a-z0-9_$]{0,62}");
+  private static final Pattern IDENTIFIER = Pattern.compile("(?!.*[$][$])[a-z_][a-z0-9_$]{0,62}");
 
   private TxKafkaMigrations() {}
 
@@ -122,7 +123,7 @@ public final class TxKafkaMigrations {
     if (!IDENTIFIER.matcher(schema).matches()) {
       throw new IllegalArgumentException(
           "schema must be a lower-case unquoted PostgreSQL identifier "
-              + "([a-z_][a-z0-9_$]*, at most 63 characters), was '"
+              + "([a-z_][a-z0-9_$]*, no $$, at most 63 characters), was '"
               + schema
               + "'");
     }

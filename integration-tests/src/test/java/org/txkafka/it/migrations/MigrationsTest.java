@@ -4,6 +4,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import com.zaxxer.hikari.HikariConfig;
+import com.zaxxer.hikari.HikariDataSource;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.PrintWriter;
@@ -13,6 +15,7 @@ import java.nio.file.Path;
 import java.sql.Connection;
 import java.sql.SQLException;
 import java.sql.SQLFeatureNotSupportedException;
+import java.sql.SQLTransientConnectionException;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -112,6 +115,63 @@ class MigrationsTest {
     assertEquals(0, TxKafkaMigrations.migrate(db.dataSource()).migrationsExecuted);
   }
 
+  /**
+   * Ours first, the service's Flyway second: Flyway refuses a schema that holds tables but not its
+   * own history unless told to baseline. The README's advice (baselineOnMigrate with version 0) is
+   * what makes the service's V1 still run.
+   */
+  @Test
+  void servicesFlywayAfterOursNeedsABaselineBelowItsFirstVersion(@TempDir Path serviceMigrations)
+      throws IOException {
+    assertEquals(SQL_FILES.size(), TxKafkaMigrations.migrate(db.dataSource()).migrationsExecuted);
+    Files.writeString(serviceMigrations.resolve("V1__orders.sql"),
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, total NUMERIC NOT NULL);");
+
+    FlywayException refused = assertThrows(FlywayException.class,
+        () -> Flyway.configure().dataSource(db.dataSource())
+            .locations("filesystem:" + serviceMigrations).load().migrate());
+    assertTrue(refused.getMessage().contains("non-empty schema"), refused.getMessage());
+
+    Flyway service = Flyway.configure().dataSource(db.dataSource())
+        .locations("filesystem:" + serviceMigrations)
+        .baselineOnMigrate(true).baselineVersion("0").load();
+    assertEquals(1, service.migrate().migrationsExecuted, "the service's V1 runs above baseline 0");
+    assertEquals(1L, tableCount("public", "orders"));
+    assertEquals(0, TxKafkaMigrations.migrate(db.dataSource()).migrationsExecuted);
+  }
+
+  /** The README's sizing: Flyway holds two connections at once, so a pool of one cannot migrate. */
+  @Test
+  void migrationNeedsTwoConnectionsOfThePool() {
+    try (HikariDataSource one = pool(1)) {
+      FlywayException error =
+          assertThrows(FlywayException.class, () -> TxKafkaMigrations.migrate(one));
+      assertTrue(hasCause(error, SQLTransientConnectionException.class), error.toString());
+    }
+    try (HikariDataSource two = pool(2)) {
+      assertEquals(SQL_FILES.size(), TxKafkaMigrations.migrate(two).migrationsExecuted);
+    }
+  }
+
+  private HikariDataSource pool(int size) {
+    HikariConfig config = new HikariConfig();
+    config.setJdbcUrl(db.jdbcUrl());
+    config.setUsername(db.user());
+    config.setPassword(db.password());
+    config.setMaximumPoolSize(size);
+    config.setConnectionTimeout(1000);
+    return new HikariDataSource(config);
+  }
+
+  private static boolean hasCause(Throwable error, Class<? extends Throwable> type) {
+    for (Throwable t = error; t != null; t = t.getCause()) {
+      if (type.isInstance(t)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   @Test
   void tamperedMigrationFailsFlywaysValidation(@TempDir Path copy) throws IOException {
     for (String file : SQL_FILES) {
@@ -134,7 +194,7 @@ class MigrationsTest {
   void invalidSchemaNameIsRefusedBeforeAnySqlRuns() {
     CountingDataSource counting = new CountingDataSource(db.dataSource());
     for (String bad : List.of("public; DROP TABLE orders", "Payments", "\"x\"", "", "1abc",
-        "a".repeat(64), "sch ema")) {
+        "a".repeat(64), "sch ema", "a$$b", "$$")) {
       IllegalArgumentException error = assertThrows(IllegalArgumentException.class,
           () -> TxKafkaMigrations.migrate(counting, bad), bad);
       assertTrue(error.getMessage().startsWith("schema must be a lower-case unquoted PostgreSQL"

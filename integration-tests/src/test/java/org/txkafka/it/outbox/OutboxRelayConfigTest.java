@@ -110,9 +110,13 @@ class OutboxRelayConfigTest {
   @Test
   void badSchemaNameAndMeterRegistryAreRefused() {
     assertRefused(
-        "schema must be a lower-case unquoted PostgreSQL identifier ([a-z_][a-z0-9_$]*, at most"
+        "schema must be a lower-case unquoted PostgreSQL identifier ([a-z_][a-z0-9_$]*, no $$, at most"
             + " 63 characters), was 'Public; DROP TABLE x'",
         b -> b.schema("Public; DROP TABLE x"));
+    assertRefused(
+        "schema must be a lower-case unquoted PostgreSQL identifier ([a-z_][a-z0-9_$]*, no $$, at most"
+            + " 63 characters), was 'a$$b'",
+        b -> b.schema("a$$b"));
     assertRefused(
         "name must be 1 to 100 letters, digits, '.', '_' or '-', was 'a b'", b -> b.name("a b"));
   }
@@ -198,7 +202,7 @@ class OutboxRelayConfigTest {
     IllegalArgumentException schema =
         assertThrows(IllegalArgumentException.class, () -> Outbox.admin(dataSource, "x-y"));
     assertEquals(
-        "schema must be a lower-case unquoted PostgreSQL identifier ([a-z_][a-z0-9_$]*, at most"
+        "schema must be a lower-case unquoted PostgreSQL identifier ([a-z_][a-z0-9_$]*, no $$, at most"
             + " 63 characters), was 'x-y'",
         schema.getMessage());
     IllegalArgumentException limit =
