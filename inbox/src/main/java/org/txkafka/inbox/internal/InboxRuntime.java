@@ -457,6 +457,8 @@ public final class InboxRuntime implements Inbox {
     // Set once the handler ran and the replay was sealed: what fails after it is the commit.
     java.util.concurrent.atomic.AtomicBoolean sealedForCommit =
         new java.util.concurrent.atomic.AtomicBoolean();
+    // The replay transaction's id: after a failure at commit, its status says what happened.
+    java.util.concurrent.atomic.AtomicLong replayXid = new java.util.concurrent.atomic.AtomicLong();
     try {
       return transactions.inTransaction(
           scope -> {
@@ -471,6 +473,7 @@ public final class InboxRuntime implements Inbox {
             long xid =
                 sql.markReplayed(
                     scope.connection(), settings.groupId(), deadLetter, settings.clock().instant());
+            replayXid.set(xid);
             try {
               TransactionContext context = new TransactionContext(scope, writer, settings.groupId());
               if (settings.batchHandler() != null) {
@@ -478,8 +481,8 @@ public final class InboxRuntime implements Inbox {
               } else {
                 settings.handler().handle(deadLetter.record(), context);
               }
-            } catch (VirtualMachineError e) {
-              throw e;
+            } catch (OutOfMemoryError | InternalError | UnknownError e) {
+              throw e; // as BatchProcessor: a StackOverflowError is the record's own failure
             } catch (Throwable e) {
               throw new HandlerException(0, e);
             }
@@ -512,8 +515,10 @@ public final class InboxRuntime implements Inbox {
     } catch (Exception e) {
       if (sealedForCommit.get()) {
         // Failed at or after the commit. Committed after all (the failure was in closing the
-        // connection, or the answer to the commit was lost)? Then it was replayed.
-        Boolean pending = stillPending(deadLetterId);
+        // connection, or the answer to the commit was lost)? Then it was replayed. Asked of the
+        // replay transaction itself, not of the dead letter: another replayer may have replayed
+        // it after ours was refused, and ours must still report its own refusal.
+        Boolean pending = replayPending(replayXid.get());
         if (pending == Boolean.FALSE) {
           LOG.warn(
               "replay of dead letter {}: the commit reported a failure but the replay is stored"
@@ -532,7 +537,8 @@ public final class InboxRuntime implements Inbox {
                 + (pending == null
                     ? " failed at commit, and whether it committed cannot be read now"
                         + " (deadLetters() tells; it is never applied twice): "
-                    : " failed at commit, it stays pending: ")
+                    : " failed at commit, nothing of this replay committed (it stays pending"
+                        + " unless another replay applied it meanwhile): ")
                 + Failures.describe(e),
             e);
       }
@@ -540,13 +546,21 @@ public final class InboxRuntime implements Inbox {
     }
   }
 
-  /** Whether the dead letter is still pending; null if that cannot be read now. */
-  private Boolean stillPending(long deadLetterId) {
+  /**
+   * Whether the replay transaction {@code xid} did not commit: false if it committed, true if it
+   * aborted, null if that cannot be read now (still in progress: a commit that may not have reached
+   * the server yet; or the database unreachable). Never waits on a lock.
+   */
+  private Boolean replayPending(long xid) {
     try {
-      return transactions.inTransaction(
-          scope ->
-              sql.lockPendingDeadLetter(scope.connection(), settings.groupId(), deadLetterId)
-                  != null);
+      String status = transactions.inTransaction(scope -> sql.transactionStatus(scope.connection(), xid));
+      if ("committed".equals(status)) {
+        return Boolean.FALSE;
+      }
+      if ("aborted".equals(status)) {
+        return Boolean.TRUE;
+      }
+      return null;
     } catch (Exception e) {
       return null;
     }

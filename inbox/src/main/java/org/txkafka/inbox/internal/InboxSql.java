@@ -449,6 +449,20 @@ public final class InboxSql {
    *     since the offset was stored, and these statements run in another one
    * @throws SQLException with SQLState {@value #IN_FAILED_TRANSACTION} if the transaction aborted
    */
+  /**
+   * The commit status of transaction {@code xid} (a {@code txid_current()} value): {@code
+   * committed}, {@code aborted}, {@code in progress}, or null when it is too old to be known.
+   */
+  public String transactionStatus(Connection connection, long xid) throws SQLException {
+    try (PreparedStatement statement = connection.prepareStatement("SELECT txid_status(?)")) {
+      statement.setLong(1, xid);
+      try (ResultSet rows = statement.executeQuery()) {
+        rows.next();
+        return rows.getString(1);
+      }
+    }
+  }
+
   public boolean seal(Connection connection, long xid) throws SQLException {
     try (PreparedStatement statement = connection.prepareStatement(seal);
         ResultSet rows = statement.executeQuery()) {

@@ -23,6 +23,7 @@ import org.apache.kafka.common.errors.GroupMaxSizeReachedException;
 import org.apache.kafka.common.errors.UnreleasedInstanceIdException;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+import org.txkafka.SqlIdentifiers;
 import org.txkafka.inbox.InboxListener;
 import org.txkafka.inbox.internal.PartitionState.Phase;
 
@@ -216,31 +217,46 @@ final class PollLoop implements Runnable, ConsumerRebalanceListener {
               + " (the offset stored in the database or fetched up to): its position was reset,"
               + " so the stored offset is out of range (topic deleted and created again, log"
               + " truncated, another cluster?). Nothing of it was applied and the inbox stops."
-              + " To go on: set next_offset of that partition's row in txkafka_inbox_offset to the"
-              + " offset to go on from (0 for a topic created again) and clear its batch marks"
-              + " (UPDATE txkafka_inbox_offset SET next_offset = <offset>, batch_offset = NULL,"
-              + " batch_records = NULL, started_offset = NULL, started_count = 0, started_token ="
-              + " NULL WHERE consumer_group = '"
-              + settings.groupId()
-              + "' AND topic = '"
-              + state.partition.topic()
-              + "' AND kafka_partition = "
-              + state.partition.partition()
-              + "; do not delete the row: the position would come from the group's offset in"
-              + " Kafka, which still holds the old one). Records without a message-id header have derived ids ('kafka:"
-              + state.partition.topic()
-              + "/"
-              + state.partition.partition()
-              + "/<offset>') that the old records' rows in txkafka_inbox still hold: delete those"
-              + " (consumer_group = '"
-              + settings.groupId()
-              + "' and starts_with(message_id, 'kafka:"
-              + state.partition.topic()
-              + "/"
-              + state.partition.partition()
-              + "/')) or the new records at those offsets are taken for duplicates. Then start"
-              + " again");
+              + " To go on, set the partition's stored offset to the offset to go on from (0 for"
+              + " a topic created again), clear its batch marks and delete the old records'"
+              + " derived ids (records without a message-id header have ids 'kafka:<topic>/"
+              + "<partition>/<offset>' that the new records at those offsets would be taken for"
+              + " duplicates of), in one transaction, then start again: "
+              + recoverySql(state.partition)
+              + " Do not delete the offset row: the position would then come from the group's"
+              + " offset in Kafka, which still holds the old one.");
     }
+  }
+
+  /**
+   * The two statements that let a partition whose stored offset is out of range go on from
+   * {@code <offset>}, as SQL a person can paste: schema-qualified, literals quoted.
+   */
+  String recoverySql(TopicPartition partition) {
+    String schema = SqlIdentifiers.quoted("schema", settings.schema());
+    String group = literal(settings.groupId());
+    return "UPDATE "
+        + schema
+        + ".txkafka_inbox_offset SET next_offset = <offset>, batch_offset = NULL, batch_records ="
+        + " NULL, started_offset = NULL, started_count = 0, started_token = NULL WHERE"
+        + " consumer_group = "
+        + group
+        + " AND topic = "
+        + literal(partition.topic())
+        + " AND kafka_partition = "
+        + partition.partition()
+        + "; DELETE FROM "
+        + schema
+        + ".txkafka_inbox WHERE consumer_group = "
+        + group
+        + " AND starts_with(message_id, "
+        + literal("kafka:" + partition.topic() + "/" + partition.partition() + "/")
+        + ");";
+  }
+
+  /** A standard SQL string literal: quotes doubled. */
+  private static String literal(String value) {
+    return "'" + value.replace("'", "''") + "'";
   }
 
   /** Applies phase changes made by workers: seek after a claim, drop work after fencing. */

@@ -1,6 +1,7 @@
 package org.txkafka.it.inbox;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -925,6 +926,157 @@ class InboxPoisonTest {
               .build()) {
         assertEquals(0, inbox.deadLetters(10).size(), "no longer pending");
       }
+    }
+  }
+
+  /**
+   * Two replayers of one dead letter. Ours runs the handler but PostgreSQL refuses its commit (a
+   * deferred constraint); right after, before ours reads back what happened, the other replayer
+   * replays the same dead letter and commits. Ours must still report its own refusal: it asks for
+   * the outcome of its own transaction, not whether the dead letter is still pending. Before, it
+   * found the dead letter replayed (by the other) and returned true for a replay of its own that
+   * committed nothing.
+   */
+  @Test
+  void refusedReplayIsReportedEvenWhenAnotherReplayerAppliedTheDeadLetterMeanwhile() throws Exception {
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS deferred_parent (id INT PRIMARY KEY);"
+            + " CREATE TABLE IF NOT EXISTS deferred_child (parent INT NOT NULL REFERENCES"
+            + " deferred_parent (id) DEFERRABLE INITIALLY DEFERRED)");
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-replay-race");
+    broker.createTopic(topic, 1);
+    InboxTestSupport.produce(broker, topic, InboxTestSupport.messages("replay-race-", 1));
+    String group = "replay-race-" + topic;
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("replay-race");
+    AtomicBoolean armed = new AtomicBoolean();
+    try (HikariDataSource dataSource = db.newDataSource(4)) {
+      long deadLetterId;
+      try (Inbox consuming =
+          Inbox.builder()
+              .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+              .groupId(group)
+              .topics(topic)
+              .dataSource(dataSource)
+              .handler((record, context) -> {
+                throw new IllegalStateException("cannot apply " + record.messageId() + " yet");
+              })
+              .maxAttempts(1)
+              .build()) {
+        consuming.start();
+        await("the record dead-lettered", Duration.ofSeconds(60),
+            () -> InboxTestSupport.storedOffsetSum(db, group) == 1);
+        deadLetterId = consuming.deadLetters(10).get(0).id();
+      }
+      Inbox other =
+          Inbox.builder()
+              .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+              .groupId(group)
+              .topics(topic)
+              .dataSource(dataSource)
+              .handler(ledger)
+              .build();
+      // Our replayer's connections: the one after the handler ran (the read-back of the refused
+      // commit) first lets the other replayer replay the dead letter to the end.
+      javax.sql.DataSource racing =
+          (javax.sql.DataSource)
+              java.lang.reflect.Proxy.newProxyInstance(
+                  getClass().getClassLoader(),
+                  new Class<?>[] {javax.sql.DataSource.class},
+                  (proxy, method, args) -> {
+                    if (method.getName().equals("getConnection") && armed.getAndSet(false)) {
+                      assertTrue(other.replay(deadLetterId), "the other replayer applied it");
+                    }
+                    try {
+                      return method.invoke(dataSource, args);
+                    } catch (java.lang.reflect.InvocationTargetException e) {
+                      throw e.getCause();
+                    }
+                  });
+      Inbox mine =
+          Inbox.builder()
+              .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+              .groupId(group)
+              .topics(topic)
+              .dataSource(racing)
+              .handler((record, context) -> {
+                ledger.handle(record, context);
+                try (var orphan =
+                    context.connection().prepareStatement("INSERT INTO deferred_child (parent) VALUES (404)")) {
+                  orphan.executeUpdate();
+                }
+                armed.set(true);
+              })
+              .build();
+      try {
+        DeadLetterReplayException refused =
+            assertThrows(DeadLetterReplayException.class, () -> mine.replay(deadLetterId));
+        assertTrue(refused.getMessage().contains("failed at commit"), refused.getMessage());
+        assertFalse(armed.get(), "the other replayer ran between our commit and our read-back");
+      } finally {
+        mine.close();
+        other.close();
+      }
+      assertEquals(
+          1,
+          db.queryLong("SELECT count(*) FROM ledger WHERE message_id = 'replay-race-0'"),
+          "applied once, by the other replayer");
+      assertEquals(0, db.queryLong("SELECT count(*) FROM deferred_child"), "nothing of ours committed");
+    }
+  }
+
+  /**
+   * A handler that overflows the stack on replay: that is the dead letter's own failure, as it is
+   * when a batch applies the record (BatchProcessor rethrows only OutOfMemoryError, InternalError
+   * and UnknownError). replayAll goes on with the next dead letter and reports the first. Before,
+   * replay() rethrew every VirtualMachineError, and the StackOverflowError stopped replayAll.
+   */
+  @Test
+  void replayAllGoesOnPastAHandlerThatOverflowsTheStack() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-replay-overflow");
+    broker.createTopic(topic, 1);
+    InboxTestSupport.produce(broker, topic, InboxTestSupport.messages("replay-overflow-", 2));
+    AtomicBoolean replaying = new AtomicBoolean();
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("replay-overflow");
+    InboxHandler handler =
+        (record, context) -> {
+          if (!replaying.get()) {
+            throw new IllegalStateException("cannot apply " + record.messageId() + " yet");
+          }
+          if (record.messageId().equals("replay-overflow-0")) {
+            throw new StackOverflowError("deep recursion in the handler");
+          }
+          ledger.handle(record, context);
+        };
+    String group = "replay-overflow-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(3);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(handler)
+                .maxAttempts(1)
+                .build()) {
+      inbox.start();
+      await("both records dead-lettered", Duration.ofSeconds(90),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == 2);
+      assertEquals(2, inbox.deadLetters(10).size());
+
+      replaying.set(true);
+      DeadLetterReplayException failed =
+          assertThrows(DeadLetterReplayException.class, inbox::replayAll);
+      assertTrue(failed.getMessage().contains("1 replayed"), failed.getMessage());
+      assertTrue(failed.getMessage().contains("StackOverflowError"), failed.getMessage());
+      assertEquals(
+          1, db.queryLong("SELECT count(*) FROM ledger WHERE message_id = 'replay-overflow-1'"),
+          "the dead letter after the overflowing one was replayed");
+      List<DeadLetter> left = inbox.deadLetters(10);
+      assertEquals(1, left.size());
+      assertEquals("replay-overflow-0", left.get(0).record().messageId(), "it stays pending");
+      assertTrue(inbox.isRunning(), "the inbox keeps running");
     }
   }
 

@@ -31,6 +31,7 @@ import org.txkafka.inbox.Inbox;
 import org.txkafka.inbox.InboxHandler;
 import org.txkafka.inbox.InboxListener;
 import org.txkafka.it.inbox.InboxTestSupport.Message;
+import org.txkafka.migrations.TxKafkaMigrations;
 import org.txkafka.testkit.KafkaBroker;
 import org.txkafka.testkit.TestDatabase;
 import org.txkafka.testkit.TestPostgres;
@@ -50,8 +51,12 @@ class InboxRecoveryPathsTest {
   @BeforeAll
   static void setUp() {
     db = TestPostgres.shared().createDatabase().migrate();
+    TxKafkaMigrations.migrate(db.dataSource(), RESET_SCHEMA);
     InboxTestSupport.createLedger(db);
   }
+
+  /** The schema of the offset-reset test's inbox: the recovery SQL it prints must name it. */
+  private static final String RESET_SCHEMA = "recovery_tx";
 
   @AfterAll
   static void tearDown() {
@@ -65,7 +70,8 @@ class InboxRecoveryPathsTest {
    * inbox must not apply those records: it would move the stored offset backwards, apply again
    * records whose inbox rows expired, and take records reusing derived message ids for
    * duplicates. It stops, applying nothing, with a failure that says what happened and how to
-   * fix it; the stored offset stays where it was.
+   * fix it; the stored offset stays where it was. The fix is SQL the test runs as printed: it
+   * names the inbox's schema (not public) and quotes a group id that holds a quote.
    */
   @Test
   void consumerPositionResetBehindTheStoredOffsetStopsTheInboxBeforeApplyingAnything()
@@ -73,7 +79,7 @@ class InboxRecoveryPathsTest {
     KafkaBroker broker = KafkaBroker.shared();
     String topic = KafkaBroker.uniqueTopic("inbox-offset-reset");
     broker.createTopic(topic, 1);
-    String group = "reset-" + topic;
+    String group = "reset'" + topic;
     // Without message-id headers: the inbox derives ids from topic, partition and offset, which
     // the records of the topic created again reuse.
     InboxTestSupport.produce(broker, topic, withoutIds(InboxTestSupport.messages("before-", 50)));
@@ -83,7 +89,7 @@ class InboxRecoveryPathsTest {
         await("the 50 records applied", Duration.ofSeconds(60),
             () -> db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic) == 50);
         await("the offset stored", Duration.ofSeconds(30),
-            () -> InboxTestSupport.storedOffsetSum(db, group) == 50);
+            () -> resetStored(group) == 50);
       }
 
       broker.admin().deleteTopics(List.of(topic)).all().get(30, TimeUnit.SECONDS);
@@ -104,6 +110,7 @@ class InboxRecoveryPathsTest {
       AtomicInteger handled = new AtomicInteger();
       InboxHandler counting = (record, context) -> handled.incrementAndGet();
       Inbox second = resetMember(broker, dataSource, topic, group, counting);
+      String recovery;
       try {
         second.start();
         await("the inbox to stop", Duration.ofSeconds(60), () -> !second.isRunning());
@@ -112,35 +119,31 @@ class InboxRecoveryPathsTest {
         assertTrue(message.contains("its position was reset"), message);
         assertTrue(message.contains("returned offset 0 where it was at 50"), message);
         assertEquals(0, handled.get(), "nothing of the new topic was applied");
-        assertEquals(50, InboxTestSupport.storedOffsetSum(db, group), "the stored offset stayed");
+        assertEquals(50, resetStored(group), "the stored offset stayed");
         assertEquals(50, db.queryLong("SELECT count(*) FROM ledger WHERE topic = ?", topic));
-        assertTrue(message.contains("do not delete the row"), message);
-        assertTrue(message.contains("batch_offset = NULL"), message);
+        assertTrue(message.contains("Do not delete the offset row"), message);
+        assertTrue(message.contains("UPDATE \"" + RESET_SCHEMA + "\".txkafka_inbox_offset"), message);
+        assertTrue(message.contains("consumer_group = 'reset''" + topic + "'"), message);
         assertTrue(message.contains("starts_with(message_id, 'kafka:" + topic + "/0/')"), message);
+        recovery = message.substring(
+            message.indexOf("start again: ") + "start again: ".length(),
+            message.indexOf(" Do not delete the offset row"));
       } finally {
         second.close();
       }
 
-      // The recovery the failure names: the offset to go on from, and the old derived ids gone.
-      db.execute(
-          "UPDATE txkafka_inbox_offset SET next_offset = 0, batch_offset = NULL, batch_records ="
-              + " NULL, started_offset = NULL, started_count = 0, started_token = NULL"
-              + " WHERE consumer_group = '"
-              + group
-              + "' AND topic = '"
-              + topic
-              + "' AND kafka_partition = 0",
-          "DELETE FROM txkafka_inbox WHERE consumer_group = '"
-              + group
-              + "' AND starts_with(message_id, 'kafka:"
-              + topic
-              + "/0/')");
+      // The recovery the failure names, run as printed: the offset to go on from (0), the batch
+      // marks cleared, the old derived ids gone.
+      db.execute("BEGIN; " + recovery.replace("<offset>", "0") + " COMMIT;");
+      assertEquals(0, resetStored(group));
+      assertEquals(0, db.queryLong(
+          "SELECT count(*) FROM " + RESET_SCHEMA + ".txkafka_inbox WHERE consumer_group = ?", group));
       List<String> applied = Collections.synchronizedList(new ArrayList<>());
       InboxHandler collecting = (record, context) -> applied.add(record.valueAsString());
       try (Inbox third = resetMember(broker, dataSource, topic, group, collecting)) {
         third.start();
         await("the 10 records of the new topic applied", Duration.ofSeconds(60),
-            () -> InboxTestSupport.storedOffsetSum(db, group) == 10);
+            () -> resetStored(group) == 10);
         assertTrue(third.isRunning());
       }
       List<String> expected = new ArrayList<>();
@@ -166,8 +169,16 @@ class InboxRecoveryPathsTest {
         .groupId(group)
         .topics(topic)
         .dataSource(dataSource)
+        .schema(RESET_SCHEMA)
         .handler(handler)
         .build();
+  }
+
+  private static long resetStored(String group) {
+    return db.queryLong(
+        "SELECT coalesce(sum(next_offset), 0) FROM " + RESET_SCHEMA + ".txkafka_inbox_offset"
+            + " WHERE consumer_group = ?",
+        group);
   }
 
   /**

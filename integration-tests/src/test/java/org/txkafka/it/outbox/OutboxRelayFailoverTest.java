@@ -409,6 +409,105 @@ class OutboxRelayFailoverTest {
   }
 
   /**
+   * The relay thread pauses after reading a round (in its listener) while its keepalive goes on
+   * pinging; its lease session is terminated right after a successful ping (as an operator's
+   * pg_terminate_backend, a server restart or a reset connection would end it), another relay
+   * takes the shares and publishes every row. The relay thread resumes about 7 s after the last
+   * successful ping: less than half the 20 s lease timeout, so the age of that ping alone does not
+   * make it confirm its session; the keepalive's failed ping since must. Without that, it sent the
+   * round it read before, after the other relay's copies.
+   */
+  @Test
+  void relayThreadPausedWhileItsLeaseSessionIsTerminatedSendsNothingItReadBefore() {
+    String topic = KafkaBroker.uniqueTopic("ping-failed");
+    broker.createTopic(topic, 1);
+    List<OutboxMessage> messages = new ArrayList<>();
+    for (int i = 0; i < 30; i++) {
+      messages.add(numbered(topic, "k", i));
+    }
+    List<UUID> ids = commit(db.dataSource(), messages);
+    CountDownLatch release = new CountDownLatch(1);
+    AtomicBoolean paused = new AtomicBoolean();
+    AtomicInteger pausedRows = new AtomicInteger();
+    AtomicInteger lost = new AtomicInteger();
+    OutboxRelay.Listener pauseOnce =
+        new OutboxRelay.Listener() {
+          @Override
+          public void batchStarting(Set<Integer> shares, int rows) {
+            if (paused.compareAndSet(false, true)) {
+              pausedRows.set(rows);
+              try {
+                release.await(3, TimeUnit.MINUTES);
+              } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+              }
+            }
+          }
+
+          @Override
+          public void sharesReleased(Set<Integer> shares, boolean wasLost) {
+            if (wasLost) {
+              lost.incrementAndGet();
+            }
+          }
+        };
+    try (HikariDataSource pausedPool = db.newDataSource(2);
+        HikariDataSource otherPool = db.newDataSource(2);
+        TopicReader reader = new TopicReader(broker, topic);
+        OutboxRelay pausing =
+            OutboxFixtures.relay(pausedPool, broker)
+                .name("ping-a")
+                .leaseTimeout(Duration.ofSeconds(20))
+                .listener(pauseOnce)
+                .build();
+        OutboxRelay other =
+            OutboxFixtures.relay(otherPool, broker)
+                .name("ping-b")
+                .leaseTimeout(Duration.ofSeconds(20))
+                .build()) {
+      pausing.start();
+      await(WAIT, "the relay thread paused with a round read", paused::get);
+      long leasePid =
+          db.queryLong(
+              "SELECT min(l.pid) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                  + " WHERE l.locktype = 'advisory' AND d.datname = current_database()");
+      String queryStart =
+          "SELECT (extract(epoch FROM query_start) * 1000)::bigint FROM pg_stat_activity"
+              + " WHERE pid = ?::int";
+      long before = db.queryLong(queryStart, leasePid);
+      await(WAIT, "a keepalive ping on the lease session", () -> db.queryLong(queryStart, leasePid) != before);
+      long pingedAt = System.nanoTime();
+      db.queryLong("SELECT count(*) FROM (SELECT pg_terminate_backend(?::int)) t", leasePid);
+
+      other.start();
+      reader.pollUntil(WAIT, "every row published by the other relay",
+          r -> r.distinctIds().size() == ids.size());
+      await(WAIT, "outbox emptied", () -> pendingRows(db) == 0);
+      // The keepalive pings every 5 s: one has failed by now. Resume well before 10 s (half the
+      // lease timeout) after the last successful ping.
+      long resumeAt = pingedAt + TimeUnit.SECONDS.toNanos(7);
+      OutboxFixtures.sleep(Math.max(0, TimeUnit.NANOSECONDS.toMillis(resumeAt - System.nanoTime())));
+      long resumedAfterMillis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - pingedAt);
+      assertTrue(resumedAfterMillis < 9_000, "resumed " + resumedAfterMillis + " ms after the ping");
+      assertTrue(pausedRows.get() > 0, "the paused relay had read a round");
+
+      release.countDown();
+      await(WAIT, "the resumed relay noticed its ended session", () -> lost.get() == 1);
+      OutboxFixtures.sleep(500); // a stale send, were there one, is acknowledged by now
+      long onKafka = broker.endOffsetSum(topic);
+      reader.pollUntil(WAIT, onKafka + " records", r -> r.records().size() >= onKafka);
+      assertEquals(
+          ids.size(),
+          reader.records().size(),
+          "every row once, by the other relay: the resumed relay sent nothing of the "
+              + pausedRows.get() + " rows it had read");
+      assertPerKeyOrderAfterDedup(reader.records());
+    } finally {
+      release.countDown();
+    }
+  }
+
+  /**
    * A round read ahead while the round before waits for Kafka is sent only if the lease still holds
    * after that wait. Here the wait is held open (an interceptor holds the first acknowledgement)
    * while the relay's lease session is terminated and another relay publishes every row; released,

@@ -209,6 +209,13 @@ public final class JdbcOutboxRelay implements OutboxRelay {
    */
   private volatile long sessionProvenAt;
 
+  /**
+   * Set when a keepalive statement failed: the session may have ended for another reason than
+   * idleness (terminated, a server restart, a reset connection), so another relay may hold the
+   * shares now, however recent {@link #sessionProvenAt} is. Cleared by a successful check.
+   */
+  private volatile boolean keepaliveFailed;
+
   /** Longest bound {@link #progressWithin} takes: about 73 years, far from wrapping around. */
   private static final long MAX_DECLARED_BOUND_NANOS = Long.MAX_VALUE / 4;
 
@@ -643,6 +650,7 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     long period = Math.max(1, timeout.toMillis() / 4);
     progressWithin(0);
     keepaliveWithheld = false;
+    keepaliveFailed = false;
     sessionProvenAt = System.nanoTime();
     return keepalive.scheduleWithFixedDelay(
         () -> {
@@ -666,11 +674,16 @@ public final class JdbcOutboxRelay implements OutboxRelay {
             return;
           }
           withholding = false;
+          // Stamped with the time the statement was sent, not answered: the answer may sit unread
+          // through a freeze of the whole process, while the session's idle time already runs.
+          long sentAt = System.nanoTime();
           try (Statement ping = physical.createStatement()) {
             ping.execute("SELECT 1");
-            sessionProvenAt = System.nanoTime();
+            sessionProvenAt = sentAt;
           } catch (SQLException | RuntimeException e) {
-            // The relay thread notices an ended session at its next statement and starts over.
+            // The relay thread confirms the session before it sends anything more, and notices an
+            // ended session at that statement (or its next one) and starts over.
+            keepaliveFailed = true;
             LOG.debug("relay {}: keepalive failed", config.name(), e);
           }
         },
@@ -711,22 +724,29 @@ public final class JdbcOutboxRelay implements OutboxRelay {
 
   /**
    * Relay thread only: whether no statement was seen to succeed on the lease session for half
-   * the lease timeout. The keepalive pings four times per lease timeout; it can miss a stall of
-   * the relay thread only if it was frozen with it (the whole process paused: a long GC, SIGSTOP,
-   * a suspended VM). Then PostgreSQL may have ended the session and another relay may publish
-   * its shares: a round read before is sent on only after {@link #confirmSession}.
+   * the lease timeout, or the keepalive's last statement failed. The keepalive pings four times
+   * per lease timeout; it can miss a stall of the relay thread only if it was frozen with it (the
+   * whole process paused: a long GC, SIGSTOP). Then PostgreSQL may have ended the session and
+   * another relay may publish its shares: a round read before is sent on only after {@link
+   * #confirmSession}. A failed ping means the session may have ended otherwise (terminated, a
+   * server restart) however recent the last success. Not covered: a pause that System.nanoTime
+   * does not count (a host suspended with its monotonic clock), and a pause that starts after
+   * the check, while a row is inside the producer (a documented duplicate, dropped by message id).
    */
   private boolean sessionUnproven(Session current) {
     return current.keepalive() != null
-        && System.nanoTime() - sessionProvenAt > config.leaseTimeout().toNanos() / 2;
+        && (keepaliveFailed
+            || System.nanoTime() - sessionProvenAt > config.leaseTimeout().toNanos() / 2);
   }
 
   /** Relay thread only: a statement on the lease session, which fails if the session ended. */
   private void checkSession(Session current) throws SQLException {
+    long sentAt = System.nanoTime();
     try (Statement check = current.connection.createStatement()) {
       check.execute("SELECT 1");
     }
-    sessionProvenAt = System.nanoTime();
+    sessionProvenAt = sentAt;
+    keepaliveFailed = false;
   }
 
   /**
