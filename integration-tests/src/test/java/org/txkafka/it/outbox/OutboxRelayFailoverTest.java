@@ -270,6 +270,67 @@ class OutboxRelayFailoverTest {
   }
 
   /**
+   * The whole relay process freezes (SIGSTOP, as a long GC pause or a stopped container would)
+   * inside the send of the first row of a round, its keepalive frozen with it, so the keepalive
+   * neither pings nor withholds. PostgreSQL ends the idle lease session after the 3 s lease
+   * timeout; another relay takes the share and publishes every row, and more. Woken, the frozen
+   * relay must not send the rest of the round it read before: its last statement on the session
+   * succeeded longer ago than half the lease timeout, so it confirms the session first, finds it
+   * ended and gives the round up. Only the row that was inside the producer when it froze may
+   * arrive a second time (the documented duplicate of a lost session, dropped by message id).
+   */
+  @Test
+  void relayFrozenWholeInsideASendSendsNoMoreOfItsRoundWhenItWakes() {
+    String topic = KafkaBroker.uniqueTopic("frozen-send");
+    broker.createTopic(topic, 1);
+    List<OutboxMessage> first = new ArrayList<>();
+    for (int i = 0; i < 20; i++) {
+      first.add(numbered(topic, "k", i));
+    }
+    List<UUID> ids = new ArrayList<>(commit(db.dataSource(), first));
+    ChildJvm frozen =
+        OutboxFixtures.startRelayProcess(
+            db, broker, "freeze-a", 50, "-DleaseTimeoutMillis=3000", "-DfreezeOnFirstSend=true");
+    try (HikariDataSource otherPool = db.newDataSource(2);
+        TopicReader reader = new TopicReader(broker, topic);
+        OutboxRelay other =
+            OutboxFixtures.relay(otherPool, broker)
+                .name("freeze-b")
+                .leaseTimeout(Duration.ofSeconds(3))
+                .build()) {
+      frozen.awaitLine("FREEZING", WAIT);
+      await(WAIT, "PostgreSQL ended the frozen relay's idle lease session",
+          () -> advisoryLockSessions(db) == 0);
+      other.start();
+      List<OutboxMessage> more = new ArrayList<>();
+      for (int i = 20; i < 25; i++) {
+        more.add(numbered(topic, "k", i));
+      }
+      ids.addAll(commit(db.dataSource(), more));
+      reader.awaitIds(WAIT, asStrings(ids));
+      await(WAIT, "outbox emptied while the first relay is frozen", () -> pendingRows(db) == 0);
+
+      frozen.resume();
+      frozen.awaitLine(" LOST ", WAIT);
+      OutboxFixtures.sleep(1_000); // a stale send, were there one, is acknowledged by now
+      long onKafka = broker.endOffsetSum(topic);
+      reader.pollUntil(WAIT, onKafka + " records", r -> r.records().size() >= onKafka);
+      Map<String, Integer> copies = new HashMap<>();
+      for (ConsumerRecord<byte[], byte[]> record : reader.records()) {
+        copies.merge(OutboxFixtures.text(record.value()), 1, Integer::sum);
+      }
+      assertTrue(copies.get("k|0") <= 2, "the row inside the producer: at most once more");
+      for (int seq = 1; seq < 25; seq++) {
+        assertEquals(1, copies.get("k|" + seq),
+            "row " + seq + ": only the other relay's copy, none from the woken relay's round");
+      }
+      assertPerKeyOrderAfterDedup(reader.records());
+    } finally {
+      frozen.close();
+    }
+  }
+
+  /**
    * A relay whose own thread is stuck (here: a listener that never returns; in production a bug or
    * a hung callback) while its process runs on does not keep its shares for good: the keepalive
    * goes on only while the relay thread shows progress, so PostgreSQL ends the idle lease session

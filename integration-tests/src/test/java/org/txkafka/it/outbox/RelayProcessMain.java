@@ -12,6 +12,9 @@ import org.txkafka.outbox.OutboxRelay;
  * none), password ("-" for none), bootstrap servers, relay name, batch size. Prints one line per
  * lease and batch event, {@code EVENT <epoch millis> <TYPE> <shares>}, with TYPE one of ACQUIRED,
  * RELEASED, LOST, BEGIN, END, and {@code READY} once started. SIGTERM closes the relay gracefully.
+ * With {@code -DfreezeOnFirstSend}, the whole process stops itself (SIGSTOP) inside the producer's
+ * send of the first row, after printing {@code FREEZING}: every thread, the keepalive's too, stands
+ * still at that exact point until the test sends SIGCONT.
  */
 public final class RelayProcessMain {
   private RelayProcessMain() {}
@@ -38,6 +41,9 @@ public final class RelayProcessMain {
     String leaseTimeoutMillis = System.getProperty("leaseTimeoutMillis");
     if (leaseTimeoutMillis != null) {
       builder.leaseTimeout(Duration.ofMillis(Long.parseLong(leaseTimeoutMillis)));
+    }
+    if (System.getProperty("freezeOnFirstSend") != null) {
+      builder.producerProperty("interceptor.classes", FreezingInterceptor.class.getName());
     }
     OutboxRelay relay = builder.build();
     CountDownLatch closed = new CountDownLatch(1);
@@ -88,5 +94,41 @@ public final class RelayProcessMain {
       System.out.println(line);
       System.out.flush();
     }
+  }
+
+  /** Stops the whole JVM with SIGSTOP in the first send it sees (the relay thread's). */
+  public static final class FreezingInterceptor
+      implements org.apache.kafka.clients.producer.ProducerInterceptor<byte[], byte[]> {
+    private static final java.util.concurrent.atomic.AtomicBoolean FROZEN =
+        new java.util.concurrent.atomic.AtomicBoolean();
+
+    @Override
+    public org.apache.kafka.clients.producer.ProducerRecord<byte[], byte[]> onSend(
+        org.apache.kafka.clients.producer.ProducerRecord<byte[], byte[]> record) {
+      if (FROZEN.compareAndSet(false, true)) {
+        System.out.println("FREEZING");
+        System.out.flush();
+        try {
+          new ProcessBuilder("kill", "-STOP", Long.toString(ProcessHandle.current().pid()))
+              .start()
+              .waitFor();
+        } catch (java.io.IOException e) {
+          throw new java.io.UncheckedIOException(e);
+        } catch (InterruptedException e) {
+          Thread.currentThread().interrupt();
+        }
+      }
+      return record;
+    }
+
+    @Override
+    public void onAcknowledgement(
+        org.apache.kafka.clients.producer.RecordMetadata metadata, Exception exception) {}
+
+    @Override
+    public void close() {}
+
+    @Override
+    public void configure(java.util.Map<String, ?> configs) {}
   }
 }
