@@ -108,14 +108,23 @@ public final class RelayProcessMain {
       if (FROZEN.compareAndSet(false, true)) {
         System.out.println("FREEZING");
         System.out.flush();
+        // The stop is sent by another process; this thread spins until it sees the jump of the
+        // clock that the freeze leaves, so that on SIGCONT it goes on at once, as a thread frozen
+        // mid-send by a GC pause would (not after a wait for the kill process to be reaped).
+        long last = System.nanoTime(); // before the kill: the stop may land before the loop
+        long deadline = last + 60_000_000_000L;
         try {
-          new ProcessBuilder("kill", "-STOP", Long.toString(ProcessHandle.current().pid()))
-              .start()
-              .waitFor();
+          new ProcessBuilder("kill", "-STOP", Long.toString(ProcessHandle.current().pid())).start();
         } catch (java.io.IOException e) {
           throw new java.io.UncheckedIOException(e);
-        } catch (InterruptedException e) {
-          Thread.currentThread().interrupt();
+        }
+        while (true) {
+          long now = System.nanoTime();
+          if (now - last > 1_000_000_000L || now > deadline) {
+            break; // frozen for over a second and woken, or never frozen
+          }
+          last = now;
+          Thread.onSpinWait();
         }
       }
       return record;
