@@ -676,6 +676,15 @@ final class BatchProcessor {
     } catch (OutOfMemoryError | InternalError | UnknownError e) {
       throw e;
     } catch (Throwable e) {
+      // A flush refused because the handler caught an SQL error and went on: say so, as seal does.
+      for (Throwable cause = e; cause != null; cause = cause.getCause()) {
+        if (cause instanceof SQLException sql
+            && InboxSql.IN_FAILED_TRANSACTION.equals(sql.getSQLState())) {
+          IllegalStateException aborted = abortedByHandler(sql);
+          aborted.addSuppressed(e);
+          throw new HandlerException(index, aborted);
+        }
+      }
       throw new HandlerException(index, e);
     }
   }
@@ -689,7 +698,7 @@ final class BatchProcessor {
     }
   }
 
-  private static IllegalStateException idleTimeout(Throwable serverError) {
+  static IllegalStateException idleTimeout(Throwable serverError) {
     return new IllegalStateException(
         "the transaction outlived transactionIdleTimeout (PostgreSQL ended the session while the"
             + " handler did not use the database): "
@@ -697,7 +706,7 @@ final class BatchProcessor {
         serverError);
   }
 
-  private static IllegalStateException abortedByHandler(SQLException serverError) {
+  static IllegalStateException abortedByHandler(SQLException serverError) {
     return new IllegalStateException(
         "the handler returned normally but left the transaction aborted (an SQL error was caught"
             + " and ignored): "

@@ -491,7 +491,13 @@ public final class InboxRuntime implements Inbox {
             try {
               sealed = sql.seal(scope.connection(), xid);
             } catch (java.sql.SQLException e) {
-              throw new HandlerException(0, e); // left aborted by an SQL error the handler caught
+              if (InboxSql.IN_FAILED_TRANSACTION.equals(e.getSQLState())) {
+                throw new HandlerException(0, BatchProcessor.abortedByHandler(e));
+              }
+              if (TransientErrors.isIdleTimeout(e)) {
+                throw new HandlerException(0, BatchProcessor.idleTimeout(e));
+              }
+              throw new HandlerException(0, e);
             }
             if (!sealed) {
               throw new HandlerException(

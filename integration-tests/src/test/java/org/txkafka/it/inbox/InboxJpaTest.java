@@ -256,6 +256,64 @@ class InboxJpaTest {
     }
   }
 
+  /**
+   * A JPA handler that runs an SQL statement which fails, catches the error and returns: the
+   * transaction is aborted, so the flush of its entity (at the end of the record) is refused. The
+   * record is dead-lettered with a reason that says what the handler did (an SQL error caught and
+   * ignored), not only PostgreSQL's "current transaction is aborted" wrapped by Hibernate; the
+   * other records are applied once.
+   */
+  @Test
+  void jpaHandlerThatSwallowsAnSqlErrorIsToldSoWhenTheFlushIsRefused() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-jpa-swallow");
+    broker.createTopic(topic, 1);
+    List<Message> orders = InboxTestSupport.messages("swallow-", 20);
+    InboxTestSupport.produce(broker, topic, orders);
+    String swallowing = "swallow-5";
+    String group = "swallow-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(3);
+        EntityManagerFactory emf = paymentsOn(dataSource);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .entityManagerFactory(emf)
+                .maxAttempts(1)
+                .handler(
+                    (record, context) -> {
+                      EntityManager em = context.entityManager();
+                      em.persist(
+                          new Payment(record.messageId(), Long.parseLong(record.valueAsString())));
+                      if (record.messageId().equals(swallowing)) {
+                        em.unwrap(Session.class).doWork(connection -> {
+                          try (var failing = connection.createStatement()) {
+                            failing.execute("SELECT 1 / 0");
+                          } catch (java.sql.SQLException ignored) {
+                            // the mistake under test: the error is swallowed
+                          }
+                        });
+                      }
+                    })
+                .build()) {
+      inbox.start();
+      await(
+          "every order consumed",
+          Duration.ofSeconds(90),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == orders.size());
+      String mine = " FROM jpa_payment WHERE order_id LIKE 'swallow-%'";
+      assertEquals(orders.size() - 1, db.queryLong("SELECT count(*)" + mine), "all but one");
+      assertEquals(orders.size() - 1, db.queryLong("SELECT count(DISTINCT order_id)" + mine));
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size());
+      assertEquals(swallowing, deadLetters.get(0).record().messageId());
+      assertTrue(
+          deadLetters.get(0).lastError().contains("an SQL error was caught and ignored"),
+          deadLetters.get(0).lastError());
+    }
+  }
+
   /** How a JPA handler commits the inbox's transaction itself, then carries on. */
   private enum JpaCommit {
     /** commit() on the JDBC connection under the Hibernate session (Session.doWork). */

@@ -409,7 +409,8 @@ class InboxPoisonTest {
       assertEquals(1, deadLetters.size());
       assertEquals(sloppyId, deadLetters.get(0).record().messageId());
       assertTrue(
-          deadLetters.get(0).lastError().contains("aborted"), deadLetters.get(0).lastError());
+          deadLetters.get(0).lastError().contains("an SQL error was caught and ignored"),
+          deadLetters.get(0).lastError());
     }
   }
 
@@ -1022,6 +1023,58 @@ class InboxPoisonTest {
           db.queryLong("SELECT count(*) FROM ledger WHERE message_id = 'replay-race-0'"),
           "applied once, by the other replayer");
       assertEquals(0, db.queryLong("SELECT count(*) FROM deferred_child"), "nothing of ours committed");
+    }
+  }
+
+  /**
+   * A JDBC handler that catches an SQL error and returns leaves the transaction aborted: in a
+   * batch, the record is dead-lettered with a reason that names the mistake; on replay, the replay
+   * fails with the same reason, not only PostgreSQL's "current transaction is aborted".
+   */
+  @Test
+  void handlerThatSwallowsAnSqlErrorIsToldSoInABatchAndOnReplay() {
+    KafkaBroker broker = KafkaBroker.shared();
+    String topic = KafkaBroker.uniqueTopic("inbox-swallow-replay");
+    broker.createTopic(topic, 1);
+    InboxTestSupport.produce(broker, topic, InboxTestSupport.messages("swallowed-", 3));
+    InboxHandler ledger = InboxTestSupport.ledgerHandler("swallowed");
+    InboxHandler handler =
+        (record, context) -> {
+          ledger.handle(record, context);
+          if (record.messageId().equals("swallowed-1")) {
+            try (var failing = context.connection().createStatement()) {
+              failing.execute("SELECT 1 / 0");
+            } catch (java.sql.SQLException ignored) {
+              // the mistake under test: the error is swallowed
+            }
+          }
+        };
+    String group = "swallowed-" + topic;
+    try (HikariDataSource dataSource = db.newDataSource(3);
+        Inbox inbox =
+            Inbox.builder()
+                .kafkaProperties(InboxTestSupport.consumerProperties(broker))
+                .groupId(group)
+                .topics(topic)
+                .dataSource(dataSource)
+                .handler(handler)
+                .maxAttempts(1)
+                .build()) {
+      inbox.start();
+      await("every record consumed", Duration.ofSeconds(90),
+          () -> InboxTestSupport.storedOffsetSum(db, group) == 3);
+      List<DeadLetter> deadLetters = inbox.deadLetters(10);
+      assertEquals(1, deadLetters.size());
+      assertEquals("swallowed-1", deadLetters.get(0).record().messageId());
+      assertTrue(deadLetters.get(0).lastError().contains("an SQL error was caught and ignored"),
+          deadLetters.get(0).lastError());
+      assertEquals(2, db.queryLong("SELECT count(*) FROM ledger WHERE message_id LIKE 'swallowed-%'"));
+
+      DeadLetterReplayException replay =
+          assertThrows(DeadLetterReplayException.class, () -> inbox.replay(deadLetters.get(0).id()));
+      assertTrue(replay.getMessage().contains("an SQL error was caught and ignored"), replay.getMessage());
+      assertEquals(1, inbox.deadLetters(10).size(), "it stays pending");
+      assertEquals(2, db.queryLong("SELECT count(*) FROM ledger WHERE message_id LIKE 'swallowed-%'"));
     }
   }
 
