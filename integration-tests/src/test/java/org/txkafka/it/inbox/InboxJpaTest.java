@@ -257,8 +257,9 @@ class InboxJpaTest {
   }
 
   /**
-   * A JPA handler that runs an SQL statement which fails, catches the error and returns: the
-   * transaction is aborted, so the flush of its entity (at the end of the record) is refused. The
+   * A JPA handler that runs an SQL statement which fails, catches the error, changes its entity
+   * and returns: the transaction is aborted, so the flush of that change (at the end of the
+   * record) is refused. The
    * record is dead-lettered with a reason that says what the handler did (an SQL error caught and
    * ignored), not only PostgreSQL's "current transaction is aborted" wrapped by Hibernate; the
    * other records are applied once.
@@ -284,8 +285,9 @@ class InboxJpaTest {
                 .handler(
                     (record, context) -> {
                       EntityManager em = context.entityManager();
-                      em.persist(
-                          new Payment(record.messageId(), Long.parseLong(record.valueAsString())));
+                      Payment payment =
+                          new Payment(record.messageId(), Long.parseLong(record.valueAsString()));
+                      em.persist(payment); // IDENTITY: inserted at once
                       if (record.messageId().equals(swallowing)) {
                         em.unwrap(Session.class).doWork(connection -> {
                           try (var failing = connection.createStatement()) {
@@ -294,6 +296,7 @@ class InboxJpaTest {
                             // the mistake under test: the error is swallowed
                           }
                         });
+                        payment.amount(0); // written by the flush at the end of the record
                       }
                     })
                 .build()) {

@@ -31,4 +31,9 @@ public class Payment {
   Long id() {
     return id;
   }
+
+  /** Changes the amount: a dirty entity that the next flush writes with an UPDATE. */
+  void amount(long amount) {
+    this.amount = amount;
+  }
 }
