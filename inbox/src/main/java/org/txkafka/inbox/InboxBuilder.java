@@ -371,10 +371,11 @@ public final class InboxBuilder {
 
   /**
    * The longest a batch transaction may sit idle between two SQL statements (PostgreSQL's {@code
-   * idle_in_transaction_session_timeout}, set for each batch transaction only). A member frozen in
-   * the middle of a batch (a long GC pause, SIGSTOP, a network path gone silent) holds its
-   * partition's offset row lock; after this time PostgreSQL ends its session, so the member that
-   * took over the partition is blocked for at most this long. A handler must not spend longer than
+   * idle_in_transaction_session_timeout}, set for each transaction that locks a partition's offset
+   * row only: a batch, a claim, a batch or start mark). A member frozen in the middle of one (a long
+   * GC pause, SIGSTOP, a network path gone silent) holds its partition's offset row lock; after
+   * this time PostgreSQL ends its session, so the member that took over the partition is blocked
+   * for at most this long. A handler must not spend longer than
    * this on one record without touching the database: PostgreSQL then ends the session, and the
    * record fails (its error naming this setting) and counts towards {@link #maxAttempts}, rather
    * than being retried as a transient database failure. Zero leaves the server's setting alone.

@@ -70,6 +70,7 @@ public final class InboxSql {
   private final String deleteExpired;
   private final String storedOffset;
   private final String alreadyStored;
+  private final String claimSettings;
   private final String schema;
 
   /**
@@ -149,8 +150,9 @@ public final class InboxSql {
   }
 
   /**
-   * Statements for the tables in {@code schema}; each batch transaction sets {@code
-   * idle_in_transaction_session_timeout} to {@code transactionIdleTimeout} (zero: not at all).
+   * Statements for the tables in {@code schema}; each transaction that locks a partition's offset
+   * row (a batch, a mark, a claim) sets {@code idle_in_transaction_session_timeout} to {@code
+   * transactionIdleTimeout} (zero: not at all).
    */
   public InboxSql(String schema, java.time.Duration transactionIdleTimeout) {
     this.schema = schema;
@@ -180,8 +182,25 @@ public final class InboxSql {
             // and enough ownership changes would dead-letter a record that never ran.
             + " commit_xid";
     // Marks are committed before the work they announce, asynchronously: they must outlive the
-    // consumer process, not a crash of PostgreSQL.
-    String asyncCommit = " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async";
+    // consumer process, not a crash of PostgreSQL. Like every statement that locks a partition's
+    // row, a mark also bounds how long its transaction may then sit idle: a member frozen before
+    // the mark's COMMIT must not keep the next owner's claim waiting for as long as it is frozen.
+    String asyncCommit =
+        " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async"
+            + (transactionIdleTimeout.isZero()
+                ? ""
+                : ", (SELECT set_config('idle_in_transaction_session_timeout', '"
+                    + transactionIdleTimeout.toMillis()
+                    + "', true)) AS idle_guard");
+    claimSettings =
+        "SET LOCAL lock_timeout = '"
+            + CLAIM_LOCK_TIMEOUT_MILLIS
+            + "ms'"
+            + (transactionIdleTimeout.isZero()
+                ? ""
+                : "; SET LOCAL idle_in_transaction_session_timeout = '"
+                    + transactionIdleTimeout.toMillis()
+                    + "ms'");
     markBatch =
         "UPDATE "
             + offsets
@@ -299,7 +318,8 @@ public final class InboxSql {
       // A batch of the previous owner holds the row lock until it commits (then this claim sees
       // its offset). Give up after a while, so that the caller can notice a revocation meanwhile
       // and retry (55P03 is transient).
-      statement.execute("SET LOCAL lock_timeout = '" + CLAIM_LOCK_TIMEOUT_MILLIS + "ms'");
+      // The claim's transaction holds the row lock until it commits: bounded like a batch's.
+      statement.execute(claimSettings);
     }
     try (PreparedStatement statement = connection.prepareStatement(claim)) {
       statement.setString(1, group);
