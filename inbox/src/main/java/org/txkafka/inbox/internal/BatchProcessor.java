@@ -821,9 +821,14 @@ final class BatchProcessor {
   }
 
   private void fenced(PartitionState state, long epoch) {
-    if (state.epoch == epoch
-        && state.phase.compareAndSet(PartitionState.Phase.READY, PartitionState.Phase.FENCED)) {
-      state.fencedAtNanos = System.nanoTime();
+    if (state.epoch != epoch || state.phase.get() != PartitionState.Phase.READY) {
+      return;
+    }
+    // The time first, then the phase: the poll thread reads the time once it sees FENCED, and a
+    // time left from before (0, or an earlier fencing) would re-claim at once instead of after
+    // the delay, fencing the member that rightly claimed the partition.
+    state.fencedAtNanos = System.nanoTime();
+    if (state.phase.compareAndSet(PartitionState.Phase.READY, PartitionState.Phase.FENCED)) {
       LOG.warn(
           "fenced on {}: the database refused the commit of epoch {} (another member claimed the"
               + " partition, or the stored offset is not where this batch continues); its queued"
