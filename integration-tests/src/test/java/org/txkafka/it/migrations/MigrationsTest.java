@@ -48,7 +48,8 @@ class MigrationsTest {
           "V1_0_6__txkafka_outbox_order_serializable.sql",
           "V1_0_7__txkafka_outbox_wake_setting.sql",
           "V1_0_8__txkafka_inbox_replay_seal.sql",
-          "V1_0_9__txkafka_outbox_durable_commit.sql");
+          "V1_0_9__txkafka_outbox_durable_commit.sql",
+          "V1_0_10__txkafka_outbox_order_every_row.sql");
 
   private TestDatabase db;
 

@@ -164,6 +164,77 @@ class OutboxOrderTriggerTest {
     assertEquals(0L, db.queryLong("SELECT count(*) FROM txkafka_outbox"), "nothing committed");
   }
 
+  /**
+   * A row whose id is drawn before rows inserted ahead of it: a function in the INSERT's VALUES
+   * sends two outbox rows of another key, so the outer row takes the lowest id but its commit-time
+   * event fires last. Another transaction commits a row of the outer row's key meanwhile. The
+   * outer row became visible after that row and must sort after it. Before migration 1.0.10, the
+   * first firing ordered only the ids from its own upward, and the outer row's firing, with a lower
+   * id, returned at once: it kept the lower id and was published first.
+   */
+  @Test
+  void rowWhoseEventFiresAfterHigherIdsOfItsTransactionIsOrderedToo() throws Exception {
+    db.execute("CREATE OR REPLACE FUNCTION send_two_side_messages() RETURNS bytea LANGUAGE sql AS $$"
+        + " INSERT INTO txkafka_outbox (message_id, share, topic, record_key, payload) VALUES"
+        + " (gen_random_uuid(), 0, 'orders', 'side'::bytea, 'side-1'::bytea),"
+        + " (gen_random_uuid(), 0, 'orders', 'side'::bytea, 'side-2'::bytea);"
+        + " SELECT 'outer'::bytea $$");
+    UUID outer = UUID.randomUUID();
+    try (Connection writer = transaction()) {
+      try (PreparedStatement insert = writer.prepareStatement(
+          "INSERT INTO txkafka_outbox (message_id, share, topic, record_key, payload)"
+              + " VALUES (?, 0, 'orders', 'acc-1'::bytea, send_two_side_messages())")) {
+        insert.setObject(1, outer);
+        insert.executeUpdate();
+      }
+      long outerAtInsert = idOf(writer, outer);
+      UUID other = sendRaw("acc-1");
+      writer.commit();
+
+      assertTrue(outerAtInsert < idOf(other), "setup: the outer row took the lower id");
+      assertTrue(idOf(outer) > idOf(other),
+          "the outer row became visible after the other row of its key and must sort after it: "
+              + idOf(outer) + " vs " + idOf(other));
+    }
+  }
+
+  /**
+   * A row given an explicit id below the transaction's other rows (an import script) is ordered
+   * like the others: another transaction's row of its key that committed first keeps the lower
+   * id. Before migration 1.0.10 only an explicit id above the session's last one was refused; one
+   * below returned at once from its firing and was published before the row that committed first.
+   */
+  @Test
+  void rowWithAnExplicitIdBelowTheTransactionsOtherRowsIsOrderedToo() throws Exception {
+    try (Connection writer = transaction()) {
+      send(writer, "acc-2");
+      send(writer, "acc-2");
+      UUID other = sendRaw("acc-1");
+      UUID explicit = UUID.randomUUID();
+      try (PreparedStatement insert = writer.prepareStatement(
+          "INSERT INTO txkafka_outbox (id, message_id, share, topic, record_key)"
+              + " VALUES (?, ?, 0, 'orders', 'acc-1'::bytea)")) {
+        insert.setLong(1, idOf(other) - 1_000_000);
+        insert.setObject(2, explicit);
+        insert.executeUpdate();
+      }
+      writer.commit();
+      assertTrue(idOf(explicit) > idOf(other),
+          "the row with the explicit id became visible last and must sort last: "
+              + idOf(explicit) + " vs " + idOf(other));
+    }
+  }
+
+  /** A row of another writer with a share no relay owns is refused, not left unpublished. */
+  @Test
+  void rowWithAShareAboveTheShareCountIsRefused() {
+    IllegalStateException refused = assertThrows(IllegalStateException.class, () -> db.execute(
+        "INSERT INTO txkafka_outbox (message_id, share, topic) VALUES (gen_random_uuid(), "
+            + Outbox.SHARE_COUNT + ", 'orders')"));
+    assertTrue(refused.getCause().getMessage().contains("txkafka_outbox_share_range"),
+        refused.getCause().getMessage());
+  }
+
   @Test
   void repeatableReadTransactionIsOrderedAfterRowsThatCommittedBeforeIt() throws Exception {
     try (Connection first = transaction(); Connection second = transaction()) {
@@ -409,6 +480,22 @@ class OutboxOrderTriggerTest {
 
   private static UUID send(Connection connection, String key) {
     return WRITER.send(connection, OutboxMessage.to(TOPIC).key(key).payload(key).build());
+  }
+
+  /**
+   * One row of {@code key} in share 0 (as the SQL of these tests writes it) in its own committed
+   * transaction.
+   */
+  private static UUID sendRaw(String key) throws SQLException {
+    UUID id = UUID.randomUUID();
+    try (Connection connection = db.connect();
+        PreparedStatement insert = connection.prepareStatement(
+            "INSERT INTO txkafka_outbox (message_id, share, topic, record_key) VALUES (?, 0, 'orders', ?)")) {
+      insert.setObject(1, id);
+      insert.setBytes(2, key.getBytes(java.nio.charset.StandardCharsets.UTF_8));
+      insert.executeUpdate();
+    }
+    return id;
   }
 
   /** One message in its own committed transaction. */
