@@ -23,6 +23,25 @@
 ALTER TABLE ${schema}.txkafka_outbox
     ADD CONSTRAINT txkafka_outbox_share_range CHECK (share < 64) NOT VALID;
 
+-- And: a row's key and share are fixed once it is inserted. The commit-time trigger orders a row
+-- by the key it was inserted with; an UPDATE that gave it another key (or share) before the commit
+-- left it unordered among that key's rows. Only an UPDATE naming those columns pays for this
+-- trigger (the relay and the admin never do).
+CREATE OR REPLACE FUNCTION ${schema}.txkafka_outbox_refuse_rekey() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'txkafka_outbox row % cannot change its record_key or share after it was inserted: per-key order is kept for the key a row was sent with; send a new message instead',
+        OLD.id USING ERRCODE = 'feature_not_supported';
+END;
+$$;
+CREATE TRIGGER txkafka_outbox_refuse_rekey
+    BEFORE UPDATE OF record_key, share ON ${schema}.txkafka_outbox
+    FOR EACH ROW
+    WHEN (OLD.record_key IS DISTINCT FROM NEW.record_key OR OLD.share IS DISTINCT FROM NEW.share)
+    EXECUTE FUNCTION ${schema}.txkafka_outbox_refuse_rekey();
+
+
 CREATE OR REPLACE FUNCTION ${schema}.txkafka_outbox_order() RETURNS trigger
     LANGUAGE plpgsql AS
 $$

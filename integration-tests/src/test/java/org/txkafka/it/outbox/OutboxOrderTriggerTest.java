@@ -225,6 +225,39 @@ class OutboxOrderTriggerTest {
     }
   }
 
+  /**
+   * A row cannot be given another key (or share) after its insert: the commit-time trigger orders
+   * it by the key it was inserted with, so under another key it would sort below that key's rows
+   * that committed first. Other updates (the relay's attempts and parking, the admin's replay) are
+   * not affected.
+   */
+  @Test
+  void rowCannotChangeItsKeyOrShareAfterItsInsert() throws Exception {
+    try (Connection writer = transaction()) {
+      UUID sent = send(writer, "acc-2");
+      for (String change : List.of("record_key = 'acc-1'::bytea", "share = share + 1")) {
+        try (Statement savepoint = writer.createStatement()) {
+          savepoint.execute("SAVEPOINT s");
+        }
+        SQLException refused = assertThrows(SQLException.class, () -> {
+          try (Statement update = writer.createStatement()) {
+            update.executeUpdate("UPDATE txkafka_outbox SET " + change + " WHERE message_id = '" + sent + "'");
+          }
+        });
+        assertEquals("0A000", refused.getSQLState(), change);
+        assertTrue(refused.getMessage().contains("cannot change its record_key or share"), refused.getMessage());
+        try (Statement rollback = writer.createStatement()) {
+          rollback.execute("ROLLBACK TO SAVEPOINT s");
+        }
+      }
+      try (Statement same = writer.createStatement()) {
+        assertEquals(1, same.executeUpdate("UPDATE txkafka_outbox SET record_key = record_key, attempts = 1"
+            + " WHERE message_id = '" + sent + "'"), "an update that keeps the key is allowed");
+      }
+      writer.commit();
+    }
+  }
+
   /** A row of another writer with a share no relay owns is refused, not left unpublished. */
   @Test
   void rowWithAShareAboveTheShareCountIsRefused() {
