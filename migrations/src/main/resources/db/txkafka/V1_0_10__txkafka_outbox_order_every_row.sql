@@ -15,7 +15,9 @@
 -- name, and a later firing returns at once only for an id inside that range; a lower id orders
 -- again from that id up (the rows already ordered are checked again: correct, and only in this
 -- unusual case). A transaction in flight across this migration whose earlier firing stored the
--- old setting simply orders again.
+-- old setting simply orders again. Explicit ids stay unsupported: one that falls inside a range an
+-- earlier firing of its transaction already ordered (after SET CONSTRAINTS ALL IMMEDIATE, an id
+-- drawn and not used, or one freed by a renumbering) is not ordered again.
 --
 -- Also: the share column must be below Outbox.SHARE_COUNT (64). A row of another writer with a
 -- higher share belonged to no relay and was never published; it is now refused at insert (NOT
