@@ -185,13 +185,17 @@ public final class InboxSql {
     // consumer process, not a crash of PostgreSQL. Like every statement that locks a partition's
     // row, a mark also bounds how long its transaction may then sit idle: a member frozen before
     // the mark's COMMIT must not keep the next owner's claim waiting for as long as it is frozen.
+    // One FROM item that sets it, for the first statement of each such transaction: no extra
+    // round trip.
+    String idleGuardItem =
+        transactionIdleTimeout.isZero()
+            ? null
+            : "(SELECT set_config('idle_in_transaction_session_timeout', '"
+                + transactionIdleTimeout.toMillis()
+                + "', true)) AS idle_guard";
     String asyncCommit =
         " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async"
-            + (transactionIdleTimeout.isZero()
-                ? ""
-                : ", (SELECT set_config('idle_in_transaction_session_timeout', '"
-                    + transactionIdleTimeout.toMillis()
-                    + "', true)) AS idle_guard");
+            + (idleGuardItem == null ? "" : ", " + idleGuardItem);
     claimSettings =
         "SET LOCAL lock_timeout = '"
             + CLAIM_LOCK_TIMEOUT_MILLIS
@@ -226,12 +230,7 @@ public final class InboxSql {
             + " AND started_token = ? AND started_count > 0";
     // The first statement of every batch transaction also bounds how long the transaction may sit
     // idle (a frozen member holding this row's lock), in the same round trip.
-    String idleGuard =
-        transactionIdleTimeout.isZero()
-            ? ""
-            : " FROM (SELECT set_config('idle_in_transaction_session_timeout', '"
-                + transactionIdleTimeout.toMillis()
-                + "', true)) AS idle_guard";
+    String idleGuard = idleGuardItem == null ? "" : " FROM " + idleGuardItem;
     advance =
         "UPDATE "
             + offsets

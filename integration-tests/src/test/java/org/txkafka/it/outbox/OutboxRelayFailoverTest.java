@@ -362,47 +362,58 @@ class OutboxRelayFailoverTest {
     BATCH_FINISHED
   }
 
+  /**
+   * Stalls the relay thread once, in its listener at {@code where}, until {@link #release} is
+   * counted down; counts the sessions the relay lost.
+   */
+  private static final class StallingListener implements OutboxRelay.Listener {
+    final CountDownLatch release = new CountDownLatch(1);
+    final AtomicBoolean stalled = new AtomicBoolean();
+    final AtomicInteger rows = new AtomicInteger();
+    final AtomicInteger lost = new AtomicInteger();
+    private final Stall where;
+
+    StallingListener(Stall where) {
+      this.where = where;
+    }
+
+    @Override
+    public void batchStarting(Set<Integer> shares, int rows) {
+      if (where == Stall.BATCH_STARTING) {
+        stall(rows);
+      }
+    }
+
+    @Override
+    public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
+      if (where == Stall.BATCH_FINISHED) {
+        stall(published);
+      }
+    }
+
+    private void stall(int rowCount) {
+      if (stalled.compareAndSet(false, true)) {
+        rows.set(rowCount);
+        try {
+          release.await(3, TimeUnit.MINUTES);
+        } catch (InterruptedException e) {
+          Thread.currentThread().interrupt();
+        }
+      }
+    }
+
+    @Override
+    public void sharesReleased(Set<Integer> shares, boolean wasLost) {
+      if (wasLost) {
+        lost.incrementAndGet();
+      }
+    }
+  }
+
   private static void stuckRelayThread(Stall where) {
     String topic = KafkaBroker.uniqueTopic("stuck-" + where.name().toLowerCase());
     broker.createTopic(topic, 2);
-    CountDownLatch release = new CountDownLatch(1);
-    AtomicBoolean stuck = new AtomicBoolean();
-    AtomicInteger stuckRows = new AtomicInteger();
-    AtomicInteger lost = new AtomicInteger();
-    OutboxRelay.Listener stuckOnce =
-        new OutboxRelay.Listener() {
-          @Override
-          public void batchStarting(Set<Integer> shares, int rows) {
-            if (where == Stall.BATCH_STARTING) {
-              stall(rows);
-            }
-          }
-
-          @Override
-          public void batchFinished(Set<Integer> shares, int published, int parked, int failed) {
-            if (where == Stall.BATCH_FINISHED) {
-              stall(published);
-            }
-          }
-
-          private void stall(int rows) {
-            if (stuck.compareAndSet(false, true)) {
-              stuckRows.set(rows);
-              try {
-                release.await(3, TimeUnit.MINUTES);
-              } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-              }
-            }
-          }
-
-          @Override
-          public void sharesReleased(Set<Integer> shares, boolean wasLost) {
-            if (wasLost) {
-              lost.incrementAndGet();
-            }
-          }
-        };
+    StallingListener stuckOnce = new StallingListener(where);
     try (HikariDataSource stuckPool = db.newDataSource(2);
         HikariDataSource otherPool = db.newDataSource(2);
         OutboxRelay stuckRelay =
@@ -423,7 +434,7 @@ class OutboxRelayFailoverTest {
       for (int i = 0; i < 40; i++) {
         before.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 8, i))));
       }
-      await(WAIT, "the relay thread stuck in its listener", stuck::get);
+      await(WAIT, "the relay thread stuck in its listener", stuckOnce.stalled::get);
       long stuckAt = System.nanoTime();
       other.start();
       List<UUID> during = new ArrayList<>();
@@ -436,16 +447,16 @@ class OutboxRelayFailoverTest {
       reader.awaitIds(WAIT, asStrings(beforeAndDuring));
       long takenOverMillis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - stuckAt);
       await(WAIT, "outbox emptied while the relay thread is stuck", () -> pendingRows(db) == 0);
-      assertEquals(1, release.getCount(), "the relay thread was stuck all along");
+      assertEquals(1, stuckOnce.release.getCount(), "the relay thread was stuck all along");
       assertEquals(Outbox.SHARE_COUNT, other.ownedShares().size(), "the other relay holds all");
       assertEquals(
           1L,
           advisoryLockSessions(db),
           "one session holds advisory locks: the stuck relay's was ended");
-      assertTrue(stuckRows.get() > 0, "the stuck relay had read (or published) a round");
+      assertTrue(stuckOnce.rows.get() > 0, "the stuck relay had read (or published) a round");
 
-      release.countDown();
-      await(WAIT, "the resumed relay noticed its ended session", () -> lost.get() == 1);
+      stuckOnce.release.countDown();
+      await(WAIT, "the resumed relay noticed its ended session", () -> stuckOnce.lost.get() == 1);
       List<UUID> after = new ArrayList<>();
       for (int i = 60; i < 80; i++) {
         after.addAll(commit(db.dataSource(), List.of(numbered(topic, "key-" + i % 8, i))));
@@ -461,7 +472,7 @@ class OutboxRelayFailoverTest {
           all.size(),
           reader.records().size(),
           "every message exactly once: the resumed relay sent nothing it read before the stall ("
-              + stuckRows.get()
+              + stuckOnce.rows.get()
               + " rows)");
       assertPerKeyOrderAfterDedup(reader.records());
       System.out.printf(
@@ -490,31 +501,7 @@ class OutboxRelayFailoverTest {
       messages.add(numbered(topic, "k", i));
     }
     List<UUID> ids = commit(db.dataSource(), messages);
-    CountDownLatch release = new CountDownLatch(1);
-    AtomicBoolean paused = new AtomicBoolean();
-    AtomicInteger pausedRows = new AtomicInteger();
-    AtomicInteger lost = new AtomicInteger();
-    OutboxRelay.Listener pauseOnce =
-        new OutboxRelay.Listener() {
-          @Override
-          public void batchStarting(Set<Integer> shares, int rows) {
-            if (paused.compareAndSet(false, true)) {
-              pausedRows.set(rows);
-              try {
-                release.await(3, TimeUnit.MINUTES);
-              } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-              }
-            }
-          }
-
-          @Override
-          public void sharesReleased(Set<Integer> shares, boolean wasLost) {
-            if (wasLost) {
-              lost.incrementAndGet();
-            }
-          }
-        };
+    StallingListener pauseOnce = new StallingListener(Stall.BATCH_STARTING);
     try (HikariDataSource pausedPool = db.newDataSource(2);
         HikariDataSource otherPool = db.newDataSource(2);
         TopicReader reader = new TopicReader(broker, topic);
@@ -530,7 +517,7 @@ class OutboxRelayFailoverTest {
                 .leaseTimeout(Duration.ofSeconds(20))
                 .build()) {
       pausing.start();
-      await(WAIT, "the relay thread paused with a round read", paused::get);
+      await(WAIT, "the relay thread paused with a round read", pauseOnce.stalled::get);
       long leasePid =
           db.queryLong(
               "SELECT min(l.pid) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
@@ -553,10 +540,10 @@ class OutboxRelayFailoverTest {
       OutboxFixtures.sleep(Math.max(0, TimeUnit.NANOSECONDS.toMillis(resumeAt - System.nanoTime())));
       long resumedAfterMillis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - pingedAt);
       assertTrue(resumedAfterMillis < 9_000, "resumed " + resumedAfterMillis + " ms after the ping");
-      assertTrue(pausedRows.get() > 0, "the paused relay had read a round");
+      assertTrue(pauseOnce.rows.get() > 0, "the paused relay had read a round");
 
-      release.countDown();
-      await(WAIT, "the resumed relay noticed its ended session", () -> lost.get() == 1);
+      pauseOnce.release.countDown();
+      await(WAIT, "the resumed relay noticed its ended session", () -> pauseOnce.lost.get() == 1);
       OutboxFixtures.sleep(500); // a stale send, were there one, is acknowledged by now
       long onKafka = broker.endOffsetSum(topic);
       reader.pollUntil(WAIT, onKafka + " records", r -> r.records().size() >= onKafka);
@@ -564,10 +551,10 @@ class OutboxRelayFailoverTest {
           ids.size(),
           reader.records().size(),
           "every row once, by the other relay: the resumed relay sent nothing of the "
-              + pausedRows.get() + " rows it had read");
+              + pauseOnce.rows.get() + " rows it had read");
       assertPerKeyOrderAfterDedup(reader.records());
     } finally {
-      release.countDown();
+      pauseOnce.release.countDown();
     }
   }
 

@@ -717,8 +717,8 @@ public final class JdbcOutboxRelay implements OutboxRelay {
     checkSession(current);
     keepaliveWithheld = false;
     LOG.info(
-        "relay {}: the relay thread runs again after a pause and its lease session is still"
-            + " open; going on",
+        "relay {}: its lease session is still open after a pause of the relay thread or a failed"
+            + " keepalive statement; going on",
         config.name());
   }
 
